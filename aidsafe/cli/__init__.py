@@ -1,0 +1,38 @@
+"""The ``aidsafe`` command line: a thin layer over the library API, one module per sub-command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import AidsafeError
+from . import export, generate, graph, render, validate
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aidsafe",
+        description="Policy-embedded chain-of-thought safety data by multi-agent deliberation (AIDSAFE).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (generate, graph, render, validate, export):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AidsafeError as exc:
+        print(f"aidsafe {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"aidsafe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

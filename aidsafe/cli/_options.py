@@ -1,0 +1,88 @@
+"""Shared CLI options. Every option can also be set by an environment variable ``AIDSAFE_<NAME>``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..models import ModelSettings
+
+__all__ = ["env_option", "add_model_options", "add_graph_options", "settings_from_args", "role_models_from_args"]
+
+
+def _env_name(flag: str) -> str:
+    return "AIDSAFE_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def env_option(parser: argparse.ArgumentParser | Any, *flags: str, default: Any = None, type: Any = str, help: str = "", **kwargs: Any) -> None:
+    """Add an option whose default comes from ``AIDSAFE_<NAME>`` when that variable is set."""
+    name = _env_name(next(f for f in flags if f.startswith("--")))
+    raw = os.environ.get(name)
+    action = kwargs.get("action")
+    if raw is not None and raw != "":
+        if action == "store_true":
+            default = raw.lower() in ("1", "true", "yes", "on")
+        elif action == "append":
+            default = [v.strip() for v in raw.split(",") if v.strip()]
+        else:
+            default = type(raw)
+    text = f"{help} [env: {name}]" if help else f"[env: {name}]"
+    if action in ("store_true", "append"):
+        parser.add_argument(*flags, default=default, help=text, **kwargs)
+    else:
+        parser.add_argument(*flags, default=default, type=type, help=text, **kwargs)
+
+
+def add_graph_options(parser: argparse.ArgumentParser) -> None:
+    env_option(parser, "--graph", default="aidsafe", help="shipped graph name (aidsafe, roundtable, single) or a graph file path")
+    env_option(parser, "--policies", default="aidsafe5", help="shipped policy pack (aidsafe5, llamaguard3) or a pack file path")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    env_option(group, "--backend", choices=["local", "openai", "fake"], help="default: openai when --base-url is given, else local")
+    env_option(group, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM)")
+    env_option(group, "--model", help="model name (openai), GGUF path (local; default: embedded SmolLM2-135M) or fake behaviour")
+    env_option(group, "--api-key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the API key")
+    env_option(group, "--role-model", action="append", metavar="ROLE=MODEL", help="model for one role or agent (repeatable)")
+    env_option(group, "--temperature", type=float, help="sampling temperature (default: 0.2 local, server default otherwise)")
+    env_option(group, "--max-tokens", type=int, default=768, help="max tokens per reply")
+    env_option(group, "--timeout", type=float, default=300.0, help="seconds per model call")
+    env_option(group, "--max-retries", type=int, default=3, help="retries per model call on connection errors, 429 and 5xx")
+    env_option(
+        group,
+        "--structured-output",
+        choices=["auto", "json_schema", "json_object"],
+        default="auto",
+        help="how the JSON Schema is sent to an openai endpoint (auto: json_schema, else json_object + schema)",
+    )
+    env_option(group, "--n-ctx", type=int, default=4096, help="context window of the local model")
+    env_option(group, "--seed", type=int, help="sampling seed")
+
+
+def settings_from_args(args: argparse.Namespace) -> ModelSettings:
+    backend = args.backend or ("openai" if args.base_url else "local")
+    return ModelSettings(
+        backend=backend,
+        model=args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        structured=args.structured_output,
+        n_ctx=args.n_ctx,
+        seed=args.seed,
+    )
+
+
+def role_models_from_args(args: argparse.Namespace) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in args.role_model or []:
+        role, sep, model = item.partition("=")
+        if not sep or not role or not model:
+            raise SystemExit(f"aidsafe: --role-model expects ROLE=MODEL, got {item!r}")
+        out[role.strip()] = model.strip()
+    return out

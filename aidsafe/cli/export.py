@@ -1,0 +1,77 @@
+"""``aidsafe export``: write records in other layouts (the released AIDSAFE dataset's CSV columns)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from ..records import Record
+from ._options import env_option
+
+HELP = "export records, e.g. to the columns of the released AIDSAFE dataset (prompt, refined_thoughts, response, deliberation_log)"
+COLUMNS = ["prompt", "refined_thoughts", "response", "deliberation_log"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("export", help=HELP, description=HELP)
+    p.add_argument("records", help="a JSONL file written by aidsafe generate")
+    env_option(p, "--format", choices=["aidsafe-csv"], default="aidsafe-csv", help="output layout")
+    env_option(p, "-o", "--output", help="output file (required)")
+    p.set_defaults(func=run)
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Load and validate records; a bad line raises :class:`InputError` with its line number."""
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(Record.model_validate_json(line))
+            except ValueError as exc:
+                raise InputError(f"not an aidsafe record: {str(exc).splitlines()[0]}", file=path, line=number) from None
+    return records
+
+
+def deliberation_log(record: Record) -> str:
+    """A readable transcript of the deliberation turns."""
+    lines = []
+    for turn in record.deliberation:
+        head = f"[round {turn.round}] {turn.agent}: " + ("agrees" if turn.agreed else "revises")
+        lines.append(head)
+        for thought in turn.thoughts:
+            cited = f" ({', '.join(thought.policies)})" if thought.policies else ""
+            lines.append(f"  - {thought.text}{cited}")
+        if turn.response:
+            lines.append(f"  response: {turn.response}")
+    return "\n".join(lines)
+
+
+def to_row(record: Record) -> dict[str, str]:
+    return {
+        "prompt": record.prompt,
+        "refined_thoughts": "\n".join(t.text for t in record.thoughts),
+        "response": record.response,
+        "deliberation_log": deliberation_log(record),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.output:
+        print("aidsafe export: -o/--output is required", file=sys.stderr)
+        return 2
+    records = read_records(args.records)
+    ok = [r for r in records if r.status == "ok"]
+    with open(args.output, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for record in ok:
+            writer.writerow(to_row(record))
+    skipped = len(records) - len(ok)
+    print(f"wrote {len(ok)} rows to {args.output}; skipped {skipped} failed records", file=sys.stderr)
+    return 0

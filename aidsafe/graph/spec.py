@@ -1,0 +1,231 @@
+"""The graph file format (``schema: aidsafe.graph/v1``), as Pydantic models.
+
+A graph file names the roles (template, reply kind, optional model), the nodes (a role call, or
+a bounded deliberation loop), and the flow (the order the nodes run in). Loops are a construct
+of their own with a required ``max_rounds`` and a consensus rule, so no cycle without an exit
+can be written. Files are loaded with ``yaml.safe_load`` and never name Python code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .._yaml import load_yaml_model
+from ..errors import ConfigError
+from ..resources import resolve
+
+__all__ = ["AgentSpec", "GraphSpec", "LoopSpec", "NodeSpec", "RoleSpec", "ReplyKind", "load_graph_spec", "SCHEMA"]
+
+SCHEMA = "aidsafe.graph/v1"
+_SCHEMA_RE = re.compile(r"^aidsafe\.graph/v(\d+)$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+ReplyKind = Literal["intents", "draft", "deliberation", "refinement"]
+Consensus = Literal["first_agree", "majority", "unanimous", "at_least"]
+
+
+def _fail(message: str, *at: str | int) -> PydanticCustomError:
+    return PydanticCustomError("graph", message, {"at": at})
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{what} {value!r} must be lower_snake_case (letters, digits, '_'; max 40)")
+    return value
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoleSpec(_Spec):
+    """A role: which template renders its messages, what it replies, which model answers."""
+
+    template: str
+    """Template file, relative to the graph file, else a shipped template name (``intent.jinja``)."""
+    reply: ReplyKind
+    """Reply kind, validated against the matching Pydantic model."""
+    model: str | None = None
+    """Model name for this role (same backend and endpoint as the run); default: the run's ``--model``."""
+    description: str = ""
+
+
+class AgentSpec(_Spec):
+    """One deliberating agent of a loop."""
+
+    name: str
+    """Agent name, recorded in each deliberation turn."""
+    role: str
+    """A role whose reply is ``deliberation``."""
+    model: str | None = None
+    """Model name for this agent only (heterogeneous agents)."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, "agent name")
+
+
+class LoopSpec(_Spec):
+    """A bounded deliberation loop: agents take turns (sequential) or all answer each round (parallel)."""
+
+    mode: Literal["sequential", "parallel"]
+    """``sequential``: agents speak in turn, stop at the first agreement. ``parallel``: all agents answer each round, then vote."""
+    agents: list[AgentSpec] | None = None
+    """The agents, in order. Give either ``agents`` or ``replicas`` + ``role``."""
+    replicas: int | None = Field(default=None, ge=1, le=32)
+    """Shorthand: N agents ``agent_1..agent_N`` of one role."""
+    role: str | None = None
+    """The role of the replicas."""
+    max_rounds: int = Field(ge=1, le=20)
+    """Deliberation budget. A round is one turn of every agent."""
+    consensus: Consensus
+    """``first_agree`` (sequential); ``majority``, ``unanimous`` or ``at_least`` (parallel votes)."""
+    min_agree: int | None = Field(default=None, ge=1)
+    """With ``consensus: at_least``: how many agents must agree."""
+
+    @model_validator(mode="after")
+    def _shape(self) -> LoopSpec:
+        if (self.agents is None) == (self.replicas is None):
+            raise _fail("give either 'agents' or 'replicas' (with 'role'), not both or neither", "agents")
+        if self.replicas is not None and self.role is None:
+            raise _fail("'replicas' needs 'role'", "replicas")
+        if self.agents is not None:
+            if not self.agents:
+                raise _fail("a loop needs at least one agent", "agents")
+            names = [a.name for a in self.agents]
+            for index, name in enumerate(names):
+                if names.index(name) != index:
+                    raise _fail(f"duplicate agent name {name!r}", "agents", index, "name")
+        if self.mode == "sequential" and self.consensus != "first_agree":
+            raise _fail(f"a sequential loop stops at the first agreement: use consensus 'first_agree', not {self.consensus!r}", "consensus")
+        if self.mode == "parallel" and self.consensus == "first_agree":
+            raise _fail("a parallel loop votes: use consensus 'majority', 'unanimous' or 'at_least'", "consensus")
+        if self.consensus == "at_least":
+            if self.min_agree is None:
+                raise _fail("consensus 'at_least' needs 'min_agree'", "consensus")
+            if self.min_agree > len(self.agent_list()):
+                raise _fail(f"min_agree {self.min_agree} exceeds the {len(self.agent_list())} agents", "min_agree")
+        elif self.min_agree is not None:
+            raise _fail("'min_agree' only goes with consensus 'at_least'", "min_agree")
+        return self
+
+    def agent_list(self) -> list[AgentSpec]:
+        """The agents, expanding ``replicas``."""
+        if self.agents is not None:
+            return list(self.agents)
+        assert self.replicas is not None and self.role is not None
+        return [AgentSpec(name=f"agent_{i}", role=self.role) for i in range(1, self.replicas + 1)]
+
+    def agreed(self, votes: int) -> bool:
+        """Whether ``votes`` agreeing agents out of all meet the consensus rule."""
+        n = len(self.agent_list())
+        if self.consensus == "unanimous":
+            return votes == n
+        if self.consensus == "majority":
+            return votes * 2 > n
+        if self.consensus == "at_least":
+            return votes >= (self.min_agree or n)
+        return votes >= 1
+
+
+class NodeSpec(_Spec):
+    """A node: one role call (``role``) or a deliberation loop (``loop``)."""
+
+    role: str | None = None
+    loop: LoopSpec | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> NodeSpec:
+        if (self.role is None) == (self.loop is None):
+            raise ValueError("a node has either 'role' or 'loop'")
+        return self
+
+
+class GraphSpec(_Spec):
+    """A whole graph file."""
+
+    schema_: str = Field(alias="schema")
+    """Format version: ``aidsafe.graph/v1``."""
+    name: str
+    description: str = ""
+    roles: dict[str, RoleSpec] = Field(min_length=1)
+    nodes: dict[str, NodeSpec] = Field(min_length=1)
+    flow: list[str] = Field(min_length=1)
+    """Node ids in the order they run. Each node runs once; loops repeat inside themselves only."""
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        match = _SCHEMA_RE.match(value)
+        if not match:
+            raise ValueError(f"expected {SCHEMA!r}, got {value!r}")
+        if int(match.group(1)) > 1:
+            raise ValueError(f"this file is {value!r}, written for a newer aidsafe; this version reads {SCHEMA!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> GraphSpec:
+        for name in list(self.roles) + list(self.nodes):
+            if not _NAME.match(name):
+                raise _fail(f"name {name!r} must be lower_snake_case", "roles" if name in self.roles else "nodes", name)
+        seen: dict[str, int] = {}
+        for index, node_id in enumerate(self.flow):
+            if node_id not in self.nodes:
+                raise _fail(f"unknown node {node_id!r} in flow (nodes: {', '.join(self.nodes)})", "flow", index)
+            if node_id in seen:
+                raise _fail(
+                    f"node {node_id!r} appears twice in flow (items {seen[node_id]} and {index}): that would be a cycle; "
+                    "repeat work with a 'loop' node, which has a round budget and an exit",
+                    "flow",
+                    index,
+                )
+            seen[node_id] = index
+        for node_id in self.nodes:
+            if node_id not in seen:
+                raise _fail(f"node {node_id!r} is never reached: it is not in flow", "nodes", node_id)
+        loops = [n for n in self.flow if self.nodes[n].loop is not None]
+        if len(loops) > 1:
+            raise _fail("this version supports one deliberation loop per graph", "nodes", loops[1])
+        produced: set[str] = set()
+        for index, node_id in enumerate(self.flow):
+            node = self.nodes[node_id]
+            if node.role is not None:
+                role = self.roles.get(node.role)
+                if role is None:
+                    raise _fail(f"unknown role {node.role!r} (roles: {', '.join(self.roles)})", "nodes", node_id, "role")
+                if role.reply == "deliberation":
+                    raise _fail(f"role {node.role!r} deliberates: put it in a 'loop' node", "nodes", node_id, "role")
+                if role.reply == "refinement" and "draft" not in produced:
+                    raise _fail("a refiner needs thoughts: put a 'draft' role before it in flow", "flow", index)
+                if role.reply == "draft" and "draft" in produced:
+                    raise _fail("only one node may write the draft", "flow", index)
+                produced.add(role.reply)
+            else:
+                assert node.loop is not None
+                if "draft" not in produced:
+                    raise _fail("a loop deliberates on a draft: put a 'draft' role before it in flow", "flow", index)
+                agents = node.loop.agent_list()
+                for a_index, agent in enumerate(agents):
+                    where: tuple[str | int, ...] = ("nodes", node_id, "loop")
+                    where += ("agents", a_index, "role") if node.loop.agents is not None else ("role",)
+                    role = self.roles.get(agent.role)
+                    if role is None:
+                        raise _fail(f"unknown role {agent.role!r} (roles: {', '.join(self.roles)})", *where)
+                    if role.reply != "deliberation":
+                        raise _fail(f"loop agents need a role whose reply is 'deliberation'; {agent.role!r} replies {role.reply!r}", *where)
+        return self
+
+
+def load_graph_spec(name_or_path: str | Path) -> tuple[GraphSpec, Path]:
+    """Load a shipped graph by name (``aidsafe``) or a graph file by path; returns the spec and its path."""
+    try:
+        path = resolve("graphs", name_or_path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    return load_yaml_model(path, GraphSpec, kind="graph"), path

@@ -1,0 +1,68 @@
+"""The LangGraph state of one prompt going through a graph."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+__all__ = ["PromptState", "initial_state"]
+
+
+def add_usage(left: dict[str, dict[str, int]] | None, right: dict[str, dict[str, int]] | None) -> dict[str, dict[str, int]]:
+    """Sum token counts per stage (parallel agents write the same stage at once)."""
+    out = {k: dict(v) for k, v in (left or {}).items()}
+    for stage, counts in (right or {}).items():
+        slot = out.setdefault(stage, {})
+        for key, value in counts.items():
+            slot[key] = slot.get(key, 0) + value
+    return out
+
+
+def collect_votes(left: list[dict[str, Any]] | None, right: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Gather the votes of one round; the vote node clears them by writing ``None``."""
+    if right is None:
+        return []
+    return [*(left or []), *right]
+
+
+class PromptState(TypedDict, total=False):
+    """State of one prompt. Keys written by parallel agents have reducers."""
+
+    id: str
+    prompt: str
+    intents: dict[str, list[str]]
+    thoughts: list[dict[str, Any]]
+    """All thoughts so far: the seed CoT plus every deliberation addition."""
+    response: str
+    deliberation: Annotated[list[dict[str, Any]], operator.add]
+    turns: int
+    """Sequential loops: turns taken so far (round = turns // agents + 1)."""
+    rounds: int
+    stop_reason: str | None
+    refined: list[dict[str, Any]] | None
+    removed: list[dict[str, Any]]
+    usage: Annotated[dict[str, dict[str, int]], add_usage]
+    faults: Annotated[list[dict[str, Any]], operator.add]
+    votes: Annotated[list[dict[str, Any]], collect_votes]
+    error: dict[str, Any] | None
+
+
+def initial_state(prompt_id: str, prompt: str) -> PromptState:
+    """The state a prompt enters the graph with."""
+    return PromptState(
+        id=prompt_id,
+        prompt=prompt,
+        intents={"explicit": [], "implicit": []},
+        thoughts=[],
+        response="",
+        deliberation=[],
+        turns=0,
+        rounds=0,
+        stop_reason=None,
+        refined=None,
+        removed=[],
+        usage={},
+        faults=[],
+        votes=[],
+        error=None,
+    )

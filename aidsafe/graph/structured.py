@@ -1,0 +1,102 @@
+"""One structured model call: send the schema, validate the reply, repair once, else fail with the raw reply."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ModelCallError
+from ..models.base import ChatModel
+from ..replies import REPLY_MODELS
+
+__all__ = ["CallOutcome", "call_structured", "parse_reply"]
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+@dataclass
+class CallOutcome:
+    """What one role call produced: a validated reply, or an error with the raw text kept."""
+
+    reply: BaseModel | None
+    raw: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    error: str | None = None
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "calls": self.attempts}
+
+
+def _short(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(reply)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_reply(kind: str, text: str, context: dict[str, Any] | None = None) -> BaseModel:
+    """Parse ``text`` as the JSON reply of ``kind``; tolerates a Markdown code fence.
+
+    Raises ``ValueError`` with a short, model-readable description of what is wrong.
+    """
+    match = _FENCE.match(text)
+    body = match.group(1) if match else text.strip()
+    try:
+        data = json.loads(body, strict=False)  # llama.cpp grammars allow raw newlines inside strings
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+    try:
+        return REPLY_MODELS[kind].model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ValueError(_short(exc)) from None
+
+
+async def call_structured(
+    model: ChatModel,
+    messages: list[dict[str, str]],
+    *,
+    kind: str,
+    schema: dict[str, Any],
+    context: dict[str, Any] | None = None,
+) -> CallOutcome:
+    """Call ``model``; on an invalid reply, make one repair call with the error fed back."""
+    outcome = CallOutcome(reply=None, raw="")
+    convo = list(messages)
+    for attempt in (1, 2):
+        try:
+            completion = await model.complete(convo, schema=schema, schema_name=kind)
+        except ModelCallError as exc:
+            outcome.error = str(exc)
+            return outcome
+        outcome.attempts = attempt
+        outcome.raw = completion.text
+        outcome.prompt_tokens += completion.prompt_tokens
+        outcome.completion_tokens += completion.completion_tokens
+        try:
+            outcome.reply = parse_reply(kind, completion.text, context)
+            outcome.error = None
+            return outcome
+        except ValueError as exc:
+            problem = str(exc)
+            if completion.finish_reason == "length":
+                problem += " (the reply was cut off at the max_tokens limit)"
+            outcome.error = f"invalid {kind} reply after {attempt} attempt(s): {problem}"
+            convo = [
+                *messages,
+                {"role": "assistant", "content": completion.text},
+                {
+                    "role": "user",
+                    "content": f"Your reply was not valid: {problem}. Reply again with JSON only, matching this JSON Schema: "
+                    + json.dumps(schema, separators=(",", ":")),
+                },
+            ]
+    return outcome

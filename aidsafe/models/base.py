@@ -1,0 +1,83 @@
+"""The chat-model interface every backend implements, and the settings that pick a backend."""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+__all__ = ["Backend", "ChatModel", "Completion", "ModelSettings", "StructuredMode"]
+
+Backend = Literal["local", "openai", "fake"]
+StructuredMode = Literal["auto", "json_schema", "json_object"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One model reply."""
+
+    text: str
+    """The raw content of the reply (expected to be JSON)."""
+    prompt_tokens: int = 0
+    """Tokens in the request, as the backend counted them."""
+    completion_tokens: int = 0
+    """Tokens in the reply, as the backend counted them."""
+    finish_reason: str | None = None
+    """Why generation stopped (``stop``, ``length``, ...)."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model answers a role, and how to reach it.
+
+    ``api_key_env`` names the environment variable holding the key: the key itself is never
+    stored in settings, records or logs.
+    """
+
+    backend: Backend = "local"
+    model: str | None = None
+    """Model name (openai), GGUF path (local; ``None`` = embedded SmolLM2-135M) or behaviour (fake)."""
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float | None = None
+    """Sampling temperature; ``None``: 0.2 for the local model, the server's default otherwise."""
+    max_tokens: int = 768
+    timeout: float = 300.0
+    max_retries: int = 3
+    structured: StructuredMode = "auto"
+    """How the JSON Schema is sent: OpenAI ``json_schema``, llama.cpp ``json_object`` + schema, or try the first and fall back."""
+    n_ctx: int = 4096
+    """Context window of a local model."""
+    seed: int | None = None
+    extra: tuple[tuple[str, Any], ...] = field(default=())
+
+    def with_model(self, model: str | None) -> ModelSettings:
+        """A copy naming another model on the same backend and endpoint."""
+        return replace(self, model=model)
+
+    def label(self) -> str:
+        """``backend:model`` as written in records (never the key, never a secret)."""
+        if self.backend == "local":
+            return f"local:{os.path.basename(self.model) if self.model else 'SmolLM2-135M-Instruct.Q4_1.gguf'}"
+        return f"{self.backend}:{self.model or 'default'}"
+
+
+class ChatModel(abc.ABC):
+    """A chat model that answers with JSON following a schema."""
+
+    settings: ModelSettings
+
+    @abc.abstractmethod
+    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
+        """Answer ``messages``; the reply should be JSON valid against ``schema``.
+
+        Raises :class:`~aidsafe.errors.ModelCallError` when the call fails after retries.
+        """
+
+    @property
+    def label(self) -> str:
+        return self.settings.label()
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (optional)."""

@@ -1,0 +1,113 @@
+"""Role prompt templates: Jinja files with a ``system`` and a ``user`` block, rendered in a sandbox.
+
+User text (prompts, model replies) is only ever passed as data: it is never parsed as template
+code, so ``{{ 7*7 }}`` in a prompt reaches the model verbatim. Templates use
+``StrictUndefined``; their variables are checked against the role's declared inputs at load time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import ConfigError
+
+__all__ = ["RoleTemplate", "load_template", "ROLE_INPUTS", "BLOCKS"]
+
+BLOCKS = ("system", "user")
+
+_COMMON = {"policies", "policy_set", "prompt", "schema"}
+ROLE_INPUTS: dict[str, frozenset[str]] = {
+    "intents": frozenset(_COMMON),
+    "draft": frozenset(_COMMON | {"intents"}),
+    "deliberation": frozenset(_COMMON | {"intents", "thoughts", "response", "round", "max_rounds", "agent"}),
+    "refinement": frozenset(_COMMON | {"intents", "thoughts", "response"}),
+}
+"""Variables a template may use, by the reply kind of its role."""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    env.filters["json"] = _json
+    return env
+
+
+_ENV = _environment()
+
+
+@dataclass(frozen=True)
+class RoleTemplate:
+    """A loaded, checked template file."""
+
+    path: Path
+    source: str
+    sha256: str
+    variables: frozenset[str]
+
+    def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
+        """Render the chat messages: one system and one user message, built structurally."""
+        template = _ENV.from_string(self.source)
+        context = template.new_context(variables)
+        messages = []
+        for block in BLOCKS:
+            text = "".join(template.blocks[block](context)).strip()
+            messages.append({"role": block, "content": text})
+        return messages
+
+
+def _first_line_of(ast: nodes.Template, name: str) -> int | None:
+    for node in ast.find_all(nodes.Name):
+        if node.name == name and node.ctx == "load":
+            return node.lineno
+    return None
+
+
+def load_template(path: Path, *, reply: str, role: str) -> RoleTemplate:
+    """Load and check a template for a role whose reply kind is ``reply``.
+
+    Raises :class:`ConfigError` with the template file and line on a syntax error, a missing
+    ``system``/``user`` block, or a variable the role does not provide.
+    """
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"template of role {role!r} not found", file=path) from None
+    try:
+        ast = _ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"template syntax error: {exc.message}", file=path, line=exc.lineno) from None
+    blocks = {b.name for b in ast.find_all(nodes.Block)}
+    for block in BLOCKS:
+        if block not in blocks:
+            raise ConfigError(
+                f"template must define {{% block {block} %}} (it has: {', '.join(sorted(blocks)) or 'no blocks'})",
+                file=path,
+                line=1,
+            )
+    used = frozenset(meta.find_undeclared_variables(ast))
+    allowed = ROLE_INPUTS[reply]
+    unknown = sorted(used - allowed)
+    if unknown:
+        name = unknown[0]
+        raise ConfigError(
+            f"undefined variable {name!r} for role {role!r} (reply {reply!r}); available: {', '.join(sorted(allowed))}",
+            file=path,
+            line=_first_line_of(ast, name),
+        )
+    return RoleTemplate(path=path, source=source, sha256=hashlib.sha256(source.encode()).hexdigest()[:12], variables=used)

@@ -1,0 +1,371 @@
+"""Tests for aidsafe.inputs: reading prompts from JSONL, CSV, text and HF dataset inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aidsafe.errors import InputError
+from aidsafe.inputs import PromptItem, count_prompts, read_prompts
+
+
+def _write_jsonl(path: Path, records: list[Any]) -> Path:
+    """Write one JSON value per line and return the path."""
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def _error(path: Path, **kwargs: Any) -> InputError:
+    """Read the whole file and return the InputError it raises."""
+    with pytest.raises(InputError) as info:
+        list(read_prompts(path, **kwargs))
+    return info.value
+
+
+# --- happy paths --------------------------------------------------------------------
+
+
+def test_jsonl_with_ids(tmp_path: Path) -> None:
+    records = [{"id": "a", "prompt": "hi"}, {"id": 7, "prompt": "yo"}]
+    path = _write_jsonl(tmp_path / "p.jsonl", records)
+    assert list(read_prompts(path)) == [
+        PromptItem(id="a", prompt="hi", source=str(path), line=1),
+        PromptItem(id="7", prompt="yo", source=str(path), line=2),
+    ]
+
+
+def test_jsonl_default_ids_are_line_numbers(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "one"}, {"prompt": "two"}])
+    items = list(read_prompts(path))
+    assert [(i.id, i.line, i.prompt) for i in items] == [("1", 1, "one"), ("2", 2, "two")]
+
+
+def test_jsonl_blank_lines_skipped_and_lines_kept(tmp_path: Path) -> None:
+    path = tmp_path / "p.ndjson"
+    path.write_text('\n{"prompt": "a"}\n   \n\n{"prompt": "b"}\n\n', encoding="utf-8")
+    items = list(read_prompts(path))
+    assert [(i.id, i.line) for i in items] == [("2", 2), ("5", 5)]
+
+
+def test_custom_prompt_and_id_fields(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "p.json", [{"key": "k1", "text": "hello", "prompt": 3}])
+    items = list(read_prompts(path, prompt_field="text", id_field="key"))
+    assert items == [PromptItem(id="k1", prompt="hello", source=str(path), line=1)]
+
+
+def test_template_syntax_comes_back_verbatim(tmp_path: Path) -> None:
+    prompt = "  What is {{ 7*7 }}? {% for x in y %}{{ x }}{% endfor %}  "
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": prompt}])
+    assert next(read_prompts(path)).prompt == prompt
+    txt = tmp_path / "p.txt"
+    txt.write_text(prompt + "\n", encoding="utf-8")
+    assert next(read_prompts(txt)).prompt == prompt
+
+
+def test_csv_quoted_comma_and_embedded_newline(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(
+        'id,prompt\nx1,plain\nx2,"hello, world"\nx3,"line one\nline two"\nx4,last\n',
+        encoding="utf-8",
+        newline="",
+    )
+    items = list(read_prompts(path))
+    assert [i.id for i in items] == ["x1", "x2", "x3", "x4"]
+    assert items[1].prompt == "hello, world"
+    assert items[2].prompt == "line one\nline two"
+    assert [i.line for i in items] == [2, 3, 5, 6]
+
+
+def test_csv_default_ids(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,other\nfirst,1\nsecond,2\n", encoding="utf-8")
+    items = list(read_prompts(path))
+    assert [(i.id, i.line, i.prompt) for i in items] == [("2", 2, "first"), ("3", 3, "second")]
+
+
+def test_txt_one_prompt_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"first\r\n\n  \nsecond  \n")
+    items = list(read_prompts(path))
+    assert [(i.id, i.line, i.prompt) for i in items] == [("1", 1, "first"), ("4", 4, "second  ")]
+
+
+def test_unknown_suffix_is_plain_text(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.dat"
+    path.write_text('{"prompt": "x"}\n', encoding="utf-8")
+    assert next(read_prompts(path)).prompt == '{"prompt": "x"}'
+
+
+def test_limit_stops_early_without_validating_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b"}\nnot json\n', encoding="utf-8")
+    assert [i.prompt for i in read_prompts(path, limit=2)] == ["a", "b"]
+    assert count_prompts(path, limit=1) == 1
+
+
+def test_count_prompts(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"p{n}"} for n in range(5)])
+    assert count_prompts(path) == 5
+    assert count_prompts(path, limit=10) == 5
+
+
+def test_count_prompts_validates_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": ""}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"p\.jsonl:2:"):
+        count_prompts(path)
+
+
+def test_accepts_str_path_and_keeps_it_as_source(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}])
+    assert next(read_prompts(str(path))).source == str(path)
+
+
+# --- Hugging Face datasets ----------------------------------------------------------
+
+
+def test_hf_dataset_dir(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    target = tmp_path / "ds"
+    datasets.Dataset.from_dict({"prompt": ["a", "b"], "extra": [1, 2]}).save_to_disk(str(target))
+    items = list(read_prompts(target))
+    assert items == [
+        PromptItem(id="0", prompt="a", source=str(target), line=1),
+        PromptItem(id="1", prompt="b", source=str(target), line=2),
+    ]
+
+
+def test_hf_dataset_ids_and_single_split_dict(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    target = tmp_path / "dd"
+    split = datasets.Dataset.from_dict({"q": ["x"], "uid": [42]})
+    datasets.DatasetDict({"train": split}).save_to_disk(str(target))
+    assert list(read_prompts(target, prompt_field="q", id_field="uid")) == [
+        PromptItem(id="42", prompt="x", source=str(target), line=1)
+    ]
+
+
+def test_hf_dataset_dict_with_two_splits(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    target = tmp_path / "dd"
+    split = datasets.Dataset.from_dict({"prompt": ["x"]})
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(target))
+    err = _error(target)
+    assert "dd" in str(err)
+    assert "'test'" in str(err) and "'train'" in str(err)
+
+
+def test_hf_dataset_missing_column(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    target = tmp_path / "ds"
+    datasets.Dataset.from_dict({"text": ["a"], "label": [0]}).save_to_disk(str(target))
+    err = _error(target)
+    assert err.field == "prompt"
+    assert "'label'" in str(err) and "'text'" in str(err)
+    assert str(target) in str(err)
+
+
+def test_hf_dataset_bad_row(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    target = tmp_path / "ds"
+    datasets.Dataset.from_dict({"prompt": ["ok", " "]}).save_to_disk(str(target))
+    err = _error(target)
+    assert f"{target}:2:" in str(err)
+    assert err.field == "prompt"
+
+
+def test_non_dataset_directory(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    (tmp_path / "empty_dir").mkdir()
+    err = _error(tmp_path / "empty_dir")
+    assert "empty_dir" in str(err)
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(InputError, match="file not found") as info:
+        read_prompts(path)
+    assert "nope.jsonl" in str(info.value)
+    assert info.value.file == str(path)
+
+
+@pytest.mark.parametrize("name", ["e.jsonl", "e.csv", "e.txt"])
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_file(tmp_path: Path, name: str, content: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    err = _error(path)
+    assert "no prompts found" in str(err)
+    assert name in str(err)
+    with pytest.raises(InputError, match="no prompts found"):
+        count_prompts(path)
+
+
+def test_csv_header_only_has_no_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text("id,prompt\n", encoding="utf-8")
+    assert "no prompts found" in str(_error(path))
+
+
+_TWO_GOOD_LINES = {
+    ".jsonl": b'{"prompt": "a"}\n{"prompt": "b"}\n',
+    ".csv": b"prompt\na\n",
+    ".txt": b"a\nb\n",
+}
+
+
+@pytest.mark.parametrize("suffix", sorted(_TWO_GOOD_LINES))
+def test_invalid_utf8_names_line(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(_TWO_GOOD_LINES[suffix] + b"caf\xe9\n")
+    err = _error(path)
+    assert f"bad{suffix}:3:" in str(err)
+    assert "UTF-8" in str(err)
+
+
+@pytest.mark.parametrize("suffix", sorted(_TWO_GOOD_LINES))
+def test_nul_byte_is_binary_data(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"nul{suffix}"
+    path.write_bytes(_TWO_GOOD_LINES[suffix] + b"ab\x00cd\n")
+    err = _error(path)
+    assert "binary data" in str(err)
+    assert f"nul{suffix}:3:" in str(err)
+    assert err.line == 3
+
+
+def test_jsonl_invalid_json(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"prompt": "b",}\n', encoding="utf-8")
+    err = _error(path)
+    assert "p.jsonl:3:" in str(err)
+    assert "invalid JSON" in str(err)
+    assert "property name" in str(err)
+
+
+@pytest.mark.parametrize("value", [["prompt"], "prompt", 3, None])
+def test_jsonl_value_not_object(tmp_path: Path, value: Any) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, value])
+    err = _error(path)
+    assert "p.jsonl:2:" in str(err)
+    assert "JSON object" in str(err)
+
+
+def test_missing_prompt_field_lists_fields(tmp_path: Path) -> None:
+    records = [{"prompt": "a"}, {"zeta": 1, "alpha": 2, "text": "x"}]
+    path = _write_jsonl(tmp_path / "p.jsonl", records)
+    err = _error(path)
+    message = str(err)
+    assert "p.jsonl:2: prompt:" in message
+    assert err.field == "prompt" and err.line == 2
+    assert "['alpha', 'text', 'zeta']" in message
+    assert "--prompt-field" in message
+
+
+def test_missing_custom_prompt_field(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}])
+    err = _error(path, prompt_field="question")
+    assert "p.jsonl:1: question:" in str(err)
+    assert err.field == "question"
+
+
+@pytest.mark.parametrize("value", [5, None, ["a"], {"a": 1}, True])
+def test_prompt_not_a_string(tmp_path: Path, value: Any) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b"}, {"prompt": value}])
+    err = _error(path)
+    assert "p.jsonl:3: prompt:" in str(err)
+    assert "string" in str(err)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\n\t"])
+def test_empty_prompt(tmp_path: Path, value: str) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": value}])
+    err = _error(path)
+    assert "p.jsonl:2: prompt:" in str(err)
+    assert "empty" in str(err)
+
+
+def test_empty_prompt_in_csv(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("id,prompt\n1,a\n2,\n", encoding="utf-8")
+    err = _error(path)
+    assert "p.csv:3: prompt:" in str(err)
+
+
+@pytest.mark.parametrize("value", ["", " ", None, 1.5, False])
+def test_bad_id_value(tmp_path: Path, value: Any) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"id": value, "prompt": "a"}])
+    err = _error(path)
+    assert "p.jsonl:1: id:" in str(err)
+    assert err.field == "id"
+
+
+def test_duplicate_id_jsonl(tmp_path: Path) -> None:
+    path = _write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"id": "x", "prompt": "a"}, {"id": "y", "prompt": "b"}, {"id": "x", "prompt": "c"}],
+    )
+    err = _error(path)
+    assert "p.jsonl:3: id:" in str(err)
+    assert "'x'" in str(err)
+    assert "line 1" in str(err)
+    assert err.field == "id" and err.line == 3
+
+
+def test_duplicate_between_explicit_and_default_id(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"id": "2", "prompt": "a"}, {"prompt": "b"}])
+    err = _error(path)
+    assert "p.jsonl:2: id:" in str(err)
+    assert "line 1" in str(err)
+
+
+def test_duplicate_id_csv_with_custom_id_field(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("key,prompt\nk,a\nj,b\nk,c\n", encoding="utf-8")
+    err = _error(path, id_field="key")
+    assert "p.csv:4: key:" in str(err)
+    assert "line 2" in str(err)
+
+
+def test_csv_blank_header_with_data(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("\nprompt\na\n", encoding="utf-8")
+    err = _error(path)
+    assert "p.csv:1:" in str(err)
+    assert "header" in str(err)
+
+
+def test_csv_without_prompt_column(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("id,question\n1,a\n", encoding="utf-8")
+    err = _error(path)
+    assert "p.csv:1: prompt:" in str(err)
+    assert "'id', 'question'" in str(err)
+    assert "--prompt-field" in str(err)
+
+
+def test_csv_short_row(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("id,prompt\n1,a\n2\n", encoding="utf-8")
+    err = _error(path)
+    assert "p.csv:3: prompt:" in str(err)
+
+
+def test_errors_stop_iteration_at_bad_line_only(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": 1}\n', encoding="utf-8")
+    items = read_prompts(path)
+    assert next(items).prompt == "a"
+    with pytest.raises(InputError, match=r"p\.jsonl:2:"):
+        next(items)
+
+
+def test_negative_limit_rejected(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}])
+    with pytest.raises(ValueError, match="-1"):
+        read_prompts(path, limit=-1)
