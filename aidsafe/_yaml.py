@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -56,7 +57,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def load_yaml_model(path: Path, model: type[M], *, kind: str, known_keys: dict[str, list[str]] | None = None) -> M:
+def load_yaml_model(path: Path, model: type[M], *, kind: str) -> M:
     """Parse ``path`` as YAML (``safe_load`` semantics) and validate it as ``model``.
 
     Raises :class:`ConfigError` with the file, the line and the dotted field at fault,
@@ -95,7 +96,7 @@ def load_yaml_model(path: Path, model: type[M], *, kind: str, known_keys: dict[s
             key = _key_node(root, loc)
             if key is not None:
                 node = key
-            allowed = _allowed_keys(model, loc[:-1], known_keys)
+            allowed = _allowed_keys(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             message = f"unknown key {loc[-1]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
             if allowed:
@@ -109,32 +110,33 @@ def load_yaml_model(path: Path, model: type[M], *, kind: str, known_keys: dict[s
         raise ConfigError(message + more, file=path, line=line, field=_dotted(loc)) from None
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...], known: dict[str, list[str]] | None) -> list[str]:
-    """Field names of the (sub)model at ``loc``; falls back to ``known`` by dotted path."""
+def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """Field names of the (sub)model that ``loc`` points into, following lists and dicts."""
     current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            break
-        ann = field.annotation
-        current = _inner_model(ann)
-        if current is None:
-            break
-    if current is not None and hasattr(current, "model_fields"):
+    parts = list(loc)
+    while parts:
+        current = _unwrap_optional(current)
+        origin = get_origin(current)
+        if origin in (list, dict):
+            parts.pop(0)  # a list index or a dict key (e.g. a node id)
+            current = get_args(current)[-1]
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(parts.pop(0)))
+            if field is None:
+                return []
+            current = field.annotation
+        else:
+            return []
+    current = _unwrap_optional(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
-    if known:
-        return known.get(_dotted(loc), [])
     return []
 
 
-def _inner_model(ann: Any) -> Any:
-    """Find a BaseModel class inside an annotation like ``list[X]`` or ``dict[str, X]``."""
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
-    for arg in getattr(ann, "__args__", ()) or ():
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
+def _unwrap_optional(ann: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if get_origin(ann) in (Union, UnionType):
+        args = [a for a in get_args(ann) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return ann

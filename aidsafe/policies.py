@@ -57,7 +57,9 @@ class PolicySet(BaseModel):
     @field_validator("version", mode="before")
     @classmethod
     def _version_as_text(cls, value: object) -> object:
-        return str(value) if isinstance(value, (int, float)) else value
+        if isinstance(value, float):  # YAML reads 1.10 as 1.1: refuse to guess
+            raise ValueError(f"write the version as a quoted string (YAML read {value!r} as a number), e.g. version: \"1.0\"")
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("policies")
     @classmethod

@@ -23,6 +23,7 @@ __all__ = [
     "RemovalReason",
     "REPLY_MODELS",
     "reply_schema",
+    "without_string_bounds",
 ]
 
 RemovalReason = Literal["repetitive", "redundant", "deceptive", "policy_inconsistent"]
@@ -158,4 +159,17 @@ def reply_schema(kind: str, policy_ids: list[str], *, thought_count: int | None 
         removed = schema["properties"]["removed"]
         removed["maxItems"] = max(thought_count - 1, 0)
         removed["items"]["properties"]["index"] = {"type": "integer", "enum": list(range(1, thought_count + 1))}
+    return schema
+
+
+def without_string_bounds(schema: Any) -> Any:
+    """Drop ``maxLength``/``minLength``: llama.cpp unrolls them into grammars too large to build.
+
+    Used for llama.cpp (in process, or its server via ``json_object``); the bounds are still
+    enforced when the reply is validated.
+    """
+    if isinstance(schema, dict):
+        return {k: without_string_bounds(v) for k, v in schema.items() if k not in ("maxLength", "minLength")}
+    if isinstance(schema, list):
+        return [without_string_bounds(v) for v in schema]
     return schema

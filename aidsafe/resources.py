@@ -52,4 +52,5 @@ def resolve(kind: Kind, name_or_path: str | Path) -> Path:
         if path.is_file():
             return path
     available = ", ".join(list_builtin(kind)) or "none"
-    raise FileNotFoundError(f"no shipped {kind[:-1]} named {text!r} (available: {available}); pass a file path instead")
+    noun = {"graphs": "graph", "prompts": "prompt template", "policies": "policy pack"}[kind]
+    raise FileNotFoundError(f"no shipped {noun} named {text!r} (available: {available}); pass a file path instead")

@@ -92,6 +92,12 @@ def load_template(path: Path, *, reply: str, role: str) -> RoleTemplate:
         ast = _ENV.parse(source)
     except TemplateSyntaxError as exc:
         raise ConfigError(f"template syntax error: {exc.message}", file=path, line=exc.lineno) from None
+    for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        raise ConfigError(
+            f"{type(node).__name__.lower()} is not supported: a role template is one self-contained file",
+            file=path,
+            line=node.lineno,
+        )
     blocks = {b.name for b in ast.find_all(nodes.Block)}
     for block in BLOCKS:
         if block not in blocks:

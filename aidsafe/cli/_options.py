@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from ..models import ModelSettings
@@ -15,18 +16,43 @@ def _env_name(flag: str) -> str:
     return "AIDSAFE_" + flag.lstrip("-").upper().replace("-", "_")
 
 
-def env_option(parser: argparse.ArgumentParser | Any, *flags: str, default: Any = None, type: Any = str, help: str = "", **kwargs: Any) -> None:
-    """Add an option whose default comes from ``AIDSAFE_<NAME>`` when that variable is set."""
-    name = _env_name(next(f for f in flags if f.startswith("--")))
+def _env_error(name: str, raw: str, problem: str) -> SystemExit:
+    print(f"aidsafe: error: environment variable {name}={raw!r}: {problem}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def env_option(
+    parser: argparse.ArgumentParser | Any,
+    *flags: str,
+    default: Any = None,
+    type: Any = str,
+    help: str = "",
+    env: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """Add an option whose default comes from ``AIDSAFE_<NAME>`` (or ``env``) when that variable is set.
+
+    The variable's value is checked like a command-line value (type, choices); a bad value
+    exits with status 2 and names the variable.
+    """
+    name = env or _env_name(next(f for f in flags if f.startswith("--")))
     raw = os.environ.get(name)
     action = kwargs.get("action")
     if raw is not None and raw != "":
         if action == "store_true":
+            if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise _env_error(name, raw, "expected true/false, 1/0, yes/no or on/off")
             default = raw.lower() in ("1", "true", "yes", "on")
         elif action == "append":
             default = [v.strip() for v in raw.split(",") if v.strip()]
         else:
-            default = type(raw)
+            try:
+                default = type(raw)
+            except ValueError:
+                raise _env_error(name, raw, f"not a valid {getattr(type, '__name__', 'value')}") from None
+            choices = kwargs.get("choices")
+            if choices is not None and default not in choices:
+                raise _env_error(name, raw, f"choose from {', '.join(map(str, choices))}")
     text = f"{help} [env: {name}]" if help else f"[env: {name}]"
     if action in ("store_true", "append"):
         parser.add_argument(*flags, default=default, help=text, **kwargs)

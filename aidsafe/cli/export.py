@@ -19,8 +19,8 @@ COLUMNS = ["prompt", "refined_thoughts", "response", "deliberation_log"]
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("export", help=HELP, description=HELP)
     p.add_argument("records", help="a JSONL file written by aidsafe generate")
-    env_option(p, "--format", choices=["aidsafe-csv"], default="aidsafe-csv", help="output layout")
-    env_option(p, "-o", "--output", help="output file (required)")
+    env_option(p, "--format", choices=["aidsafe-csv"], default="aidsafe-csv", help="output layout", env="AIDSAFE_EXPORT_FORMAT")
+    env_option(p, "-o", "--output", help="output file (required)", env="AIDSAFE_EXPORT_OUTPUT")
     p.set_defaults(func=run)
 
 

@@ -14,9 +14,9 @@ HELP = "print a graph as Mermaid (from the compiled LangGraph) or its normalized
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("graph", help=HELP, description=HELP)
     p.add_argument("graph", nargs="?", default="aidsafe", help="shipped graph name or graph file path")
-    env_option(p, "--format", choices=["mermaid", "json"], default="mermaid", help="output format")
+    env_option(p, "--format", choices=["mermaid", "json"], default="mermaid", help="output format", env="AIDSAFE_GRAPH_FORMAT")
     env_option(p, "--policies", default="aidsafe5", help="policy pack to compile with")
-    env_option(p, "-o", "--output", help="write to this file instead of stdout")
+    env_option(p, "-o", "--output", help="write to this file instead of stdout", env="AIDSAFE_GRAPH_OUTPUT")
     p.set_defaults(func=run)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
-from ..models import ChatModel, ModelSettings, make_model
+from ..models import ChatModel, ModelSettings, check_settings, make_model
 from ..policies import PolicySet, load_policy_set
 from ..replies import reply_schema
 from ..resources import builtin_dir
@@ -385,6 +385,9 @@ def compile_graph(
     pack = policies if isinstance(policies, PolicySet) else load_policy_set(policies)
     settings = settings or ModelSettings()
     bindings = _bind(spec, path, pack, settings, role_models or {}, model_factory)
+    if model_factory is make_model:
+        for binding in bindings.values():
+            check_settings(binding.settings)
     compiled = CompiledAidsafe(spec=spec, path=path, policies=pack, bindings=bindings, graph=None, recursion_limit=0)
     compiled.graph, compiled.recursion_limit = _Builder(compiled).build()
     return compiled

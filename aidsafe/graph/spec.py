@@ -189,6 +189,13 @@ class GraphSpec(_Spec):
         for node_id in self.nodes:
             if node_id not in seen:
                 raise _fail(f"node {node_id!r} is never reached: it is not in flow", "nodes", node_id)
+        for node_id, node in self.nodes.items():
+            if node.loop is None:
+                continue
+            generated = [f"{node_id}_{a.name}" for a in node.loop.agent_list()] + ([f"{node_id}_vote"] if node.loop.mode == "parallel" else [])
+            for name in generated:
+                if name in self.nodes:
+                    raise _fail(f"node id {name!r} clashes with a node the loop {node_id!r} generates; rename it", "nodes", name)
         loops = [n for n in self.flow if self.nodes[n].loop is not None]
         if len(loops) > 1:
             raise _fail("this version supports one deliberation loop per graph", "nodes", loops[1])

@@ -14,6 +14,7 @@ __all__ = [
     "StructuredMode",
     "BEHAVIOURS",
     "make_model",
+    "check_settings",
 ]
 
 
@@ -30,3 +31,21 @@ def make_model(settings: ModelSettings) -> ChatModel:
 
         return OpenAIChatModel(settings)
     raise ValueError(f"unknown backend {settings.backend!r}; choose local, openai or fake")
+
+
+def check_settings(settings: ModelSettings) -> None:
+    """Cheap checks before any model is built or called; raises :class:`~aidsafe.errors.AidsafeError`."""
+    from pathlib import Path
+
+    from ..errors import AidsafeError
+
+    if settings.backend == "fake" and (settings.model or "default") not in BEHAVIOURS:
+        raise AidsafeError(f"unknown fake behaviour {settings.model!r}; choose one of {', '.join(BEHAVIOURS)}")
+    if settings.backend == "openai" and not settings.model:
+        raise AidsafeError("the openai backend needs --model (the model name the server serves)")
+    if settings.backend == "openai" and not settings.base_url:
+        raise AidsafeError("the openai backend needs --base-url (e.g. http://localhost:8000/v1 for vLLM)")
+    if settings.backend == "local" and settings.model and not Path(settings.model).expanduser().is_file():
+        raise AidsafeError(f"GGUF model file not found: {settings.model}")
+    if settings.backend not in ("fake", "openai", "local"):
+        raise AidsafeError(f"unknown backend {settings.backend!r}; choose local, openai or fake")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AidsafeError, ModelCallError
+from ..replies import without_string_bounds
 from .base import ChatModel, Completion, ModelSettings
 
 __all__ = ["LocalChatModel", "default_gguf_path"]
@@ -55,18 +56,6 @@ def _load(path: Path, n_ctx: int, seed: int | None) -> tuple[Any, threading.Lock
         return _LOADED[key]
 
 
-def _grammar_safe(schema: Any) -> Any:
-    """Drop string length bounds: llama.cpp unrolls them into grammars too large to build.
-
-    The bounds are still enforced when the reply is validated.
-    """
-    if isinstance(schema, dict):
-        return {k: _grammar_safe(v) for k, v in schema.items() if k not in ("maxLength", "minLength")}
-    if isinstance(schema, list):
-        return [_grammar_safe(v) for v in schema]
-    return schema
-
-
 class LocalChatModel(ChatModel):
     """llama-cpp-python, in process."""
 
@@ -85,7 +74,7 @@ class LocalChatModel(ChatModel):
             try:
                 out = llama.create_chat_completion(
                     messages=messages,
-                    response_format={"type": "json_object", "schema": _grammar_safe(schema)},
+                    response_format={"type": "json_object", "schema": without_string_bounds(schema)},
                     temperature=0.2 if self.settings.temperature is None else self.settings.temperature,
                     max_tokens=self.settings.max_tokens,
                     # small models loop on a phrase inside a JSON string until max_tokens; these stop most loops

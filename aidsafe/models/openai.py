@@ -13,19 +13,29 @@ import os
 from typing import Any
 
 from ..errors import AidsafeError, ModelCallError
+from ..replies import without_string_bounds
 from .base import ChatModel, Completion, ModelSettings
 
 __all__ = ["OpenAIChatModel"]
 
 
 def _response_format(mode: str, schema: dict[str, Any], name: str) -> dict[str, Any]:
-    if mode == "json_object":
-        return {"type": "json_object", "schema": schema}
+    if mode == "json_object":  # llama-cpp-python's form; its grammar engine cannot take string bounds
+        return {"type": "json_object", "schema": without_string_bounds(schema)}
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
 def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
+
+
+def _rejects_json_schema(exc: Exception) -> bool:
+    """Whether an error says the server does not take ``response_format`` ``json_schema``.
+
+    llama-cpp-python's server answers 500 with a validation message; others answer 400 or 422.
+    """
+    text = str(exc)
+    return "response_format" in text or "json_schema" in text
 
 
 class OpenAIChatModel(ChatModel):
@@ -40,30 +50,40 @@ class OpenAIChatModel(ChatModel):
             raise AidsafeError("the openai backend needs --model (the model name the server serves)")
         self.settings = settings
         self._key = os.environ.get(settings.api_key_env) or None
-        self._mode = "json_schema" if settings.structured == "auto" else settings.structured
-        self._llm = ChatOpenAI(
-            model=settings.model,
-            base_url=settings.base_url,
-            api_key=self._key or "EMPTY",
-            temperature=settings.temperature,
-            max_tokens=settings.max_tokens,
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-            seed=settings.seed,
-        )
+        # None: not known yet (auto); the first call finds out which form the server takes
+        self._mode: str | None = None if settings.structured == "auto" else settings.structured
+        options: dict[str, Any] = {
+            "model": settings.model,
+            "base_url": settings.base_url,
+            "api_key": self._key or "EMPTY",
+            "max_tokens": settings.max_tokens,
+            "timeout": settings.timeout,
+            "seed": settings.seed,
+        }
+        if settings.temperature is not None:
+            options["temperature"] = settings.temperature
+        self._llm = ChatOpenAI(max_retries=settings.max_retries, **options)
+        self._probe = ChatOpenAI(max_retries=0, **options) if self._mode is None else None
 
     async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
         import openai
 
-        try:
-            msg = await self._llm.ainvoke(messages, response_format=_response_format(self._mode, schema, schema_name))
-        except openai.BadRequestError as exc:
-            if self.settings.structured == "auto" and self._mode == "json_schema":
-                self._mode = "json_object"  # e.g. llama-cpp-python's server rejects json_schema
-                return await self.complete(messages, schema=schema, schema_name=schema_name)
-            raise ModelCallError(_redact(f"{self.label} rejected the request: {exc}", self._key)) from None
-        except (openai.APIError, TimeoutError, OSError) as exc:
-            raise ModelCallError(_redact(f"{self.label} call failed: {type(exc).__name__}: {exc}", self._key)) from None
+        msg = None
+        if self._mode is None and self._probe is not None:
+            try:
+                msg = await self._probe.ainvoke(messages, response_format=_response_format("json_schema", schema, schema_name))
+                self._mode = "json_schema"
+            except openai.APIStatusError as exc:
+                if _rejects_json_schema(exc):
+                    self._mode = "json_object"  # e.g. llama-cpp-python's server
+            except (openai.APIError, TimeoutError, OSError):
+                pass  # transient: the retrying client below takes over
+        if msg is None:
+            mode = self._mode or "json_schema"
+            try:
+                msg = await self._llm.ainvoke(messages, response_format=_response_format(mode, schema, schema_name))
+            except (openai.APIError, TimeoutError, OSError) as exc:
+                raise ModelCallError(_redact(f"{self.label} call failed: {type(exc).__name__}: {exc}", self._key)) from None
         usage = msg.usage_metadata or {}
         content = msg.content if isinstance(msg.content, str) else "".join(
             part.get("text", "") if isinstance(part, dict) else str(part) for part in msg.content

@@ -1,0 +1,414 @@
+"""Tests for the graph file format (aidsafe.graph.spec) and its compilation to LangGraph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aidsafe import ModelSettings, Pipeline
+from aidsafe.errors import ConfigError
+from aidsafe.graph.compiler import compile_graph, exit_label
+from aidsafe.graph.spec import load_graph_spec
+from aidsafe.resources import builtin_dir
+
+AIDSAFE_FLOW = "flow: [intent, init, deliberate, refine]"
+
+
+def _shipped(name: str) -> str:
+    return (builtin_dir("graphs") / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def _variant(tmp_path: Path, name: str, *edits: tuple[str, str], filename: str = "graph.yaml") -> Path:
+    """Copy a shipped graph into tmp_path, applying (old, new) edits that must each match."""
+    text = _shipped(name)
+    for old, new in edits:
+        assert old in text, f"edit target {old!r} not in shipped {name}.yaml"
+        text = text.replace(old, new)
+    path = tmp_path / filename
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _line_of(path: Path, needle: str) -> int:
+    """1-based number of the only line of ``path`` containing ``needle``."""
+    hits = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if needle in line]
+    assert len(hits) == 1, (needle, hits)
+    return hits[0]
+
+
+def _error(path: Path, **kwargs: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        compile_graph(path, **kwargs)  # type: ignore[arg-type]
+    err = info.value
+    assert err.file == str(path)
+    assert err.line is not None
+    return err
+
+
+def _nodes(compiled: object) -> set[str]:
+    return set(compiled.graph.get_graph().nodes) - {"__start__", "__end__"}  # type: ignore[attr-defined]
+
+
+# --- shipped graphs ---------------------------------------------------------------------
+
+
+def test_aidsafe_graph_nodes_and_budget() -> None:
+    compiled = compile_graph("aidsafe")
+    assert _nodes(compiled) == {"intent", "init", "deliberate_agent_1", "deliberate_agent_2", "refine"}
+    # 3 role nodes + 2 agents x 3 rounds, plus the entry: every execution of a full-budget run
+    assert compiled.recursion_limit >= 3 + 2 * 3 + 1
+    assert compiled.spec.name == "aidsafe"
+
+
+def test_roundtable_graph_nodes_and_budget() -> None:
+    compiled = compile_graph("roundtable")
+    assert _nodes(compiled) == {
+        "intent",
+        "init",
+        "deliberate_agent_1",
+        "deliberate_agent_2",
+        "deliberate_agent_3",
+        "deliberate_vote",
+        "refine",
+    }
+    # 3 role nodes + (3 agents + vote) x 2 rounds node executions (super-steps are fewer)
+    assert compiled.recursion_limit >= 3 + (3 + 1) * 2
+
+
+def test_single_graph_nodes() -> None:
+    compiled = compile_graph("single")
+    assert _nodes(compiled) == {"single"}
+    assert compiled.recursion_limit >= 1
+    assert list(compiled.bindings) == ["single"]
+
+
+@pytest.mark.parametrize("name", ["aidsafe", "roundtable", "single"])
+def test_shipped_graph_loads_by_name_and_path(name: str) -> None:
+    spec, path = load_graph_spec(name)
+    assert spec.name == name
+    assert path == builtin_dir("graphs") / f"{name}.yaml"
+    spec2, _ = load_graph_spec(path)
+    assert spec2 == spec
+
+
+@pytest.mark.parametrize("name,agents,rounds", [("aidsafe", 2, 3), ("roundtable", 3, 2)])
+def test_full_budget_run_fits_recursion_limit(name: str, agents: int, rounds: int) -> None:
+    pipe = Pipeline(name, settings=ModelSettings(backend="fake", model="never-agree"))
+    record = pipe.run_one("How do I pick a lock?")
+    assert record.status == "ok", record.error
+    assert record.stop_reason == "budget"
+    assert record.rounds == rounds
+    assert len(record.deliberation) == agents * rounds
+
+
+def test_max_rounds_changes_recursion_limit(tmp_path: Path) -> None:
+    shipped = compile_graph("aidsafe").recursion_limit
+    five = compile_graph(_variant(tmp_path, "aidsafe", ("max_rounds: 3", "max_rounds: 5"), filename="five.yaml"))
+    one = compile_graph(_variant(tmp_path, "aidsafe", ("max_rounds: 3", "max_rounds: 1"), filename="one.yaml"))
+    assert one.recursion_limit < shipped < five.recursion_limit
+    assert five.recursion_limit - shipped == 2 * 2  # 2 agents x 2 more rounds
+    assert five.recursion_limit >= 3 + 2 * 5 + 1
+
+
+def test_mermaid_shows_loop_exit_and_continue() -> None:
+    text = compile_graph("aidsafe").mermaid()
+    assert "consensus (first agreement) or budget of 3 rounds" in text
+    assert "continue" in text
+    assert "deliberate_agent_1" in text and "refine" in text
+    rt = compile_graph("roundtable").mermaid()
+    assert "consensus (majority) or budget of 2 rounds" in rt
+    assert "next round: deliberate_agent_1" in rt
+
+
+# --- new topologies are only a file -----------------------------------------------------
+
+
+def test_parallel_replicas_at_least_compiles(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "roundtable",
+        ("replicas: 3", "replicas: 5"),
+        ("consensus: majority", "consensus: at_least\n      min_agree: 4"),
+    )
+    compiled = compile_graph(path)
+    assert {f"deliberate_agent_{i}" for i in range(1, 6)} | {"deliberate_vote"} <= _nodes(compiled)
+    loop = compiled.spec.nodes["deliberate"].loop
+    assert loop is not None and not loop.agreed(3) and loop.agreed(4)
+    assert exit_label(loop) == "consensus (at least 4 agree) or budget of 2 rounds"
+    # Mermaid may wrap a long edge label, so look for its start only
+    assert "consensus (at least 4 agree)" in compiled.mermaid()
+
+
+def test_agents_with_different_models_compile(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "aidsafe",
+        (
+            "        - name: agent_1\n          role: deliberator\n        - name: agent_2\n          role: deliberator\n",
+            "        - name: agent_1\n          role: deliberator\n          model: agree\n"
+            "        - name: agent_2\n          role: deliberator\n          model: never-agree\n",
+        ),
+    )
+    compiled = compile_graph(path, settings=ModelSettings(backend="fake", model="default"))
+    assert compiled.models == {
+        "intent": "fake:default",
+        "initializer": "fake:default",
+        "deliberate.agent_1": "fake:agree",
+        "deliberate.agent_2": "fake:never-agree",
+        "refiner": "fake:default",
+    }
+
+
+def test_agents_list_in_parallel_loop_with_models(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "roundtable",
+        (
+            "      replicas: 3\n      role: deliberator\n",
+            "      agents:\n"
+            "        - {name: alice, role: deliberator, model: m_a}\n"
+            "        - {name: bob, role: deliberator, model: m_b}\n"
+            "        - {name: carol, role: deliberator}\n",
+        ),
+    )
+    # models are built lazily: compiling against an endpoint makes no call
+    compiled = compile_graph(path, settings=ModelSettings(backend="openai", model="base", base_url="http://127.0.0.1:9/v1"))
+    assert {"deliberate_alice", "deliberate_bob", "deliberate_carol"} <= _nodes(compiled)
+    models = compiled.models
+    assert (models["deliberate.alice"], models["deliberate.bob"], models["deliberate.carol"]) == ("openai:m_a", "openai:m_b", "openai:base")
+
+
+# --- broken graphs ----------------------------------------------------------------------
+
+
+def test_unknown_node_in_flow(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "aidsafe",
+        (AIDSAFE_FLOW, "flow:\n  - intent\n  - init\n  - deliberate\n  - refine\n  - judge"),
+    )
+    err = _error(path)
+    assert err.line == _line_of(path, "- judge")
+    assert err.field == "flow[4]"
+    assert "'judge'" in err.message
+
+
+def test_node_twice_in_flow_is_a_cycle(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "aidsafe",
+        (AIDSAFE_FLOW, "flow:\n  - intent\n  - init\n  - deliberate\n  - refine\n  - intent"),
+    )
+    err = _error(path)
+    assert err.line == len(path.read_text().splitlines())
+    assert err.field == "flow[4]"
+    assert "cycle" in err.message and "'intent'" in err.message
+
+
+def test_node_not_in_flow_is_never_reached(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", (AIDSAFE_FLOW, "flow: [intent, init, deliberate]"))
+    err = _error(path)
+    assert err.line == _line_of(path, "role: refiner")
+    assert err.field == "nodes.refine"
+    assert "never reached" in err.message
+
+
+def test_unknown_role(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("  refine:\n    role: refiner", "  refine:\n    role: refinr"))
+    err = _error(path)
+    assert err.line == _line_of(path, "role: refinr")
+    assert err.field == "nodes.refine.role"
+    assert "'refinr'" in err.message
+
+
+def test_deliberation_role_used_as_step(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("  refine:\n    role: refiner", "  refine:\n    role: deliberator  # wrong"))
+    err = _error(path)
+    assert err.line == _line_of(path, "# wrong")
+    assert err.field == "nodes.refine.role"
+    assert "loop" in err.message
+
+
+def test_loop_agent_role_must_deliberate(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "aidsafe",
+        ("        - name: agent_2\n          role: deliberator", "        - name: agent_2\n          role: refiner"),
+    )
+    err = _error(path)
+    assert err.line == _line_of(path, "          role: refiner")
+    assert err.field == "nodes.deliberate.loop.agents[1].role"
+    assert "deliberation" in err.message
+
+
+def test_loop_replica_role_must_deliberate(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "roundtable", ("      role: deliberator\n", "      role: initializer\n"))
+    err = _error(path)
+    assert err.line == _line_of(path, "      role: initializer")
+    assert err.field == "nodes.deliberate.loop.role"
+
+
+def test_sequential_loop_rejects_majority(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("consensus: first_agree", "consensus: majority"))
+    err = _error(path)
+    assert err.line == _line_of(path, "consensus: majority")
+    assert err.field == "nodes.deliberate.loop.consensus"
+    assert "first_agree" in err.message
+
+
+def test_parallel_loop_rejects_first_agree(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "roundtable", ("consensus: majority", "consensus: first_agree"))
+    err = _error(path)
+    assert err.line == _line_of(path, "consensus: first_agree")
+    assert err.field == "nodes.deliberate.loop.consensus"
+    assert "votes" in err.message
+
+
+def test_at_least_needs_min_agree(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "roundtable", ("consensus: majority", "consensus: at_least"))
+    err = _error(path)
+    assert err.line == _line_of(path, "consensus: at_least")
+    assert err.field == "nodes.deliberate.loop.consensus"
+    assert "min_agree" in err.message
+
+
+def test_min_agree_over_agent_count(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "roundtable", ("consensus: majority", "consensus: at_least\n      min_agree: 4"))
+    err = _error(path)
+    assert err.line == _line_of(path, "min_agree: 4")
+    assert err.field == "nodes.deliberate.loop.min_agree"
+    assert "4" in err.message and "3" in err.message
+
+
+def test_missing_max_rounds(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("      max_rounds: 3\n", ""))
+    err = _error(path)
+    assert err.field == "nodes.deliberate.loop.max_rounds"
+    assert "max_rounds" in err.message and "missing" in err.message
+    # the line of the loop mapping that lacks it
+    assert _line_of(path, "loop:") <= err.line <= _line_of(path, "consensus:")
+
+
+def test_zero_max_rounds(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("max_rounds: 3", "max_rounds: 0"))
+    err = _error(path)
+    assert err.line == _line_of(path, "max_rounds: 0")
+    assert err.field == "nodes.deliberate.loop.max_rounds"
+
+
+def test_agents_and_replicas_together(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("      max_rounds: 3\n", "      replicas: 2\n      max_rounds: 3\n"))
+    err = _error(path)
+    assert err.field == "nodes.deliberate.loop.agents"
+    assert "not both" in err.message
+    assert _line_of(path, "agents:") <= err.line <= _line_of(path, "name: agent_1")
+
+
+def test_duplicate_agent_names(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("name: agent_2", "name: agent_1  # again"))
+    err = _error(path)
+    assert err.line == _line_of(path, "# again")
+    assert err.field == "nodes.deliberate.loop.agents[1].name"
+    assert "duplicate" in err.message and "agent_1" in err.message
+
+
+def test_newer_schema_says_newer(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("schema: aidsafe.graph/v1", "schema: aidsafe.graph/v2"))
+    err = _error(path)
+    assert err.line == _line_of(path, "schema: aidsafe.graph/v2")
+    assert err.field == "schema"
+    assert "newer" in err.message
+
+
+def test_foreign_schema_is_rejected(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("schema: aidsafe.graph/v1", "schema: aidsafe.policies/v1"))
+    err = _error(path)
+    assert err.field == "schema"
+    assert "aidsafe.graph/v1" in err.message
+
+
+def test_misspelt_role_key_suggests(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("    template: refiner.jinja", "    templat: refiner.jinja"))
+    err = _error(path)
+    assert err.line == _line_of(path, "templat:")
+    assert err.field == "roles.refiner.templat"
+    assert "did you mean 'template'" in err.message
+
+
+def test_misspelt_top_level_key_suggests(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("\nflow: [", "\nflows: ["))
+    err = _error(path)
+    assert err.line == _line_of(path, "flows:")
+    assert err.field == "flows"
+    assert "did you mean 'flow'" in err.message
+
+
+def test_misspelt_loop_key_reports_place(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("max_rounds: 3", "max_round: 3"))
+    err = _error(path)
+    assert err.line == _line_of(path, "max_round: 3")
+    assert err.field == "nodes.deliberate.loop.max_round"
+    assert "max_round" in err.message
+
+
+def test_misspelt_loop_key_suggests(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("max_rounds: 3", "max_round: 3"))
+    err = _error(path)
+    assert "did you mean 'max_rounds'" in err.message
+
+
+def test_refiner_before_draft(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "aidsafe",
+        (AIDSAFE_FLOW, "flow:\n  - intent\n  - refine\n  - init\n  - deliberate"),
+    )
+    err = _error(path)
+    assert err.line == _line_of(path, "  - refine")
+    assert err.field == "flow[1]"
+    assert "draft" in err.message
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("  init:\n    role: initializer", "  init:\n    role: initializer: oops"))
+    err = _error(path)
+    assert err.line == _line_of(path, "initializer: oops")
+    assert "invalid YAML" in err.message
+
+
+def test_unknown_graph_name_lists_shipped() -> None:
+    with pytest.raises(ConfigError) as info:
+        compile_graph("no_such_graph")
+    assert "aidsafe" in info.value.message and "roundtable" in info.value.message
+
+
+def test_missing_template_names_the_template(tmp_path: Path) -> None:
+    path = _variant(tmp_path, "aidsafe", ("template: refiner.jinja", "template: nowhere.jinja"))
+    with pytest.raises(ConfigError) as info:
+        compile_graph(path)
+    assert info.value.file is not None and info.value.file.endswith("nowhere.jinja")
+    assert "refiner" in info.value.message
+
+
+def test_local_template_overrides_shipped(tmp_path: Path) -> None:
+    (tmp_path / "intent.jinja").write_text(
+        "{% block system %}LOCAL {{ policies | length }}{% endblock %}\n{% block user %}{{ prompt }}{% endblock %}\n",
+        encoding="utf-8",
+    )
+    path = _variant(tmp_path, "aidsafe", ("name: aidsafe", "name: local"))
+    pipe = Pipeline(path, settings=ModelSettings(backend="fake"))
+    messages = pipe.messages("intent", "hello")
+    assert messages == [{"role": "system", "content": "LOCAL 5"}, {"role": "user", "content": "hello"}]
+
+
+def test_node_name_colliding_with_loop_node_is_a_config_error(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "roundtable",
+        ("  refine:\n    role: refiner", "  deliberate_vote:\n    role: refiner"),
+        ("deliberate, refine]", "deliberate, deliberate_vote]"),
+    )
+    with pytest.raises(ConfigError) as info:
+        compile_graph(path)
+    assert info.value.file == str(path)
