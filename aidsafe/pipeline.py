@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import AidsafeError, ConfigError
-from .graph.compiler import CompiledAidsafe, ModelFactory, compile_graph
+from .graph.compiler import Binding, CompiledAidsafe, ModelFactory, compile_graph
 from .graph.state import PromptState, initial_state
 from .inputs import PromptItem, count_prompts, read_prompts
 from .models import ModelSettings, make_model
@@ -162,7 +162,7 @@ class Pipeline:
         ``state`` may set ``intents``, ``thoughts``, ``response``, ``round`` ...; missing values
         get placeholders so every template renders.
         """
-        binding = self._binding(role)
+        binding = self.binding(role)
         base = initial_state("preview", prompt)
         base["intents"] = state.pop("intents", {"explicit": ["(explicit intents appear here)"], "implicit": ["(implicit intents appear here)"]})
         base["thoughts"] = state.pop("thoughts", [{"text": "(thoughts so far appear here)", "policies": [self.compiled.policies.ids[0]]}])
@@ -172,7 +172,8 @@ class Pipeline:
         extra.update(state)
         return binding.template.render(self.compiled.variables(base, schema=binding.schema, **extra))
 
-    def _binding(self, role: str) -> Any:
+    def binding(self, role: str) -> Binding:
+        """The binding (template, schema, model settings) of a role or agent name."""
         bindings = self.compiled.bindings
         if role in bindings:
             return bindings[role]

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..graph.compiler import compile_graph
+from ..models import ModelSettings
 from ._options import env_option
 
 HELP = "print a graph as Mermaid (from the compiled LangGraph) or its normalized spec as JSON"
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    compiled = compile_graph(args.graph, args.policies)
+    compiled = compile_graph(args.graph, args.policies, ModelSettings(backend="fake"))  # no model is needed
     if args.format == "mermaid":
         text = compiled.mermaid()
     else:

@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
             print(message["content"])
     if args.schema:
         print("===== schema =====")
-        print(json.dumps(pipe._binding(args.role).schema, indent=2))
+        print(json.dumps(pipe.binding(args.role).schema, indent=2))
     return 0

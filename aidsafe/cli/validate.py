@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..graph.compiler import compile_graph
+from ..models import ModelSettings
 from ..inputs import count_prompts
 from ._options import add_graph_options, env_option
 
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    compiled = compile_graph(args.graph, args.policies)
+    compiled = compile_graph(args.graph, args.policies, ModelSettings(backend="fake"))  # no model is needed
     spec = compiled.spec
     print(
         f"graph {spec.name!r} ({compiled.path}): {len(spec.flow)} nodes, roles {', '.join(spec.roles)}; "

@@ -45,7 +45,12 @@ def check_settings(settings: ModelSettings) -> None:
         raise AidsafeError("the openai backend needs --model (the model name the server serves)")
     if settings.backend == "openai" and not settings.base_url:
         raise AidsafeError("the openai backend needs --base-url (e.g. http://localhost:8000/v1 for vLLM)")
-    if settings.backend == "local" and settings.model and not Path(settings.model).expanduser().is_file():
-        raise AidsafeError(f"GGUF model file not found: {settings.model}")
+    if settings.backend == "local":
+        if settings.model and not Path(settings.model).expanduser().is_file():
+            raise AidsafeError(f"GGUF model file not found: {settings.model}")
+        if not settings.model:
+            from .local import default_gguf_path
+
+            default_gguf_path()  # raises with the install hint when the embedded model is missing
     if settings.backend not in ("fake", "openai", "local"):
         raise AidsafeError(f"unknown backend {settings.backend!r}; choose local, openai or fake")

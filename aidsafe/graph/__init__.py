@@ -1,0 +1,22 @@
+"""Graph files (``graphs/*.yaml``) and their compiler into LangGraph."""
+
+from __future__ import annotations
+
+from .compiler import Binding, CompiledAidsafe, compile_graph, exit_label
+from .spec import AgentSpec, GraphSpec, LoopSpec, NodeSpec, RoleSpec, load_graph_spec
+from .state import PromptState, initial_state
+
+__all__ = [
+    "AgentSpec",
+    "Binding",
+    "CompiledAidsafe",
+    "GraphSpec",
+    "LoopSpec",
+    "NodeSpec",
+    "PromptState",
+    "RoleSpec",
+    "compile_graph",
+    "exit_label",
+    "initial_state",
+    "load_graph_spec",
+]
