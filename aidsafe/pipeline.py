@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .cache import ResponseCache
 from .errors import AidsafeError, ConfigError
 from .graph.compiler import Binding, CompiledAidsafe, ModelFactory, compile_graph
 from .graph.state import PromptState, initial_state
@@ -47,7 +49,7 @@ def record_from_state(state: PromptState, compiled: CompiledAidsafe) -> Record:
             "stop_reason": stop,
             "rounds": state.get("rounds", 0),
             "thoughts": thoughts if not error else [],
-            "removed_thoughts": state.get("removed") or [] if not error else [],
+            "removed_thoughts": (state.get("removed") or []) if not error else [],
             "response": state.get("response", "") if not error else "",
             "models": compiled.models,
             "usage": state.get("usage") or {},
@@ -58,9 +60,17 @@ def record_from_state(state: PromptState, compiled: CompiledAidsafe) -> Record:
     )
 
 
+_COUNTS = ("prompt_tokens", "completion_tokens", "calls", "retries", "cached")
+
+
+def _add(slot: dict[str, int], usage: Any) -> None:
+    for key in _COUNTS:
+        slot[key] = slot.get(key, 0) + int(getattr(usage, key))
+
+
 @dataclass
 class RunSummary:
-    """Totals of one run."""
+    """Totals over the records of an output file (every record, after a resume too)."""
 
     output: str | None = None
     ok: int = 0
@@ -68,9 +78,15 @@ class RunSummary:
     stop_reasons: Counter[str] = field(default_factory=Counter)
     rounds: int = 0
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Tokens, calls, retries and cache hits per stage (graph node)."""
+    by_role: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Tokens per role; deliberation turns counted per agent."""
     faults: int = 0
+    run: dict[str, Any] = field(default_factory=dict)
+    """What this invocation did: prompts run, skipped (resumed), seconds, rates, cache hits."""
 
-    def add(self, record: Record) -> None:
+    def add(self, record: Record, roles: dict[str, str] | None = None) -> None:
+        """Count one record; ``roles`` maps step-node ids to their role names."""
         if record.status == "ok":
             self.ok += 1
         else:
@@ -79,13 +95,19 @@ class RunSummary:
         self.rounds += record.rounds
         self.faults += len(record.faults)
         for stage, usage in record.usage.items():
-            slot = self.usage.setdefault(stage, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
-            for key, value in usage.model_dump().items():
-                slot[key] += value
+            _add(self.usage.setdefault(stage, {}), usage)
+            if roles and stage in roles:
+                _add(self.by_role.setdefault(roles[stage], {}), usage)
+        for turn in record.deliberation:
+            _add(self.by_role.setdefault(turn.agent, {}), turn.usage)
 
     @property
     def total(self) -> int:
         return self.ok + self.failed
+
+    @property
+    def retries(self) -> int:
+        return sum(u.get("retries", 0) for u in self.usage.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,16 +118,26 @@ class RunSummary:
             "stop_reasons": dict(self.stop_reasons),
             "mean_rounds": round(self.rounds / self.total, 3) if self.total else 0.0,
             "faults": self.faults,
-            "usage": self.usage,
+            "retries": self.retries,
+            "usage_by_stage": self.usage,
+            "usage_by_role": self.by_role,
+            "run": self.run,
         }
 
     def __str__(self) -> str:
         d = self.as_dict()
         stops = ", ".join(f"{k} {v}" for k, v in sorted(d["stop_reasons"].items())) or "none"
-        tokens = ", ".join(f"{k} {v['prompt_tokens']}+{v['completion_tokens']}" for k, v in d["usage"].items()) or "none"
+        tokens = ", ".join(f"{k} {v['prompt_tokens']}+{v['completion_tokens']}" for k, v in d["usage_by_stage"].items()) or "none"
+        run = d["run"]
+        this_run = (
+            f"; this run: {run.get('prompts', 0)} prompts in {run.get('seconds', 0):.1f} s, {run.get('skipped', 0)} already done"
+            if run
+            else ""
+        )
         return (
             f"records: {d['records']} (ok {d['ok']}, failed {d['failed']}); stop reasons: {stops}; "
-            f"mean rounds: {d['mean_rounds']}; faults: {d['faults']}; tokens (prompt+completion) by stage: {tokens}"
+            f"mean rounds: {d['mean_rounds']}; faults: {d['faults']}; retries: {d['retries']}; "
+            f"tokens (prompt+completion) by stage: {tokens}{this_run}"
         )
 
 
@@ -199,8 +231,13 @@ class Pipeline:
         """Sync :meth:`arun_one` (works in notebooks too)."""
         return _run_sync(lambda: self._closing(self.arun_one(prompt, prompt_id)))
 
-    async def arun(self, items: Iterable[PromptItem | str], *, concurrency: int = 1) -> AsyncIterator[Record]:
-        """Yield records as prompts finish, with at most ``concurrency`` prompts in flight."""
+    async def arun(
+        self, items: Iterable[PromptItem | str], *, concurrency: int = 1, on_start: Callable[[], None] | None = None
+    ) -> AsyncIterator[Record]:
+        """Yield records as prompts finish, with at most ``concurrency`` prompts in flight.
+
+        ``items`` is consumed lazily: memory stays flat in the number of prompts.
+        """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         pending: set[asyncio.Task[Record]] = set()
@@ -208,6 +245,8 @@ class Pipeline:
             if isinstance(item, str):
                 item = PromptItem(id=str(index), prompt=item, source="<api>", line=index + 1)
             pending.add(asyncio.create_task(self.arun_one(item)))
+            if on_start is not None:
+                on_start()
             if len(pending) >= concurrency:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -231,6 +270,16 @@ class Pipeline:
         finally:
             await self.compiled.aclose()
 
+    def summarize(self, output_path: str | Path) -> RunSummary:
+        """Totals over every record of an output file (streamed: memory stays flat)."""
+        roles = {node_id: n.role for node_id, n in self.compiled.spec.nodes.items() if n.role is not None}
+        summary = RunSummary(output=str(output_path))
+        with open(output_path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    summary.add(Record.model_validate_json(line), roles)
+        return summary
+
     async def agenerate(
         self,
         input_path: str | Path,
@@ -241,34 +290,86 @@ class Pipeline:
         limit: int | None = None,
         concurrency: int = 1,
         overwrite: bool = False,
+        retry_failed: bool = False,
+        shard: tuple[int, int] | None = None,
+        output_format: str = "jsonl",
+        cache: bool = True,
         progress: bool = True,
     ) -> RunSummary:
-        """Read prompts from a file, write one JSON line per prompt to ``output_path``.
+        """Run every prompt of a file; one JSON record per prompt, appended as each finishes.
 
-        The input is validated completely before the first model call. Each record is written
-        and flushed as its prompt finishes.
+        - The input is validated completely before the first model call.
+        - Re-running the same command resumes: prompts with a record are skipped, a truncated
+          last line left by a crash is cut off, and calls a killed run already made are answered
+          from the response cache (``<output>.cache.sqlite``) instead of the model.
+        - ``retry_failed`` runs the prompts whose records failed again (their old records are
+          replaced). ``overwrite`` starts from scratch. ``shard=(i, n)`` runs every n-th prompt
+          starting at i (0-based), for several machines; ``aidsafe merge`` joins the shards.
+        - ``output_format`` ``parquet`` or ``hf`` converts the finished JSONL (kept as
+          ``<output>.jsonl``, where resumes happen) to Parquet or a ``save_to_disk`` folder.
+        - A ``<output>.summary.json`` sidecar holds the totals.
         """
-        output = Path(output_path)
-        if output.exists() and output.stat().st_size > 0 and not overwrite:
-            raise AidsafeError(f"{output} exists and is not empty; pass --overwrite to replace it")
-        total = count_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit)
-        summary = RunSummary(output=str(output))
-        output.parent.mkdir(parents=True, exist_ok=True)
-        bar = _progress(total, progress)
+        from .outputs import OUTPUT_FORMATS, convert_output, drop_records, scan_output, write_sidecar
+
+        if output_format not in OUTPUT_FORMATS:
+            raise AidsafeError(f"unknown output format {output_format!r}; choose {', '.join(OUTPUT_FORMATS)}")
+        if concurrency < 1:
+            raise AidsafeError("concurrency must be at least 1")
+        if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+            raise AidsafeError(f"shard must be i/n with 0 <= i < n, got {shard[0]}/{shard[1]}")
+        destination = Path(output_path)
+        records_path = destination if output_format == "jsonl" else destination.with_name(destination.name + ".jsonl")
+        cache_path = records_path.with_name(records_path.name + ".cache.sqlite")
+        count_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit)  # refuse a bad file now
+        if overwrite:
+            for stale in (records_path, cache_path, Path(f"{cache_path}-wal"), Path(f"{cache_path}-shm")):
+                stale.unlink(missing_ok=True)
+        state = scan_output(records_path, repair=True)
+        if retry_failed and state.failed:
+            drop_records(records_path, state.failed)
+        skip = state.done if retry_failed else state.done | state.failed
+
+        def selected() -> Iterator[PromptItem]:
+            items = read_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit)
+            for index, item in enumerate(items):
+                if shard is not None and index % shard[1] != shard[0]:
+                    continue
+                if item.id not in skip:
+                    yield item
+
+        todo = sum(1 for _ in selected())
+        records_path.parent.mkdir(parents=True, exist_ok=True)
+        response_cache = ResponseCache(cache_path, read=not retry_failed) if cache else None
+        self.compiled.cache = response_cache
+        meter = _Meter(todo, progress)
+        started = time.monotonic()
         try:
-            with output.open("w", encoding="utf-8") as sink:
-                items = read_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit)
-                async for record in self.arun(items, concurrency=concurrency):
+            with records_path.open("a", encoding="utf-8") as sink:
+                async for record in self.arun(selected(), concurrency=concurrency, on_start=meter.started):
                     sink.write(json.dumps(record.model_dump(mode="json"), ensure_ascii=False) + "\n")
                     sink.flush()
-                    summary.add(record)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(ok=summary.ok, failed=summary.failed, refresh=False)
+                    meter.finished(record)
         finally:
-            if bar is not None:
-                bar.close()
+            meter.close()
+            self.compiled.cache = None
+            if response_cache is not None:
+                response_cache.close()
             await self.compiled.aclose()
+        summary = self.summarize(records_path)
+        seconds = time.monotonic() - started
+        summary.run = {
+            "prompts": meter.done,
+            "skipped": len(skip),
+            "repaired_last_line": state.repaired,
+            "seconds": round(seconds, 3),
+            "prompts_per_s": round(meter.done / seconds, 3) if seconds else 0.0,
+            "tokens_per_s": round(meter.tokens / seconds, 1) if seconds else 0.0,
+            "cache_hits": response_cache.hits if response_cache is not None else 0,
+            "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+        }
+        if output_format != "jsonl":
+            convert_output(records_path, output_format, destination)
+        write_sidecar(destination, summary.as_dict())
         return summary
 
     def generate(self, input_path: str | Path, output_path: str | Path, **options: Any) -> RunSummary:
@@ -276,9 +377,34 @@ class Pipeline:
         return _run_sync(lambda: self.agenerate(input_path, output_path, **options))
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _Meter:
+    """Progress bar: done, failed, in flight, prompts/s, tokens/s, ETA."""
 
-    return tqdm(total=total, unit="prompt", desc="generate", dynamic_ncols=True)
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.done = self.failed = self.in_flight = self.tokens = 0
+        self.started_at = time.monotonic()
+        self.bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="prompt", desc="generate", dynamic_ncols=True)
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self, record: Record) -> None:
+        self.in_flight -= 1
+        self.done += 1
+        self.failed += record.status == "failed"
+        self.tokens += sum(u.prompt_tokens + u.completion_tokens for u in record.usage.values())
+        if self.bar is not None:
+            elapsed = max(time.monotonic() - self.started_at, 1e-9)
+            self.bar.set_postfix(
+                ok=self.done - self.failed, failed=self.failed, in_flight=self.in_flight,
+                tok_s=f"{self.tokens / elapsed:.0f}", refresh=False,
+            )
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

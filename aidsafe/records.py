@@ -19,7 +19,11 @@ class Usage(_Out):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
-    """Model calls made (a repair attempt counts as a call)."""
+    """Replies used (a repair attempt counts as a call)."""
+    retries: int = 0
+    """Failed attempts retried (429, 5xx, timeouts, dropped connections)."""
+    cached: int = 0
+    """Replies answered from the response cache (paid for by an earlier, interrupted run)."""
 
 
 class CitedThought(_Out):

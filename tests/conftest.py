@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +30,101 @@ def fake_pipeline() -> Callable[..., Pipeline]:
 
     return build
 
+
+
+class Stub:
+    """Behaviour of the scripted OpenAI-compatible test server (mutable by tests while it runs)."""
+
+    def __init__(self) -> None:
+        self.reject_json_schema = False
+        self.status: int | None = None
+        """Answer every request with this HTTP status (an always-failing server)."""
+        self.fail_first: int = 0
+        """Answer the first N requests with ``fail_status`` (and ``Retry-After``), then normally."""
+        self.fail_status = 429
+        self.retry_after: str | None = "0.05"
+        self.latency = 0.0
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.connections: set[int] = set()
+        """Client ports seen: how many TCP connections the client opened."""
+
+    def answer(self, body: dict[str, Any]) -> str:
+        fmt = body.get("response_format", {})
+        schema = fmt.get("json_schema", {}).get("schema") if fmt.get("type") == "json_schema" else fmt.get("schema")
+        props = set((schema or {}).get("properties", {}))
+        if props == {"explicit", "implicit"}:
+            return json.dumps({"explicit": ["e"], "implicit": ["i"]})
+        if props == {"thoughts", "response"}:
+            return json.dumps({"thoughts": [{"text": "t", "policies": ["P1"]}], "response": "r"})
+        if "agree" in props:
+            return json.dumps({"agree": True, "thoughts": [], "response": ""})
+        return json.dumps({"removed": [], "response": "final"})
+
+
+@pytest.fixture
+def stub_server() -> Iterator[tuple[Stub, str]]:
+    """A real HTTP server on localhost speaking the OpenAI chat-completions format, scripted by ``Stub``."""
+    stub = Stub()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with stub.lock:
+                stub.requests.append(body)
+                stub.headers.append(dict(self.headers))
+                stub.connections.add(self.client_address[1])
+                number = len(stub.requests)
+                stub.in_flight += 1
+                stub.peak_in_flight = max(stub.peak_in_flight, stub.in_flight)
+            try:
+                if stub.latency:
+                    time.sleep(stub.latency)
+                if stub.status is not None:
+                    return self._send(stub.status, {"error": {"message": "server says no", "type": "server_error"}})
+                if number <= stub.fail_first:
+                    headers = {"Retry-After": stub.retry_after} if stub.retry_after else {}
+                    return self._send(stub.fail_status, {"error": {"message": "slow down", "type": "rate_limit"}}, headers)
+                if stub.reject_json_schema and body.get("response_format", {}).get("type") == "json_schema":
+                    # what llama-cpp-python's server does
+                    return self._send(500, {"error": {"message": "Input should be 'text' or 'json_object' (response_format.type)"}})
+                content = stub.answer(body)
+                self._send(200, {
+                    "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+                })
+            finally:
+                with stub.lock:
+                    stub.in_flight -= 1
+
+        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client was killed (the crash tests do that on purpose)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield stub, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

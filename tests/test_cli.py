@@ -258,17 +258,28 @@ def test_flag_overrides_env_var(tmp_path: Path, prompts_file: Path, monkeypatch:
     assert set(r["models"].values()) == {"fake:never-agree"}
 
 
-# --- generate: refusing to overwrite, bad inputs -------------------------------------
+# --- generate: existing outputs, bad inputs ------------------------------------------
 
 
-def test_refuses_to_overwrite_then_overwrite_works(tmp_path: Path, prompts_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_to_resume_into_a_file_that_is_not_records(tmp_path: Path, prompts_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.jsonl"
     out.write_text("precious\n", encoding="utf-8")
     assert generate(prompts_file, out) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{out}:1:" in err and "--overwrite" in err
     assert out.read_text(encoding="utf-8") == "precious\n"
     assert generate(prompts_file, out, "--overwrite") == 0
     assert [r["id"] for r in read_records(out)] == [p["id"] for p in PROMPTS]
+
+
+def test_rerun_resumes_and_adds_nothing_twice(tmp_path: Path, prompts_file: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    assert generate(prompts_file, out, "--limit", "2") == 0
+    first = out.read_text(encoding="utf-8")
+    assert generate(prompts_file, out) == 0
+    ids = [r["id"] for r in read_records(out)]
+    assert sorted(ids) == sorted(p["id"] for p in PROMPTS)
+    assert out.read_text(encoding="utf-8").startswith(first)
 
 
 def test_empty_existing_output_is_not_refused(tmp_path: Path, prompts_file: Path) -> None:

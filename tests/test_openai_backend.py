@@ -1,6 +1,6 @@
 """The ``openai`` backend against a real HTTP server on localhost that records what it receives.
 
-The server speaks the OpenAI chat-completions wire format and answers from a script, so these
+The server (``stub_server`` in conftest) speaks the OpenAI chat-completions wire format and answers from a script, so these
 tests check exactly what travels over HTTP: the schema form, the fallback for servers that
 reject ``json_schema``, token accounting, and that the API key never reaches a record.
 """
@@ -8,76 +8,9 @@ reject ``json_schema``, token accounting, and that the API key never reaches a r
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
-
 from aidsafe import ModelSettings, Pipeline
-
-
-class Stub:
-    def __init__(self, reject_json_schema: bool = False, status: int | None = None) -> None:
-        self.reject_json_schema = reject_json_schema
-        self.status = status
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-
-    def answer(self, body: dict[str, Any]) -> str:
-        fmt = body.get("response_format", {})
-        schema = fmt.get("json_schema", {}).get("schema") if fmt.get("type") == "json_schema" else fmt.get("schema")
-        props = set((schema or {}).get("properties", {}))
-        if props == {"explicit", "implicit"}:
-            return json.dumps({"explicit": ["e"], "implicit": ["i"]})
-        if props == {"thoughts", "response"}:
-            return json.dumps({"thoughts": [{"text": "t", "policies": ["P1"]}], "response": "r"})
-        if "agree" in props:
-            return json.dumps({"agree": True, "thoughts": [], "response": ""})
-        return json.dumps({"removed": [], "response": "final"})
-
-
-@pytest.fixture
-def stub_server() -> Iterator[tuple[Stub, str]]:
-    stub = Stub()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            stub.requests.append(body)
-            stub.headers.append(dict(self.headers))
-            if stub.status is not None:
-                return self._send(stub.status, {"error": {"message": "server says no", "type": "server_error"}})
-            if stub.reject_json_schema and body.get("response_format", {}).get("type") == "json_schema":
-                # what llama-cpp-python's server does
-                return self._send(500, {"error": {"message": "Input should be 'text' or 'json_object' (response_format.type)"}})
-            content = stub.answer(body)
-            self._send(200, {
-                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-            })
-
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield stub, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _pipe(url: str, **kw: Any) -> Pipeline:

@@ -20,10 +20,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     env_option(p, "--id-field", default="id", help="field or column holding the id (default id: line/row number)")
     env_option(p, "--limit", type=int, help="only the first N prompts")
     env_option(p, "--concurrency", type=int, default=1, help="prompts in flight at once (the local model runs one call at a time)")
-    env_option(p, "--overwrite", action="store_true", help="replace an existing output file")
+    env_option(p, "--overwrite", action="store_true", help="start from scratch: delete the output and its response cache first")
+    env_option(p, "--retry-failed", action="store_true", help="run the prompts whose records failed again, replacing those records")
+    env_option(p, "--shard", type=_shard, metavar="I/N", help="run every N-th prompt starting at I (0-based), e.g. 0/4; join with 'aidsafe merge'")
+    env_option(
+        p, "--format", choices=["jsonl", "parquet", "hf"], default="jsonl", env="AIDSAFE_GENERATE_FORMAT",
+        help="output format: JSONL, Parquet, or a Hugging Face save_to_disk folder (the JSONL is kept as OUTPUT.jsonl)",
+    )
+    env_option(p, "--no-cache", action="store_true", help="do not keep the response cache that makes resumes free")
     env_option(p, "--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     p.set_defaults(func=run)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not sep or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return shard
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         concurrency=args.concurrency,
         overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        shard=args.shard,
+        output_format=args.format,
+        cache=not args.no_cache,
         progress=not args.no_progress,
     )
     print(f"wrote {args.output}: {summary}", file=sys.stderr)

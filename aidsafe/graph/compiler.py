@@ -20,6 +20,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
+from ..cache import ResponseCache
 from ..models import ChatModel, ModelSettings, check_settings, make_model
 from ..policies import PolicySet, load_policy_set
 from ..replies import reply_schema
@@ -75,6 +76,8 @@ class CompiledAidsafe:
     graph: Any
     """The compiled LangGraph (``CompiledStateGraph``): stream it, draw it, checkpoint it."""
     recursion_limit: int
+    cache: ResponseCache | None = None
+    """Response cache used by every call (set by :meth:`aidsafe.Pipeline.agenerate`)."""
 
     @property
     def models(self) -> dict[str, str]:
@@ -133,7 +136,7 @@ class _Builder:
         if context and "thought_count" in context:
             schema = reply_schema(binding.kind, self.c.policies.ids, thought_count=context["thought_count"])
         messages = binding.template.render(self.c.variables(state, schema=schema, **extra))
-        return await call_structured(binding.model, messages, kind=binding.kind, schema=schema, context=context)
+        return await call_structured(binding.model, messages, kind=binding.kind, schema=schema, context=context, cache=self.c.cache)
 
     # -- role nodes ---------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..cache import ResponseCache, request_key
 from ..errors import ModelCallError
-from ..models.base import ChatModel
+from ..models.base import ChatModel, Completion
 from ..replies import REPLY_MODELS
 
 __all__ = ["CallOutcome", "call_structured", "parse_reply"]
@@ -27,12 +28,20 @@ class CallOutcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
+    retries: int = 0
+    cached: int = 0
     error: str | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "calls": self.attempts}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "calls": self.attempts,
+            "retries": self.retries,
+            "cached": self.cached,
+        }
 
 
 def _short(exc: ValidationError) -> str:
@@ -60,6 +69,20 @@ def parse_reply(kind: str, text: str, context: dict[str, Any] | None = None) -> 
         raise ValueError(_short(exc)) from None
 
 
+async def _complete(
+    model: ChatModel, messages: list[dict[str, str]], kind: str, schema: dict[str, Any], cache: ResponseCache | None
+) -> Completion:
+    if cache is None:
+        return await model.complete(messages, schema=schema, schema_name=kind)
+    key = request_key(model.settings, messages, schema)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    completion = await model.complete(messages, schema=schema, schema_name=kind)
+    cache.put(key, completion)
+    return completion
+
+
 async def call_structured(
     model: ChatModel,
     messages: list[dict[str, str]],
@@ -67,16 +90,23 @@ async def call_structured(
     kind: str,
     schema: dict[str, Any],
     context: dict[str, Any] | None = None,
+    cache: ResponseCache | None = None,
 ) -> CallOutcome:
-    """Call ``model``; on an invalid reply, make one repair call with the error fed back."""
+    """Call ``model``; on an invalid reply, make one repair call with the error fed back.
+
+    With a ``cache``, a request answered before (e.g. by a run that was killed) is answered from
+    it, and every new reply is stored as it arrives.
+    """
     outcome = CallOutcome(reply=None, raw="")
     convo = list(messages)
     for attempt in (1, 2):
         try:
-            completion = await model.complete(convo, schema=schema, schema_name=kind)
+            completion = await _complete(model, convo, kind, schema, cache)
         except ModelCallError as exc:
             outcome.error = str(exc)
             return outcome
+        outcome.retries += completion.retries
+        outcome.cached += int(completion.cached)
         outcome.attempts = attempt
         outcome.raw = completion.text
         outcome.prompt_tokens += completion.prompt_tokens

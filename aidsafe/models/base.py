@@ -25,6 +25,10 @@ class Completion:
     """Tokens in the reply, as the backend counted them."""
     finish_reason: str | None = None
     """Why generation stopped (``stop``, ``length``, ...)."""
+    retries: int = 0
+    """Failed attempts (429, 5xx, timeouts, dropped connections) before this reply."""
+    cached: bool = False
+    """True when the reply came from the response cache (no model call was made)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class ModelSettings:
     max_tokens: int = 768
     timeout: float = 300.0
     max_retries: int = 3
+    """Retries of one call after a 429, a 5xx, a timeout or a dropped connection."""
+    max_in_flight: int = 256
+    """Most calls in flight to one endpoint; adaptive backoff moves the limit between 1 and this."""
     structured: StructuredMode = "auto"
     """How the JSON Schema is sent: OpenAI ``json_schema``, llama.cpp ``json_object`` + schema, or try the first and fall back."""
     n_ctx: int = 4096

@@ -2,21 +2,31 @@
 
 The JSON Schema travels in the form the server honours: ``json_schema`` (OpenAI, vLLM) or
 ``json_object`` with a ``schema`` key (llama-cpp-python). With ``structured="auto"`` the first
-form is tried and, if the server rejects it with a 4xx, the second is used from then on for that
-endpoint. The API key is read from the environment variable named in the settings and is
-never logged or recorded.
+call tries ``json_schema`` and, if the server rejects it, the endpoint uses ``json_object`` from
+then on.
+
+All models on one endpoint share one HTTP connection pool and one adaptive limiter
+(:mod:`aidsafe.models.limiter`). A call that fails with a 429, a 5xx, a timeout or a dropped
+connection is retried up to ``max_retries`` times (``Retry-After`` honoured), then raised as
+:class:`~aidsafe.errors.ModelCallError`. The API key is read from the environment variable named
+in the settings and never appears in errors, logs or records.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
 from ..errors import AidsafeError, ModelCallError
 from ..replies import without_string_bounds
 from .base import ChatModel, Completion, ModelSettings
+from .limiter import AdaptiveLimiter, backoff_delay, limiter_for
 
 __all__ = ["OpenAIChatModel"]
+
+_POOLS: dict[tuple[str, int], Any] = {}
+"""One ``httpx.AsyncClient`` per (endpoint, event loop)."""
 
 
 def _response_format(mode: str, schema: dict[str, Any], name: str) -> dict[str, Any]:
@@ -38,52 +48,98 @@ def _rejects_json_schema(exc: Exception) -> bool:
     return "response_format" in text or "json_schema" in text
 
 
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _pool(endpoint: str, maximum: int) -> Any:
+    import httpx
+
+    key = (endpoint, id(asyncio.get_running_loop()))
+    client = _POOLS.get(key)
+    if client is None or client.is_closed:
+        limits = httpx.Limits(max_connections=maximum, max_keepalive_connections=maximum)
+        client = _POOLS[key] = httpx.AsyncClient(limits=limits, timeout=None)
+    return client
+
+
 class OpenAIChatModel(ChatModel):
     """langchain-openai's ``ChatOpenAI`` against one endpoint and model."""
 
     def __init__(self, settings: ModelSettings) -> None:
-        try:
-            from langchain_openai import ChatOpenAI
-        except ImportError:  # pragma: no cover - a core dependency
-            raise AidsafeError("the openai backend needs langchain-openai") from None
         if not settings.model:
             raise AidsafeError("the openai backend needs --model (the model name the server serves)")
         self.settings = settings
+        self.endpoint = settings.base_url or "https://api.openai.com/v1"
         self._key = os.environ.get(settings.api_key_env) or None
         # None: not known yet (auto); the first call finds out which form the server takes
         self._mode: str | None = None if settings.structured == "auto" else settings.structured
-        options: dict[str, Any] = {
-            "model": settings.model,
-            "base_url": settings.base_url,
-            "api_key": self._key or "EMPTY",
-            "max_tokens": settings.max_tokens,
-            "timeout": settings.timeout,
-            "seed": settings.seed,
-        }
-        if settings.temperature is not None:
-            options["temperature"] = settings.temperature
-        self._llm = ChatOpenAI(max_retries=settings.max_retries, **options)
-        self._probe = ChatOpenAI(max_retries=0, **options) if self._mode is None else None
+        self.limiter: AdaptiveLimiter = limiter_for(self.endpoint, settings.max_in_flight)
+        self._llm: Any = None
+        self._llm_loop: int | None = None
+
+    def _client(self) -> Any:
+        loop = id(asyncio.get_running_loop())
+        if self._llm is None or self._llm_loop != loop:
+            from langchain_openai import ChatOpenAI
+
+            s = self.settings
+            options: dict[str, Any] = {
+                "model": s.model,
+                "base_url": s.base_url,
+                "api_key": self._key or "EMPTY",
+                "max_tokens": s.max_tokens,
+                "timeout": s.timeout,
+                "seed": s.seed,
+                "max_retries": 0,  # retries are ours: they must feed the adaptive limiter
+                "http_async_client": _pool(self.endpoint, s.max_in_flight),
+            }
+            if s.temperature is not None:
+                options["temperature"] = s.temperature
+            self._llm, self._llm_loop = ChatOpenAI(**options), loop
+        return self._llm
 
     async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
         import openai
 
-        msg = None
-        if self._mode is None and self._probe is not None:
-            try:
-                msg = await self._probe.ainvoke(messages, response_format=_response_format("json_schema", schema, schema_name))
-                self._mode = "json_schema"
-            except openai.APIStatusError as exc:
-                if _rejects_json_schema(exc):
-                    self._mode = "json_object"  # e.g. llama-cpp-python's server
-            except (openai.APIError, TimeoutError, OSError):
-                pass  # transient: the retrying client below takes over
-        if msg is None:
+        attempt = 0
+        while True:
+            attempt += 1
             mode = self._mode or "json_schema"
+            await self.limiter.acquire()
+            overloaded = success = False
             try:
-                msg = await self._llm.ainvoke(messages, response_format=_response_format(mode, schema, schema_name))
-            except (openai.APIError, TimeoutError, OSError) as exc:
-                raise ModelCallError(_redact(f"{self.label} call failed: {type(exc).__name__}: {exc}", self._key)) from None
+                msg = await self._client().ainvoke(messages, response_format=_response_format(mode, schema, schema_name))
+                success = True
+            except openai.APIStatusError as exc:
+                if self._mode is None and _rejects_json_schema(exc):
+                    self._mode = "json_object"  # e.g. llama-cpp-python's server; not a failure of the call
+                    attempt -= 1
+                    continue
+                retryable = exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408
+                overloaded = exc.status_code in (429, 503)
+                if not retryable or attempt > self.settings.max_retries:
+                    raise self._error(exc, attempt) from None
+                delay = backoff_delay(attempt, _retry_after(exc))
+            except (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError, OSError) as exc:
+                if attempt > self.settings.max_retries:
+                    raise self._error(exc, attempt) from None
+                delay = backoff_delay(attempt, None)
+            finally:
+                await self.limiter.release(overloaded=overloaded, success=success)
+            if success:
+                break
+            await asyncio.sleep(delay)
+        if self._mode is None:
+            self._mode = "json_schema"
         usage = msg.usage_metadata or {}
         content = msg.content if isinstance(msg.content, str) else "".join(
             part.get("text", "") if isinstance(part, dict) else str(part) for part in msg.content
@@ -93,4 +149,16 @@ class OpenAIChatModel(ChatModel):
             prompt_tokens=int(usage.get("input_tokens", 0)),
             completion_tokens=int(usage.get("output_tokens", 0)),
             finish_reason=msg.response_metadata.get("finish_reason"),
+            retries=attempt - 1,
         )
+
+    def _error(self, exc: Exception, attempts: int) -> ModelCallError:
+        detail = f"{type(exc).__name__}: {exc}"
+        return ModelCallError(_redact(f"{self.label} call failed after {attempts} attempt(s): {detail}", self._key))
+
+    async def aclose(self) -> None:
+        key = (self.endpoint, id(asyncio.get_running_loop()))
+        client = _POOLS.pop(key, None)
+        if client is not None:
+            await client.aclose()
+        self._llm = None

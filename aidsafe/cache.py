@@ -1,0 +1,80 @@
+"""A response cache keyed on the request, so a resumed run never pays twice for a model call.
+
+Why a request cache rather than LangGraph checkpoints: a prompt killed mid-deliberation is
+resumed by running its graph again from the start, and every call it already made is answered
+from the cache (the same messages give the same key), so only the missing calls reach the
+model. This needs no per-prompt thread ids or checkpoint tables, survives edits of unrelated
+graph nodes, and also answers identical requests across prompts (the way Curator fingerprints
+requests). The cache is a SQLite file in WAL mode next to the output; each reply is committed
+as it arrives, so a ``kill -9`` loses at most the calls that were in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from .models.base import Completion, ModelSettings
+
+__all__ = ["ResponseCache", "request_key"]
+
+
+def request_key(settings: ModelSettings, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
+    """Fingerprint of everything that determines a reply (never the endpoint URL or the key)."""
+    payload = {
+        "model": settings.label(),
+        "messages": messages,
+        "schema": schema,
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+        "seed": settings.seed,
+        "structured": settings.structured,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class ResponseCache:
+    """SQLite-backed map from request key to reply."""
+
+    def __init__(self, path: str | Path, *, read: bool = True) -> None:
+        self.path = Path(path)
+        self.read = read
+        """When False the cache only records (used by ``--retry-failed``: failed prompts are asked afresh)."""
+        self.hits = 0
+        self.misses = 0
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, prompt_tokens INTEGER, "
+            "completion_tokens INTEGER, finish_reason TEXT)"
+        )
+
+    def get(self, key: str) -> Completion | None:
+        if not self.read:
+            self.misses += 1
+            return None
+        row = self._db.execute(
+            "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM replies WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return Completion(text=row[0], prompt_tokens=row[1], completion_tokens=row[2], finish_reason=row[3], cached=True)
+
+    def put(self, key: str, completion: Completion) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)",
+            (key, completion.text, completion.prompt_tokens, completion.completion_tokens, completion.finish_reason),
+        )
+
+    def count(self) -> int:
+        """Replies stored."""
+        return int(self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
