@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     env_option(p, "--prompt-field", default="prompt", help="field or column holding the prompt")
     env_option(p, "--id-field", default="id", help="field or column holding the id (default id: line/row number)")
     env_option(p, "--limit", type=int, help="only the first N prompts")
-    env_option(p, "--concurrency", type=int, default=1, help="prompts in flight at once (the local model runs one call at a time)")
+    env_option(p, "--concurrency", type=int, help="prompts in flight at once (default: 16 with an openai endpoint, 1 for the local model, which runs one call at a time)")
     env_option(p, "--overwrite", action="store_true", help="start from scratch: delete the output and its response cache first")
     env_option(p, "--retry-failed", action="store_true", help="run the prompts whose records failed again, replacing those records")
     env_option(p, "--shard", type=_shard, metavar="I/N", help="run every N-th prompt starting at I (0-based), e.g. 0/4; join with 'aidsafe merge'")
@@ -48,14 +48,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         print("aidsafe generate: -o/--output is required", file=sys.stderr)
         return 2
-    pipe = Pipeline(args.graph, args.policies, settings_from_args(args), role_models=role_models_from_args(args))
+    settings = settings_from_args(args)
+    pipe = Pipeline(args.graph, args.policies, settings, role_models=role_models_from_args(args))
+    concurrency = args.concurrency or (16 if settings.backend == "openai" else 1)
     summary = pipe.generate(
         args.input,
         args.output,
         prompt_field=args.prompt_field,
         id_field=args.id_field,
         limit=args.limit,
-        concurrency=args.concurrency,
+        concurrency=concurrency,
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
         shard=args.shard,
