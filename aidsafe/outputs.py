@@ -125,10 +125,10 @@ def _lines(path: Path) -> Iterator[_Line]:
             offset += len(raw)
 
 
-def _parse(line: _Line) -> Record | ValidationError:
+def _parse(line: _Line, model: type[Record] = Record) -> Record | ValidationError:
     """Validate one line as a record; return the validation error instead of raising it."""
     try:
-        return Record.model_validate_json(line.raw)
+        return model.model_validate_json(line.raw)
     except ValidationError as exc:
         return exc
 
@@ -182,9 +182,11 @@ class _Scan:
     """A line cut short (starts with ``{``, not JSON), tolerated only if no record follows it."""
     last: _Line | None = None
     """The last valid record line."""
+    model: type[Record] = Record
+    """The record class lines must validate as (a judged output uses ``JudgedRecord``)."""
 
 
-def scan_output(path: _PathLike, *, repair: bool = True) -> OutputState:
+def scan_output(path: _PathLike, *, repair: bool = True, model: type[Record] = Record) -> OutputState:
     """Read an existing JSONL output and, with ``repair``, fix what a crash left behind.
 
     * A missing file gives an empty state.
@@ -203,7 +205,7 @@ def scan_output(path: _PathLike, *, repair: bool = True) -> OutputState:
     path = Path(path)
     if not path.exists():
         return OutputState()
-    scan = _Scan()
+    scan = _Scan(model=model)
     for line in _lines(path):
         _scan_line(path, line, scan)
     if repair:
@@ -216,8 +218,8 @@ def _scan_line(path: Path, line: _Line, scan: _Scan) -> None:
     if line.blank:
         return
     if scan.torn is not None:  # a bad line that is not the last one
-        raise _bad_line(path, scan.torn, _parse(scan.torn), _SCAN_HINT)  # type: ignore[arg-type]
-    parsed = _parse(line)
+        raise _bad_line(path, scan.torn, _parse(scan.torn, scan.model), _SCAN_HINT)  # type: ignore[arg-type]
+    parsed = _parse(line, scan.model)
     if isinstance(parsed, ValidationError):
         if not _is_torn(line, parsed):
             raise _bad_line(path, line, parsed, _SCAN_HINT)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._concurrency import bounded
 from .cache import ResponseCache
 from .errors import AidsafeError, ConfigError
 from .graph.compiler import Binding, CompiledAidsafe, ModelFactory, compile_graph
@@ -37,7 +38,10 @@ def record_from_state(state: PromptState, compiled: CompiledAidsafe) -> Record:
     refined = state.get("refined")
     thoughts = refined if refined is not None else state.get("thoughts") or []
     has_loop = any(n.loop is not None for n in compiled.spec.nodes.values())
-    stop = "error" if error else (state.get("stop_reason") or ("no_loop" if not has_loop else "budget"))
+    if error:
+        stop = "agent_refusal" if error.get("kind") == "agent_refusal" else "error"
+    else:
+        stop = state.get("stop_reason") or ("no_loop" if not has_loop else "budget")
     return Record.model_validate(
         {
             "id": state["id"],
@@ -82,6 +86,8 @@ class RunSummary:
     by_role: dict[str, dict[str, int]] = field(default_factory=dict)
     """Tokens per role; deliberation turns counted per agent."""
     faults: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    """Failed records by error kind (model_error, invalid_reply, agent_refusal, graph_error)."""
     run: dict[str, Any] = field(default_factory=dict)
     """What this invocation did: prompts run, skipped (resumed), seconds, rates, cache hits."""
 
@@ -91,6 +97,7 @@ class RunSummary:
             self.ok += 1
         else:
             self.failed += 1
+            self.failures[record.error.kind if record.error else "graph_error"] += 1
         self.stop_reasons[record.stop_reason] += 1
         self.rounds += record.rounds
         self.faults += len(record.faults)
@@ -116,6 +123,7 @@ class RunSummary:
             "ok": self.ok,
             "failed": self.failed,
             "stop_reasons": dict(self.stop_reasons),
+            "failures": dict(self.failures),
             "mean_rounds": round(self.rounds / self.total, 3) if self.total else 0.0,
             "faults": self.faults,
             "retries": self.retries,
@@ -224,7 +232,7 @@ class Pipeline:
             final = await self.compiled.graph.ainvoke(state, config={"recursion_limit": self.compiled.recursion_limit})
         except Exception as exc:  # a bug or a LangGraph error must not lose the prompt
             final = dict(state)
-            final["error"] = {"stage": "graph", "message": f"{type(exc).__name__}: {exc}", "raw": None}
+            final["error"] = {"stage": "graph", "kind": "graph_error", "message": f"{type(exc).__name__}: {exc}", "raw": None}
         return record_from_state(final, self.compiled)
 
     def run_one(self, prompt: str, prompt_id: str | None = None) -> Record:
@@ -238,23 +246,12 @@ class Pipeline:
 
         ``items`` is consumed lazily: memory stays flat in the number of prompts.
         """
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        pending: set[asyncio.Task[Record]] = set()
-        for index, item in enumerate(items):
-            if isinstance(item, str):
-                item = PromptItem(id=str(index), prompt=item, source="<api>", line=index + 1)
-            pending.add(asyncio.create_task(self.arun_one(item)))
-            if on_start is not None:
-                on_start()
-            if len(pending) >= concurrency:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    yield task.result()
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                yield task.result()
+        def as_item(index_item: tuple[int, PromptItem | str]) -> PromptItem:
+            index, item = index_item
+            return item if isinstance(item, PromptItem) else PromptItem(id=str(index), prompt=item, source="<api>", line=index + 1)
+
+        async for record in bounded((as_item(x) for x in enumerate(items)), self.arun_one, concurrency, on_start):
+            yield record
 
     def run(self, prompts: Iterable[str | PromptItem], *, concurrency: int = 1) -> list[Record]:
         """Run prompts and return their records (small batches; use :meth:`generate` for files)."""
@@ -295,10 +292,14 @@ class Pipeline:
         output_format: str = "jsonl",
         cache: bool = True,
         progress: bool = True,
+        lenient: bool = False,
     ) -> RunSummary:
         """Run every prompt of a file; one JSON record per prompt, appended as each finishes.
 
-        - The input is validated completely before the first model call.
+        - The input is validated completely before the first model call. With ``lenient``,
+          bad lines are skipped instead (printed once to stderr as ``file:line: field: message``,
+          at most 20) and counted in ``summary.run["skipped_input_lines"]``; file-level
+          problems still refuse the file.
         - Re-running the same command resumes: prompts with a record are skipped, a truncated
           last line left by a crash is cut off, and calls a killed run already made are answered
           from the response cache (``<output>.cache.sqlite``) instead of the model.
@@ -320,7 +321,12 @@ class Pipeline:
         destination = Path(output_path)
         records_path = destination if output_format == "jsonl" else destination.with_name(destination.name + ".jsonl")
         cache_path = records_path.with_name(records_path.name + ".cache.sqlite")
-        count_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit)  # refuse a bad file now
+        from .errors import InputError
+        from .inputs import report_problems
+
+        problems: list[InputError] = []
+        count_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient, problems=problems)  # refuse a bad file now
+        report_problems(problems)
         if overwrite:
             for stale in (records_path, cache_path, Path(f"{cache_path}-wal"), Path(f"{cache_path}-shm")):
                 stale.unlink(missing_ok=True)
@@ -330,7 +336,7 @@ class Pipeline:
         skip = state.done if retry_failed else state.done | state.failed
 
         def selected() -> Iterator[PromptItem]:
-            items = read_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit)
+            items = read_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient)
             for index, item in enumerate(items):
                 if shard is not None and index % shard[1] != shard[0]:
                     continue
@@ -366,6 +372,7 @@ class Pipeline:
             "tokens_per_s": round(meter.tokens / seconds, 1) if seconds else 0.0,
             "cache_hits": response_cache.hits if response_cache is not None else 0,
             "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+            "skipped_input_lines": len(problems),
         }
         if output_format != "jsonl":
             convert_output(records_path, output_format, destination)

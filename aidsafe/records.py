@@ -78,6 +78,10 @@ class RunError(_Out):
     """Why a prompt failed, with the raw reply kept for inspection."""
 
     stage: str
+    """The node (or ``loop/agent``) that failed; ``graph`` for an unexpected error."""
+    kind: Literal["model_error", "invalid_reply", "agent_refusal", "graph_error"] = "model_error"
+    """``model_error``: the call failed after its retries; ``invalid_reply``: the reply did not
+    validate, even after the repair call; ``agent_refusal``: the agent refused to do its job."""
     message: str
     raw: str | None = None
 
@@ -96,7 +100,8 @@ class Record(_Out):
     deliberation: list[Turn]
     """Every deliberation turn, in order."""
     stop_reason: str
-    """``consensus``, ``budget``, ``no_loop`` (graphs without deliberation) or ``error`` (see ``error``)."""
+    """``consensus``, ``budget``, ``no_loop`` (graphs without deliberation); for a failed prompt
+    ``agent_refusal`` or ``error`` (see ``error``)."""
     rounds: int
     """Deliberation rounds run (0 without a loop)."""
     thoughts: list[CitedThought]

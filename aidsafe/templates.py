@@ -28,6 +28,8 @@ ROLE_INPUTS: dict[str, frozenset[str]] = {
     "draft": frozenset(_COMMON | {"intents"}),
     "deliberation": frozenset(_COMMON | {"intents", "thoughts", "response", "round", "max_rounds", "agent"}),
     "refinement": frozenset(_COMMON | {"intents", "thoughts", "response"}),
+    "scores": frozenset(_COMMON | {"intents", "thoughts", "response"}),
+    "pairwise": frozenset(_COMMON | {"first", "second"}),
 }
 """Variables a template may use, by the reply kind of its role."""
 

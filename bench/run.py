@@ -307,6 +307,8 @@ def bench_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 f"overhead repeat {r + 1}: cpu ms/call aidsafe {runs['aidsafe'][-1]['cpu_ms_per_call']:.3f}, "
                 f"langgraph {runs['langgraph'][-1]['cpu_ms_per_call']:.3f}, plain {runs['plain'][-1]['cpu_ms_per_call']:.3f}"
             )
+        if args.profile:
+            _profile(server, inp, tmp / "overhead.out.jsonl", c, args.profile)
     keys = ["cpu_ms_per_call", "calls_per_s", "wall_s", "calls"]
     med = {k: medians(v, keys) for k, v in runs.items()}
     ratios = [a["cpu_ms_per_call"] / b["cpu_ms_per_call"] for a, b in zip(runs["aidsafe"], runs["langgraph"])]
@@ -324,6 +326,19 @@ def bench_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "met": median(ratios) <= 2.0,
         "runs": runs,
     }
+
+
+def _profile(server: SimServer, inp: Path, out: Path, concurrency: int, dest: str) -> None:
+    """One aidsafe run under cProfile (slower than unprofiled); stats to ``dest``, top 25 printed."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    run_aidsafe(server, inp, out, concurrency)
+    prof.disable()
+    prof.dump_stats(dest)
+    pstats.Stats(dest, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
 
 
 def bench_ceiling(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -373,18 +388,30 @@ def _efficiency_runs(args: argparse.Namespace, tmp: Path, server: SimServer) -> 
 
 
 def bench_efficiency(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict[str, Any]:
+    n, c = args.efficiency_prompts, args.concurrency
+    msgs, formats = rendered_calls(make_prompts(n, seed=3))
+    ideal = c / args.latency
+    plain = []
     with SimServer(latency=args.latency) as server:
         runs = _efficiency_runs(args, tmp, server)
+        for r in range(args.repeats):  # the same load with plain AsyncOpenAI calls, for context
+            run = run_baseline("plain", server, msgs, formats, c)
+            run["efficiency"] = run["calls_per_s"] / ideal
+            plain.append(run)
+            _log(f"plain AsyncOpenAI at {args.latency} s latency, repeat {r + 1}: efficiency {run['efficiency']:.3f}")
     shared["latency_runs"] = runs
-    med = medians(runs, ["calls_per_s", "efficiency", "wall_s", "calls", "cpu_s", "server_peak_in_flight"])
+    for run in runs:
+        run["client_cpu_share"] = run["cpu_s"] / run["wall_s"]
+    med = medians(runs, ["calls_per_s", "efficiency", "wall_s", "calls", "cpu_s", "client_cpu_share", "server_peak_in_flight"])
     return {
-        "params": {"prompts": args.efficiency_prompts, "concurrency": args.concurrency, "latency_s": args.latency,
-                   "ideal_calls_per_s": args.concurrency / args.latency},
+        "params": {"prompts": n, "concurrency": c, "latency_s": args.latency, "ideal_calls_per_s": ideal},
         "median": {"calls_per_s": med["calls_per_s"], "efficiency": med["efficiency"], "wall_s": med["wall_s"],
-                   "client_cpu_s": med["cpu_s"], "server_peak_in_flight": med["server_peak_in_flight"]},
+                   "client_cpu_s": med["cpu_s"], "client_cpu_share": med["client_cpu_share"],
+                   "server_peak_in_flight": med["server_peak_in_flight"],
+                   "plain_openai_efficiency": median([x["efficiency"] for x in plain])},
         "target": {"efficiency": ">= 0.85"},
         "met": med["efficiency"] >= 0.85,
-        "runs": runs,
+        "runs": {"aidsafe": runs, "plain": plain},
     }
 
 
@@ -417,23 +444,39 @@ def bench_speedup(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -
     }
 
 
+def _rss_now_mb() -> float:
+    """Current resident set size (MB), from /proc (Linux); NaN elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _memory_child(url: str, input_path: str, output_path: str, concurrency: int) -> None:
-    """Runs in a fresh process: import + build, record RSS, run everything, print peak RSS (MB)."""
+    """Runs in a fresh process: import + build, note RSS, run every prompt, print peak RSS (MB).
+
+    ``ru_maxrss`` is the peak of the whole process (imports included); the current RSS before and
+    after the run shows what the run itself added.
+    """
     pipe = make_pipeline(url)
     kwargs = generate_kwargs(pipe, concurrency)
-    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before_peak, before_now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _rss_now_mb()
     t0 = time.perf_counter()
     summary = asyncio.run(pipe.agenerate(input_path, output_path, **kwargs))
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"peak_rss_mb": peak_mb, "rss_before_run_mb": base_mb, "wall_s": wall, "summary": _summary_dict(summary)}))
+    print(json.dumps({"peak_rss_mb": peak_mb, "peak_rss_before_run_mb": before_peak, "rss_before_run_mb": before_now,
+                      "rss_after_run_mb": _rss_now_mb(), "wall_s": wall, "summary": _summary_dict(summary)}))
 
 
 def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sizes = [int(s) for s in args.memory_sizes.split(",")]
     runs: dict[str, list[dict[str, Any]]] = {str(s): [] for s in sizes}
     with SimServer(latency=0.0) as server:
-        for r in range(args.memory_repeats or args.repeats):
+        for r in range(args.memory_repeats):
             for size in sizes:
                 inp = tmp / f"memory{size}.jsonl"
                 if not inp.exists():
@@ -451,7 +494,7 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 result["records"] = sum(1 for _ in out.open(encoding="utf-8"))
                 runs[str(size)].append(result)
                 _log(f"memory repeat {r + 1}, {size} prompts: peak RSS {result['peak_rss_mb']:.1f} MB ({result['wall_s']:.1f} s)")
-    med = {s: medians(v, ["peak_rss_mb", "rss_before_run_mb", "wall_s"]) for s, v in runs.items()}
+    med = {s: medians(v, ["peak_rss_mb", "peak_rss_before_run_mb", "rss_before_run_mb", "rss_after_run_mb", "wall_s"]) for s, v in runs.items()}
     small, large = str(min(sizes)), str(max(sizes))
     ratio = med[large]["peak_rss_mb"] / med[small]["peak_rss_mb"]
     peak = max(m["peak_rss_mb"] for m in med.values())
@@ -459,7 +502,10 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "params": {"sizes": sizes, "concurrency": args.concurrency, "latency_s": 0.0, "measure": "ru_maxrss of a fresh process per run"},
         "median": {
             **{f"peak_rss_mb_{s}": m["peak_rss_mb"] for s, m in med.items()},
+            **{f"peak_rss_before_run_mb_{s}": m["peak_rss_before_run_mb"] for s, m in med.items()},
             **{f"rss_before_run_mb_{s}": m["rss_before_run_mb"] for s, m in med.items()},
+            **{f"rss_after_run_mb_{s}": m["rss_after_run_mb"] for s, m in med.items()},
+            **{f"wall_s_{s}": m["wall_s"] for s, m in med.items()},
             f"ratio_{large}_over_{small}": ratio,
         },
         "target": {"peak_rss_mb": "< 300", f"ratio_{large}_over_{small}": "< 1.10"},
@@ -561,6 +607,8 @@ def table(results: dict[str, Any]) -> str:
         tag = f"efficiency ({p['prompts']} prompts, c={p['concurrency']}, {p['latency_s']:g} s)"
         row(tag, f"calls/s (ideal {p['ideal_calls_per_s']:g})", _fmt(m["calls_per_s"], 1))
         row(tag, "efficiency = achieved / ideal", _fmt(m["efficiency"], 3), ">= 0.85", r["met"])
+        row(tag, "client CPU busy (CPU s / wall s)", _fmt(m["client_cpu_share"], 2))
+        row(tag, "efficiency of plain AsyncOpenAI, same load", _fmt(m["plain_openai_efficiency"], 3))
     if "speedup" in results:
         r = results["speedup"]
         m, p = r["median"], r["params"]
@@ -578,7 +626,10 @@ def table(results: dict[str, Any]) -> str:
                 m[f"peak_rss_mb_{s}"] < 300)
         key = f"ratio_{max(sizes)}_over_{min(sizes)}"
         row(tag, f"ratio {max(sizes):,} / {min(sizes):,}", _fmt(m[key], 3), "< 1.10", m[key] < 1.10)
-        row(tag, f"RSS after import + compile, before the run (MB, {min(sizes):,})", _fmt(m[f"rss_before_run_mb_{min(sizes)}"], 1))
+        row(tag, "peak RSS of import + compile alone, before any prompt (MB)", _fmt(m[f"peak_rss_before_run_mb_{min(sizes)}"], 1))
+        for s in sizes:
+            row(tag, f"current RSS before -> after the run, {s:,} prompts (MB)",
+                f"{_fmt(m[f'rss_before_run_mb_{s}'], 1)} -> {_fmt(m[f'rss_after_run_mb_{s}'], 1)}")
     if "prefix" in results:
         r = results["prefix"]
         d = r["detail"]
@@ -624,12 +675,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency", type=float, default=1.0, help="simulated seconds per call for efficiency and speedup (1.0)")
     parser.add_argument("--overhead-prompts", type=int, default=200)
     parser.add_argument("--overhead-concurrency", type=int, default=16)
-    parser.add_argument("--ceiling-prompts", type=int, default=300)
+    parser.add_argument("--ceiling-prompts", type=int, default=200)
     parser.add_argument("--efficiency-prompts", type=int, default=128, help="prompts at 1 s latency (also aidsafe's side of speedup)")
     parser.add_argument("--naive-prompts", type=int, default=4, help="prompts the naive sequential loop runs (then extrapolated per prompt)")
     parser.add_argument("--memory-sizes", default="1000,5000", help="comma-separated prompt counts, each in a fresh process")
-    parser.add_argument("--memory-repeats", type=int, default=None, help="repeats of memory (default: --repeats)")
+    parser.add_argument(
+        "--memory-repeats", type=int, default=1,
+        help="repeats of memory (default 1: 6,000 prompts take ~4.5 min on 2 cores; peak RSS varies by ~1 MB between runs)",
+    )
     parser.add_argument("--prefix-prompts", type=int, default=50)
+    parser.add_argument("--profile", metavar="FILE", help="overhead: also profile one aidsafe run (cProfile) into FILE and print its top")
     parser.add_argument("--results", default=str(BENCH_DIR / "results.json"), help="JSON file the medians are merged into")
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch the results file")
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,7 +50,13 @@ class Stub:
         self.lock = threading.Lock()
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.script: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None
+        """Per-request fault: called with (request number from 1, body); may return
+        ``{"status": code}``, ``{"content": text, "finish_reason": reason}``, ``{"hang": seconds}``
+        (then answer normally) or ``{"drop": True}`` (close the connection without answering)."""
         self.connections: set[int] = set()
+        self.sockets: set[Any] = set()
+        """Open client connections (an outage closes them all)."""
         """Client ports seen: how many TCP connections the client opened."""
 
     def answer(self, body: dict[str, Any]) -> str:
@@ -76,6 +83,16 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
         def log_message(self, *args: Any) -> None:
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            with stub.lock:
+                stub.sockets.add(self.connection)
+
+        def finish(self) -> None:
+            with stub.lock:
+                stub.sockets.discard(self.connection)
+            super().finish()
+
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with stub.lock:
@@ -88,6 +105,17 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
             try:
                 if stub.latency:
                     time.sleep(stub.latency)
+                fault = stub.script(number, body) if stub.script else None
+                if fault and "hang" in fault:
+                    time.sleep(fault["hang"])
+                if fault and fault.get("drop"):
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return None
+                if fault and "status" in fault:
+                    # echo the request's headers, as a careless server might: a key must survive that
+                    detail = f"injected fault; request headers: {dict(self.headers)}"
+                    return self._send(fault["status"], {"error": {"message": detail, "type": "server_error"}})
                 if stub.status is not None:
                     return self._send(stub.status, {"error": {"message": "server says no", "type": "server_error"}})
                 if number <= stub.fail_first:
@@ -96,10 +124,11 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
                 if stub.reject_json_schema and body.get("response_format", {}).get("type") == "json_schema":
                     # what llama-cpp-python's server does
                     return self._send(500, {"error": {"message": "Input should be 'text' or 'json_object' (response_format.type)"}})
-                content = stub.answer(body)
+                content = fault["content"] if fault and "content" in fault else stub.answer(body)
+                finish = fault.get("finish_reason", "stop") if fault else "stop"
                 self._send(200, {
                     "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+                    "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}],
                     "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
                 })
             finally:
@@ -119,12 +148,34 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client was killed (the crash tests do that on purpose)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    def serve(port: int) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    servers = [serve(0)]
+    port = servers[0].server_address[1]
+
+    def outage(seconds: float) -> None:
+        """Stop the server (connections refused) for ``seconds``, then start it again on the same port."""
+        def bounce() -> None:
+            servers[-1].shutdown()
+            servers[-1].server_close()
+            with stub.lock:
+                for sock in list(stub.sockets):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            time.sleep(seconds)
+            servers.append(serve(port))
+
+        threading.Thread(target=bounce, daemon=True).start()
+
+    stub.outage = outage  # type: ignore[attr-defined]
     try:
-        yield stub, f"http://127.0.0.1:{server.server_address[1]}/v1"
+        yield stub, f"http://127.0.0.1:{port}/v1"
     finally:
-        server.shutdown()
-        server.server_close()
+        servers[-1].shutdown()
+        servers[-1].server_close()

@@ -71,10 +71,18 @@ def _check_records(out: Path, rows: list[dict[str, str]], graph: str, model_labe
     return records
 
 
-def test_generate_with_the_embedded_model(tmp_path):
-    src = _write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
-    out = tmp_path / "out.jsonl"
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """``aidsafe generate`` on the embedded model, once for the module: (prompts, output, process)."""
+    folder = tmp_path_factory.mktemp("generated")
+    src = _write_prompts(folder / "prompts.jsonl", PROMPTS)
+    out = folder / "out.jsonl"
     proc = _generate([str(src), "-o", str(out), "--max-tokens", "256", "--seed", "1"])
+    return src, out, proc
+
+
+def test_generate_with_the_embedded_model(generated):
+    src, out, proc = generated
     assert proc.returncode == 0, proc.stderr
     records = _check_records(out, PROMPTS, "aidsafe", "local:SmolLM2-135M-Instruct.Q4_1.gguf")
     ok = [r for r in records if r.status == "ok"]
@@ -139,3 +147,53 @@ def test_generate_through_an_openai_compatible_server(tmp_path, llama_server):
     assert proc.returncode == 0, proc.stderr
     _check_records(out, rows, "aidsafe", "openai:smollm2")
     assert secret not in out.read_text() and secret not in proc.stderr
+
+
+def test_a_prompt_longer_than_the_local_context_fails_alone():
+    from aidsafe import ModelSettings, Pipeline
+
+    pipe = Pipeline("single", "aidsafe5", ModelSettings(backend="local", n_ctx=1024, max_tokens=64, seed=1))
+    record = pipe.run_one("word " * 3000, prompt_id="too-long")
+    assert record.status == "failed"
+    assert record.error.kind == "model_error" and record.error.stage == "single"
+    assert "context" in record.error.message.lower()
+
+
+def test_judge_and_compare_aidsafe_against_the_single_baseline(generated, tmp_path):
+    """The paper's Table 1 workflow on the embedded model: generate with both graphs, judge both,
+    compare pairwise, print the table. (SmolLM2 is a poor judge: this checks the machinery.)"""
+    src, aidsafe_out, proc = generated
+    assert proc.returncode == 0, proc.stderr
+    single_out = tmp_path / "single.jsonl"
+    assert _generate([str(src), "-o", str(single_out), "--graph", "single", "--max-tokens", "256", "--seed", "1"]).returncode == 0
+
+    def judge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aidsafe", "judge", *args, "--no-progress", "--max-tokens", "128", "--seed", "1"],
+                              capture_output=True, text=True, timeout=900)
+
+    judged = {}
+    for name, path in (("aidsafe", aidsafe_out), ("single", single_out)):
+        judged[name] = tmp_path / f"judged-{name}.jsonl"
+        result = judge(str(path), "-o", str(judged[name]), "--limit", "2")
+        assert result.returncode == 0, result.stderr
+        lines = judged[name].read_text().splitlines()
+        assert len(lines) == 2
+        from aidsafe.judge import METRICS, JudgedRecord
+
+        for line in lines:
+            judgement = JudgedRecord.model_validate_json(line).judgement
+            assert set(judgement.scores) == set(METRICS)
+            assert all(v is None or 1 <= v <= 5 for v in judgement.scores.values())
+            assert sorted(judgement.unscored) == sorted(m for m, v in judgement.scores.items() if v is None)
+    pairs = tmp_path / "pairs.jsonl"
+    result = judge(str(aidsafe_out), "--against", str(single_out), "-o", str(pairs), "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    compare = subprocess.run(
+        [sys.executable, "-m", "aidsafe", "compare", str(judged["aidsafe"]), str(judged["single"]), "--pairs", str(pairs),
+         "--json", str(tmp_path / "table.json")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert compare.returncode == 0, compare.stderr
+    for metric in ("relevance", "faithfulness_cot_policy", "faithfulness_response_cot"):
+        assert metric in compare.stdout
+    assert json.loads((tmp_path / "table.json").read_text())

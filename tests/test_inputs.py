@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +370,231 @@ def test_negative_limit_rejected(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}])
     with pytest.raises(ValueError, match="-1"):
         read_prompts(path, limit=-1)
+
+
+def test_huge_integer_and_deep_nesting_are_input_errors(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": ' + "1" * 5000 + "}\n", encoding="utf-8")
+    assert "p.jsonl:2:" in str(_error(path))
+    path.write_text('{"prompt": "a"}\n' + "[" * 100_000 + "\n", encoding="utf-8")
+    err = _error(path)
+    assert "p.jsonl:2:" in str(err) and "nested too deeply" in str(err)
+
+
+@pytest.mark.parametrize("field", ["prompt", "id"])
+def test_lone_surrogate_is_rejected(tmp_path: Path, field: str) -> None:
+    # json.loads turns "\ud800" into a lone surrogate, which the UTF-8 output file cannot hold
+    path = tmp_path / "p.jsonl"
+    record = {"id": "x", "prompt": "a"}
+    text = json.dumps(record).replace('"x"' if field == "id" else '"a"', '"bad \\ud800"')
+    path.write_text('{"prompt": "ok", "id": "o"}\n' + text + "\n", encoding="utf-8")
+    err = _error(path)
+    assert f"p.jsonl:2: {field}:" in str(err)
+    assert "surrogate" in str(err)
+
+
+# --- lenient mode -------------------------------------------------------------------
+
+
+def _lenient(path: Path, **kwargs: Any) -> tuple[list[PromptItem], list[InputError]]:
+    """Read the file leniently; return the items and the problems collected."""
+    problems: list[InputError] = []
+    items = list(read_prompts(path, lenient=True, problems=problems, **kwargs))
+    return items, problems
+
+
+_GOOD = '{"id": "g1", "prompt": "first"}\n'
+_GOOD_LAST = '{"id": "g2", "prompt": "last"}\n'
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "field", "words"),
+    [
+        ('{"prompt": "b",}\n', None, "invalid JSON"),
+        ('["not", "an", "object"]\n', None, "JSON object"),
+        ('{"text": "no prompt"}\n', "prompt", "missing prompt field"),
+        ('{"prompt": 5}\n', "prompt", "string"),
+        ('{"prompt": null}\n', "prompt", "string"),
+        ('{"prompt": ""}\n', "prompt", "empty"),
+        ('{"prompt": " \\t\\n "}\n', "prompt", "empty"),
+        ('{"prompt": "x", "id": 1.5}\n', "id", "string or an integer"),
+        ('{"prompt": "dup", "id": "g1"}\n', "id", "duplicate id"),
+        ('{"prompt": "lone \\ud800"}\n', "prompt", "surrogate"),
+    ],
+)
+def test_lenient_skips_bad_jsonl_line(tmp_path: Path, bad_line: str, field: str | None, words: str) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(_GOOD + "\n" + bad_line + _GOOD_LAST, encoding="utf-8")
+    items, problems = _lenient(path)
+    assert [(i.id, i.prompt, i.line) for i in items] == [("g1", "first", 1), ("g2", "last", 4)]
+    assert len(problems) == 1
+    problem = problems[0]
+    assert isinstance(problem, InputError)
+    assert (problem.file, problem.line, problem.field) == (str(path), 3, field)
+    assert words in problem.message
+    assert str(problem).startswith(f"{path}:3: ")
+    # strict mode still refuses the file at that very line
+    assert _error(path).line == 3
+
+
+@pytest.mark.parametrize("suffix", sorted(_TWO_GOOD_LINES))
+@pytest.mark.parametrize(("garbage", "words"), [(b"caf\xe9 \xff\n", "UTF-8"), (b"ab\x00cd\n", "binary data")])
+def test_lenient_skips_undecodable_and_binary_lines(tmp_path: Path, suffix: str, garbage: bytes, words: str) -> None:
+    path = tmp_path / f"bad{suffix}"
+    good_after = {".jsonl": b'{"prompt": "c"}\n', ".csv": b"c\n", ".txt": b"c\n"}[suffix]
+    path.write_bytes(_TWO_GOOD_LINES[suffix] + garbage + good_after)
+    items, problems = _lenient(path)
+    assert [i.prompt for i in items] == {".jsonl": ["a", "b", "c"], ".csv": ["a", "c"], ".txt": ["a", "b", "c"]}[suffix]
+    assert [(p.line, p.file) for p in problems] == [(3, str(path))]
+    assert words in problems[0].message
+    assert items[-1].line == 4
+    assert f"bad{suffix}:3:" in str(_error(path))
+
+
+def test_lenient_csv_rows(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_bytes(
+        b"id,prompt\n"
+        b"1,ok one\n"
+        b"2\n"  # short row: line 3
+        b"3,\n"  # empty prompt: line 4
+        b'4,"multi\nline"\n'  # lines 5-6, valid
+        b"1,duplicate\n"  # line 7
+        b'5,"bad \xff inside\na quoted field"\n'  # lines 8-9: the whole row is skipped
+        b"6,a\rb\n"  # bare CR outside quotes: the csv module rejects line 10
+        b"7,ok last\n"
+    )
+    items, problems = _lenient(path)
+    assert [(i.id, i.prompt, i.line) for i in items] == [("1", "ok one", 2), ("4", "multi\nline", 6), ("7", "ok last", 11)]
+    assert [(p.line, p.field) for p in problems] == [(3, "prompt"), (4, "prompt"), (7, "id"), (8, None), (10, None)]
+    assert "fewer fields" in problems[0].message
+    assert "duplicate" in problems[2].message
+    assert "UTF-8" in problems[3].message
+    assert "malformed CSV" in problems[4].message
+    assert _error(path).line == 3
+
+
+def test_lenient_txt_and_limit_counts_valid_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"one\n\xff\ntwo\nthree\n")
+    items, problems = _lenient(path, limit=2)
+    assert [i.prompt for i in items] == ["one", "two"]
+    assert [p.line for p in problems] == [2]
+    problems = []
+    assert count_prompts(path, lenient=True, problems=problems) == 3
+    assert [p.line for p in problems] == [2]
+
+
+def test_lenient_without_problems_list_skips_silently(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": 1}\n{"prompt": "a"}\n', encoding="utf-8")
+    assert [i.prompt for i in read_prompts(path, lenient=True)] == ["a"]
+    assert count_prompts(path, lenient=True) == 1
+
+
+def test_lenient_hf_dataset_bad_row(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    target = tmp_path / "ds"
+    datasets.Dataset.from_dict({"prompt": ["ok", " ", "fine"]}).save_to_disk(str(target))
+    items, problems = _lenient(target)
+    assert [(i.id, i.prompt) for i in items] == [("0", "ok"), ("2", "fine")]
+    assert [(p.line, p.field) for p in problems] == [(2, "prompt")]
+
+
+# file-level problems raise in lenient mode too
+
+
+def test_lenient_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="file not found"):
+        read_prompts(tmp_path / "nope.jsonl", lenient=True)
+    with pytest.raises(InputError, match="file not found"):
+        count_prompts(tmp_path / "nope.jsonl", lenient=True)
+
+
+@pytest.mark.parametrize("name", ["e.jsonl", "e.csv", "e.txt"])
+def test_lenient_empty_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(InputError, match="no prompts found"):
+        _lenient(path)
+
+
+def test_lenient_no_valid_prompt_raises_naming_first_problem(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": 1}\nnot json\n', encoding="utf-8")
+    problems: list[InputError] = []
+    with pytest.raises(InputError, match="no valid prompts") as info:
+        count_prompts(path, lenient=True, problems=problems)
+    assert info.value.file == str(path)
+    assert "p.jsonl:1: prompt:" in str(info.value)
+    assert [p.line for p in problems] == [1, 2]
+
+
+def test_lenient_csv_header_problems_raise(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("id,question\n1,a\n", encoding="utf-8")
+    with pytest.raises(InputError, match="no prompt column"):
+        _lenient(path)
+    path.write_text("\nprompt\na\n", encoding="utf-8")
+    with pytest.raises(InputError, match="header is blank"):
+        _lenient(path)
+    path.write_bytes(b"id,prompt,caf\xe9\n1,a,b\n")
+    with pytest.raises(InputError, match="UTF-8") as info:
+        _lenient(path)
+    assert info.value.line == 1
+
+
+def test_lenient_hf_dataset_missing_column_raises(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    target = tmp_path / "ds"
+    datasets.Dataset.from_dict({"text": ["a"]}).save_to_disk(str(target))
+    with pytest.raises(InputError, match="no prompt column"):
+        _lenient(target)
+
+
+def test_format_problems_caps_the_list(tmp_path: Path) -> None:
+    from aidsafe.inputs import format_problems
+
+    problems = [InputError("bad", file="f.jsonl", line=n, field="prompt") for n in range(1, 26)]
+    lines = format_problems(problems).splitlines()
+    assert len(lines) == 21
+    assert lines[0] == "f.jsonl:1: prompt: bad"
+    assert lines[-1] == "... and 5 more"
+    assert format_problems(problems[:3]).splitlines()[-1] == "f.jsonl:3: prompt: bad"
+
+
+# --- CLI ------------------------------------------------------------------------------
+
+
+def test_cli_lenient_runs_valid_prompts_and_names_bad_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aidsafe.cli import main
+
+    for name in [n for n in os.environ if n.startswith("AIDSAFE_")]:  # no shell setting may leak in
+        monkeypatch.delenv(name)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(
+        b'{"id": "a", "prompt": "What is the capital of France?"}\n'
+        b'{"id": "b", "prompt": ""}\n'
+        b"{not json\n"
+        b'{"id": "a", "prompt": "duplicate"}\n'
+        b'{"id": "c", "prompt": "caf\xe9"}\n'
+        b'{"id": "d", "prompt": "How do vaccines work?"}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", str(src), "-o", str(out), "--backend", "fake", "--no-progress"]
+    assert main(argv) == 2
+    assert not out.exists()
+    assert f"{src}:2: prompt:" in capsys.readouterr().err
+
+    assert main([*argv, "--lenient"]) == 0
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["id"] for r in records) == ["a", "d"]
+    assert {r["prompt"] for r in records} == {"What is the capital of France?", "How do vaccines work?"}
+    err = capsys.readouterr().err
+    for line in (2, 3, 4, 5):
+        assert f"{src}:{line}: " in err
+    assert f"{src}:1:" not in err and f"{src}:6:" not in err
+    sidecar = json.loads((tmp_path / "out.jsonl.summary.json").read_text(encoding="utf-8"))
+    assert sidecar["run"]["skipped_input_lines"] == 4

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     env_option(p, "--no-cache", action="store_true", help="do not keep the response cache that makes resumes free")
     env_option(p, "--no-progress", action="store_true", help="no progress bar")
+    env_option(p, "--lenient", action="store_true", help="skip bad input lines (each reported with file:line) and run the valid prompts; default: refuse the whole file before any model call")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         output_format=args.format,
         cache=not args.no_cache,
         progress=not args.no_progress,
+        lenient=args.lenient,
     )
     print(f"wrote {args.output}: {summary}", file=sys.stderr)
     if summary.total and summary.ok == 0:

@@ -120,7 +120,7 @@ def _faults(stage: str, thoughts: list[dict[str, Any]], known: set[str]) -> list
 
 
 def _error(stage: str, outcome: CallOutcome) -> dict[str, Any]:
-    return {"stage": stage, "message": outcome.error or "unknown error", "raw": outcome.raw or None}
+    return {"stage": stage, "kind": outcome.error_kind or "model_error", "message": outcome.error or "unknown error", "raw": outcome.raw or None}
 
 
 class _Builder:

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ValidationError
 from ..cache import ResponseCache, request_key
 from ..errors import ModelCallError
 from ..models.base import ChatModel, Completion
+from ..refusals import is_refusal, refuses_to_reason
 from ..replies import REPLY_MODELS
 
-__all__ = ["CallOutcome", "call_structured", "parse_reply"]
+__all__ = ["CallOutcome", "call_structured", "complete_cached", "parse_reply"]
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
@@ -31,6 +32,8 @@ class CallOutcome:
     retries: int = 0
     cached: int = 0
     error: str | None = None
+    error_kind: str | None = None
+    """``model_error`` (the call failed), ``invalid_reply`` or ``agent_refusal``."""
     faults: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -63,15 +66,20 @@ def parse_reply(kind: str, text: str, context: dict[str, Any] | None = None) -> 
         data = json.loads(body, strict=False)  # llama.cpp grammars allow raw newlines inside strings
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
     try:
         return REPLY_MODELS[kind].model_validate(data, context=context)
     except ValidationError as exc:
         raise ValueError(_short(exc)) from None
+    except RecursionError:
+        raise ValueError("reply nested too deeply") from None
 
 
-async def _complete(
+async def complete_cached(
     model: ChatModel, messages: list[dict[str, str]], kind: str, schema: dict[str, Any], cache: ResponseCache | None
 ) -> Completion:
+    """One model call, answered from ``cache`` when the same request was answered before."""
     if cache is None:
         return await model.complete(messages, schema=schema, schema_name=kind)
     key = request_key(model.settings, messages, schema)
@@ -101,9 +109,9 @@ async def call_structured(
     convo = list(messages)
     for attempt in (1, 2):
         try:
-            completion = await _complete(model, convo, kind, schema, cache)
+            completion = await complete_cached(model, convo, kind, schema, cache)
         except ModelCallError as exc:
-            outcome.error = str(exc)
+            outcome.error, outcome.error_kind = str(exc), "model_error"
             return outcome
         outcome.retries += completion.retries
         outcome.cached += int(completion.cached)
@@ -112,14 +120,16 @@ async def call_structured(
         outcome.prompt_tokens += completion.prompt_tokens
         outcome.completion_tokens += completion.completion_tokens
         try:
-            outcome.reply = parse_reply(kind, completion.text, context)
-            outcome.error = None
-            return outcome
+            reply = parse_reply(kind, completion.text, context)
         except ValueError as exc:
+            if is_refusal(completion.text):  # no repair: refusing is not a format problem
+                outcome.error, outcome.error_kind = f"the {kind} agent refused to do its job", "agent_refusal"
+                return outcome
             problem = str(exc)
             if completion.finish_reason == "length":
                 problem += " (the reply was cut off at the max_tokens limit)"
             outcome.error = f"invalid {kind} reply after {attempt} attempt(s): {problem}"
+            outcome.error_kind = "invalid_reply"
             convo = [
                 *messages,
                 {"role": "assistant", "content": completion.text},
@@ -129,4 +139,10 @@ async def call_structured(
                     + json.dumps(schema, separators=(",", ":")),
                 },
             ]
+            continue
+        if refuses_to_reason(kind, reply.model_dump()):
+            outcome.error, outcome.error_kind = f"the {kind} agent refused to reason (every reasoning field is a refusal)", "agent_refusal"
+            return outcome
+        outcome.reply, outcome.error, outcome.error_kind = reply, None, None
+        return outcome
     return outcome

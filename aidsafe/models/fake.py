@@ -114,4 +114,11 @@ class FakeChatModel(ChatModel):
             count = _thought_count(messages)
             removed = [{"index": 2, "reason": "redundant"}] if count >= 3 else []
             return json.dumps({"removed": removed, "response": "The final safe answer."})
+        if kind == "scores":
+            props = schema.get("properties", {})
+            ids = props.get("applicable_policies", {}).get("items", {}).get("enum", [pid])
+            scores = {m: 1 + (n >> i) % 5 for i, m in enumerate(k for k in props if k != "applicable_policies")}
+            return json.dumps({"applicable_policies": ids[:1], **scores})
+        if kind == "pairwise":
+            return json.dumps({"winner": ("first", "second", "tie")[n % 3]})
         raise ValueError(f"fake model has no script for reply kind {kind!r}")

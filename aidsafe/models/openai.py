@@ -60,6 +60,19 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
+def _truncated(exc: Any, retries: int) -> Completion:
+    completion = exc.completion
+    choice = completion.choices[0]
+    usage = completion.usage
+    return Completion(
+        text=choice.message.content or "",
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        finish_reason="length",
+        retries=retries,
+    )
+
+
 def _pool(endpoint: str, maximum: int) -> Any:
     import httpx
 
@@ -119,6 +132,13 @@ class OpenAIChatModel(ChatModel):
             try:
                 msg = await self._client().ainvoke(messages, response_format=_response_format(mode, schema, schema_name))
                 success = True
+            except openai.LengthFinishReasonError as exc:
+                # the reply hit max_tokens; the OpenAI client refuses to parse it, but it is a reply:
+                # keep it so that validation reports the truncation and the raw text is recorded
+                success = True
+                return _truncated(exc, attempt - 1)
+            except openai.ContentFilterFinishReasonError as exc:
+                raise self._error(exc, attempt) from None
             except openai.APIStatusError as exc:
                 if self._mode is None and _rejects_json_schema(exc):
                     self._mode = "json_object"  # e.g. llama-cpp-python's server; not a failure of the call
@@ -152,7 +172,7 @@ class OpenAIChatModel(ChatModel):
             retries=attempt - 1,
         )
 
-    def _error(self, exc: Exception, attempts: int) -> ModelCallError:
+    def _error(self, exc: Exception, attempts: int) -> ModelCallError:  # noqa: D401
         detail = f"{type(exc).__name__}: {exc}"
         return ModelCallError(_redact(f"{self.label} call failed after {attempts} attempt(s): {detail}", self._key))
 

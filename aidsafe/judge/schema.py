@@ -1,0 +1,86 @@
+"""What the judge writes: a judged record is the generated record plus a ``judgement``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..records import Record, Usage
+
+__all__ = ["METRICS", "Metric", "Citations", "Judgement", "JudgedRecord", "PairVerdict"]
+
+Metric = Literal[
+    "relevance",
+    "coherence",
+    "completeness",
+    "faithfulness_cot_policy",
+    "faithfulness_response_policy",
+    "faithfulness_response_cot",
+]
+METRICS: tuple[Metric, ...] = (
+    "relevance",
+    "coherence",
+    "completeness",
+    "faithfulness_cot_policy",
+    "faithfulness_response_policy",
+    "faithfulness_response_cot",
+)
+"""The paper's six auto-grader metrics (Table 1), each scored 1-5."""
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Citations(_Out):
+    """Policy citations checked without a model."""
+
+    thoughts: int
+    """Thoughts in the refined chain of thought."""
+    citing: int
+    """Thoughts that cite at least one policy id."""
+    share_citing: float | None
+    """``citing / thoughts`` (None without thoughts)."""
+    unknown_ids: list[str] = Field(default_factory=list)
+    """Cited ids that are not in the record's policy pack."""
+    applicable: list[str] | None = None
+    """Policy ids the judge says the prompt's intents call for (None when the judge gave none)."""
+    coverage: float | None = None
+    """Share of ``applicable`` policies that the chain of thought cites (None when unknown)."""
+
+
+class Judgement(_Out):
+    """The judge's scores for one record. A metric whose score could not be parsed is ``None``
+    and listed in ``unscored``: never a default score."""
+
+    judge_model: str
+    rubric: str
+    """Template file name and hash of the rubric used."""
+    scores: dict[str, int | None]
+    """Metric -> 1..5, or None when unscored."""
+    unscored: list[str] = Field(default_factory=list)
+    citations: Citations
+    usage: Usage = Field(default_factory=Usage)
+    error: str | None = None
+    """Why metrics are unscored (the call failed, the reply did not parse), with the raw reply cut short."""
+
+
+class JudgedRecord(Record):
+    """A generated record with the judge's verdict."""
+
+    judgement: Judgement
+
+
+class PairVerdict(_Out):
+    """One pairwise comparison of two records for the same prompt (both orders asked)."""
+
+    id: str
+    a: str
+    """Label of the first output (e.g. its file name)."""
+    b: str
+    winner: Literal["a", "b", "tie"] | None
+    """Both orders agree: that verdict; they disagree: ``tie`` (position bias cancels out); one
+    order unparsed: the other; both unparsed: None (unscored)."""
+    verdicts: list[str | None]
+    """Raw verdicts in the two orders, mapped back to a/b/tie (None = unparsed)."""
