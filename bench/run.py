@@ -707,7 +707,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in BENCHMARKS:  # fixed order: efficiency before speedup, so speedup can reuse its runs
             if name not in args.benchmarks:
                 continue
-            _log(f"{name} ...")
+            load_before = os.getloadavg()[0]
+            _log(f"{name} ... (1-min load average {load_before:.2f})")
+            if load_before > 0.5:
+                _log("warning: the machine is busy; timings (not CPU per call, nor memory, nor prefix) will be low")
             t0 = time.perf_counter()
             if name in ("efficiency", "speedup"):
                 res = {"efficiency": bench_efficiency, "speedup": bench_speedup}[name](args, tmp, shared)
@@ -715,6 +718,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 res = {"overhead": bench_overhead, "ceiling": bench_ceiling, "memory": bench_memory, "prefix": bench_prefix}[name](args, tmp)
             res["seconds"] = round(time.perf_counter() - t0, 1)
             res["repeats"] = args.repeats
+            res["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
             results[name] = res
             _log(f"{name} done in {res['seconds']} s")
     meta = machine()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from .._concurrency import bounded
 from ..cache import ResponseCache
@@ -242,28 +244,16 @@ class Judge:
 
     # -- files -----------------------------------------------------------------------------
 
-    async def ajudge_file(self, records_path: str | Path, output_path: str | Path, *, concurrency: int = 1,
-                          limit: int | None = None, cache: bool = True, progress: bool = True) -> dict[str, Any]:
-        """Grade every record of a generated JSONL; appends to ``output_path`` and resumes."""
-        output = Path(output_path)
-        done = scan_output(output, repair=True, model=JudgedRecord)
-        skip = done.done | done.failed
-        cache_path = output.with_name(output.name + ".cache.sqlite")
-
-        def todo() -> Iterator[Record]:
-            for index, record in enumerate(read_records(records_path)):
-                if limit is not None and index >= limit:
-                    return
-                if record.id not in skip:
-                    yield record
-
-        self.cache = ResponseCache(cache_path) if cache else None
-        bar = _bar(sum(1 for _ in todo()), progress, "judge")
-        started = time.monotonic()
+    async def _stream(self, items: Iterable[Any], worker: Callable[[Any], Awaitable[BaseModel]], output: Path, *,
+                      total: int, desc: str, concurrency: int, cache: bool, progress: bool) -> None:
+        """Run ``worker`` over ``items`` concurrently, appending each result to ``output`` as it finishes
+        (flushed), with the response cache ``<output>.cache.sqlite`` and a progress bar."""
+        self.cache = ResponseCache(output.with_name(output.name + ".cache.sqlite")) if cache else None
+        bar = _bar(total, progress, desc)
         try:
             with output.open("a", encoding="utf-8") as sink:
-                async for judged in bounded(todo(), self.ajudge_one, concurrency):
-                    sink.write(judged.model_dump_json() + "\n")
+                async for result in bounded(items, worker, concurrency):
+                    sink.write(result.model_dump_json() + "\n")
                     sink.flush()
                     if bar is not None:
                         bar.update(1)
@@ -275,6 +265,24 @@ class Judge:
                 self.cache = None
             if self._model is not None:
                 await self._model.aclose()
+
+    async def ajudge_file(self, records_path: str | Path, output_path: str | Path, *, concurrency: int = 1,
+                          limit: int | None = None, cache: bool = True, progress: bool = True) -> dict[str, Any]:
+        """Grade every record of a generated JSONL; appends to ``output_path`` and resumes."""
+        output = Path(output_path)
+        done = scan_output(output, repair=True, model=JudgedRecord)
+        skip = done.done | done.failed
+
+        def todo() -> Iterator[Record]:
+            for index, record in enumerate(read_records(records_path)):
+                if limit is not None and index >= limit:
+                    return
+                if record.id not in skip:
+                    yield record
+
+        started = time.monotonic()
+        await self._stream(todo(), self.ajudge_one, output, total=sum(1 for _ in todo()), desc="judge",
+                           concurrency=concurrency, cache=cache, progress=progress)
         summary = _judge_summary(output)
         summary["run"] = {"seconds": round(time.monotonic() - started, 3), "skipped": len(skip)}
         write_sidecar(output, summary)
@@ -292,23 +300,8 @@ class Judge:
         pairs = [(a, b_records[a.id]) for a in read_records(a_path) if a.status == "ok" and a.id in b_records]
         pairs = pairs[:limit] if limit is not None else pairs
         todo = [p for p in pairs if p[0].id not in done]
-        self.cache = ResponseCache(output.with_name(output.name + ".cache.sqlite")) if cache else None
-        bar = _bar(len(todo), progress, "compare")
-        try:
-            with output.open("a", encoding="utf-8") as sink:
-                async for verdict in bounded(todo, lambda pair: self.acompare(pair[0], pair[1], labels), concurrency):
-                    sink.write(verdict.model_dump_json() + "\n")
-                    sink.flush()
-                    if bar is not None:
-                        bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            if self.cache is not None:
-                self.cache.close()
-                self.cache = None
-            if self._model is not None:
-                await self._model.aclose()
+        await self._stream(todo, lambda pair: self.acompare(pair[0], pair[1], labels), output, total=len(todo),
+                           desc="compare", concurrency=concurrency, cache=cache, progress=progress)
         verdicts = [PairVerdict.model_validate_json(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
         return {"pairs": len(verdicts), **win_rates(verdicts)}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,14 +18,7 @@ Metric = Literal[
     "faithfulness_response_policy",
     "faithfulness_response_cot",
 ]
-METRICS: tuple[Metric, ...] = (
-    "relevance",
-    "coherence",
-    "completeness",
-    "faithfulness_cot_policy",
-    "faithfulness_response_policy",
-    "faithfulness_response_cot",
-)
+METRICS: tuple[Metric, ...] = get_args(Metric)
 """The paper's six auto-grader metrics (Table 1), each scored 1-5."""
 
 
