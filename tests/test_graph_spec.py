@@ -412,3 +412,20 @@ def test_node_name_colliding_with_loop_node_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         compile_graph(path)
     assert info.value.file == str(path)
+
+
+def test_a_graph_file_cannot_run_python(tmp_path: Path) -> None:
+    """YAML is read with safe_load: a Python tag is a load error, nothing is imported or called."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(
+        "schema: aidsafe.graph/v1\n"
+        f"name: !!python/object/apply:os.system ['touch {marker}']\n"
+        "roles: {single: {template: single.jinja, reply: draft}}\n"
+        "nodes: {single: {role: single}}\n"
+        "flow: [single]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        compile_graph(path)
+    assert info.value.line == 2 and "invalid YAML" in info.value.message
+    assert not marker.exists()
