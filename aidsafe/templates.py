@@ -7,13 +7,14 @@ code, so ``{{ 7*7 }}`` in a prompt reaches the model verbatim. Templates use
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import ConfigError
@@ -53,7 +54,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
 _ENV = _environment()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RoleTemplate:
     """A loaded, checked template file."""
 
@@ -62,9 +63,13 @@ class RoleTemplate:
     sha256: str
     variables: frozenset[str]
 
+    @functools.cached_property
+    def _compiled(self) -> Template:
+        return _ENV.from_string(self.source)
+
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         """Render the chat messages: one system and one user message, built structurally."""
-        template = _ENV.from_string(self.source)
+        template = self._compiled  # compiled once per template, not per call
         context = template.new_context(variables)
         messages = []
         for block in BLOCKS:
