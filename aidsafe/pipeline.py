@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 
 from ._concurrency import bounded
 from .cache import ResponseCache
-from .errors import AidsafeError, ConfigError
+from .errors import AidsafeError, ConfigError, InputError
 from .graph.compiler import Binding, CompiledAidsafe, ModelFactory, compile_graph
 from .graph.state import PromptState, initial_state
-from .inputs import PromptItem, count_prompts, read_prompts
+from .inputs import PromptItem, read_prompts, report_problems
+from .outputs import OUTPUT_FORMATS, OutputState, convert_output, drop_records, scan_output, write_sidecar
 from .models import ModelSettings, make_model
 from .policies import PolicySet
 from .records import Record
@@ -310,8 +311,6 @@ class Pipeline:
           ``<output>.jsonl``, where resumes happen) to Parquet or a ``save_to_disk`` folder.
         - A ``<output>.summary.json`` sidecar holds the totals.
         """
-        from .outputs import OUTPUT_FORMATS, convert_output, drop_records, scan_output, write_sidecar
-
         if output_format not in OUTPUT_FORMATS:
             raise AidsafeError(f"unknown output format {output_format!r}; choose {', '.join(OUTPUT_FORMATS)}")
         if concurrency < 1:
@@ -321,29 +320,28 @@ class Pipeline:
         destination = Path(output_path)
         records_path = destination if output_format == "jsonl" else destination.with_name(destination.name + ".jsonl")
         cache_path = records_path.with_name(records_path.name + ".cache.sqlite")
-        from .errors import InputError
-        from .inputs import report_problems
-
-        problems: list[InputError] = []
-        count_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient, problems=problems)  # refuse a bad file now
-        report_problems(problems)
-        if overwrite:
-            for stale in (records_path, cache_path, Path(f"{cache_path}-wal"), Path(f"{cache_path}-shm")):
-                stale.unlink(missing_ok=True)
-        state = scan_output(records_path, repair=True)
-        if retry_failed and state.failed:
-            drop_records(records_path, state.failed)
+        state = OutputState() if overwrite else scan_output(records_path, repair=True)
         skip = state.done if retry_failed else state.done | state.failed
+        problems: list[InputError] = []
 
-        def selected() -> Iterator[PromptItem]:
-            items = read_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient)
+        def selected(problems: list[InputError] | None = None) -> Iterator[PromptItem]:
+            items = read_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient, problems=problems)
             for index, item in enumerate(items):
                 if shard is not None and index % shard[1] != shard[0]:
                     continue
                 if item.id not in skip:
                     yield item
 
-        todo = sum(1 for _ in selected())
+        # one pass validates the whole input (a bad file is refused before any model call, before
+        # --overwrite deletes anything and before any record is written) and counts what is left
+        # to do, for the progress bar
+        todo = sum(1 for _ in selected(problems))
+        report_problems(problems)
+        if overwrite:
+            for stale in (records_path, cache_path, Path(f"{cache_path}-wal"), Path(f"{cache_path}-shm")):
+                stale.unlink(missing_ok=True)
+        if retry_failed and state.failed:
+            drop_records(records_path, state.failed)
         records_path.parent.mkdir(parents=True, exist_ok=True)
         response_cache = ResponseCache(cache_path, read=not retry_failed) if cache else None
         self.compiled.cache = response_cache
