@@ -59,6 +59,7 @@ from .errors import AidsafeError, InputError
 from .records import Record
 
 __all__ = [
+    "read_records",
     "OutputState",
     "scan_output",
     "drop_records",
@@ -624,3 +625,15 @@ def convert_output(jsonl_path: _PathLike, fmt: str, dest: _PathLike) -> Path:
     target = Path(dest)
     (_write_parquet if fmt == "parquet" else _write_hf)(source, target)
     return target
+
+
+def read_records(path: str | Path, model: type[Record] = Record) -> Iterator[Record]:
+    """Stream the records of a JSONL output; a bad line raises :class:`InputError` with its line."""
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield model.model_validate_json(line)
+            except ValueError as exc:
+                raise InputError(f"not an aidsafe record: {str(exc).splitlines()[0]}", file=path, line=number) from None

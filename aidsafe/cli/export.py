@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from ..outputs import read_records
 from ..records import Record
 from ._options import env_option
 
@@ -22,20 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     env_option(p, "--format", choices=["aidsafe-csv"], default="aidsafe-csv", help="output layout", env="AIDSAFE_EXPORT_FORMAT")
     env_option(p, "-o", "--output", help="output file (required)", env="AIDSAFE_EXPORT_OUTPUT")
     p.set_defaults(func=run)
-
-
-def read_records(path: str | Path) -> list[Record]:
-    """Load and validate records; a bad line raises :class:`InputError` with its line number."""
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(Record.model_validate_json(line))
-            except ValueError as exc:
-                raise InputError(f"not an aidsafe record: {str(exc).splitlines()[0]}", file=path, line=number) from None
-    return records
 
 
 def deliberation_log(record: Record) -> str:
@@ -65,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         print("aidsafe export: -o/--output is required", file=sys.stderr)
         return 2
-    records = read_records(args.records)
+    records = list(read_records(args.records))
     ok = [r for r in records if r.status == "ok"]
     with open(args.output, "w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)

@@ -22,7 +22,7 @@ from ..cache import ResponseCache
 from ..errors import ConfigError, InputError, ModelCallError
 from ..graph.structured import complete_cached
 from ..models import ChatModel, ModelSettings, check_settings, make_model
-from ..outputs import scan_output, write_sidecar
+from ..outputs import read_records, scan_output, write_sidecar
 from ..policies import PolicySet, load_policy_set
 from ..records import Record, Usage
 from ..resources import builtin_dir
@@ -30,18 +30,6 @@ from ..templates import RoleTemplate, load_template
 from .schema import METRICS, Citations, JudgedRecord, Judgement, PairVerdict
 
 __all__ = ["Judge", "citations", "parse_scores", "parse_winner", "read_records"]
-
-
-def read_records(path: str | Path, model: type[Record] = Record) -> Iterator[Record]:
-    """Stream the records of a JSONL output; a bad line raises :class:`InputError` with its line."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield model.model_validate_json(line)
-            except ValueError as exc:
-                raise InputError(f"not an aidsafe record: {str(exc).splitlines()[0]}", file=path, line=number) from None
 
 
 def citations(record: Record, pack: PolicySet, applicable: list[str] | None) -> Citations:
