@@ -444,15 +444,19 @@ def bench_speedup(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -
     }
 
 
-def _rss_now_mb() -> float:
-    """Current resident set size (MB), from /proc (Linux); NaN elsewhere."""
+def _proc_status_mb(field: str = "VmRSS") -> float:
+    """``VmRSS`` (current) or ``VmHWM`` (peak of this program image) in MB, from /proc (Linux); NaN elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def _rss_now_mb() -> float:
+    return _proc_status_mb("VmRSS")
 
 
 def _memory_child(url: str, input_path: str, output_path: str, concurrency: int) -> None:
@@ -469,7 +473,8 @@ def _memory_child(url: str, input_path: str, output_path: str, concurrency: int)
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({"peak_rss_mb": peak_mb, "peak_rss_before_run_mb": before_peak, "rss_before_run_mb": before_now,
-                      "rss_after_run_mb": _rss_now_mb(), "wall_s": wall, "summary": _summary_dict(summary)}))
+                      "rss_after_run_mb": _rss_now_mb(), "vm_hwm_mb": _proc_status_mb("VmHWM"), "wall_s": wall,
+                      "summary": _summary_dict(summary)}))
 
 
 def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -483,8 +488,12 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     write_prompts(inp, size, seed=5)
                 out = tmp / f"memory{size}.out.jsonl"
                 before = server.stats()["requests"]
+                # Linux carries a process's peak RSS across exec, and a child forked from this (large)
+                # process starts with this process's RSS: ru_maxrss would report ours. A shell in
+                # between forks the child from a small process, so its ru_maxrss is its own.
+                child = [sys.executable, str(Path(__file__).resolve()), "_memory_child", server.url, str(inp), str(out), str(args.concurrency)]
                 proc = subprocess.run(
-                    [sys.executable, str(Path(__file__).resolve()), "_memory_child", server.url, str(inp), str(out), str(args.concurrency)],
+                    ["/bin/sh", "-c", '"$@"; exit $?', "sh", *child] if os.path.exists("/bin/sh") else child,
                     capture_output=True, text=True, check=False,
                 )
                 if proc.returncode != 0:
@@ -494,7 +503,8 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 result["records"] = sum(1 for _ in out.open(encoding="utf-8"))
                 runs[str(size)].append(result)
                 _log(f"memory repeat {r + 1}, {size} prompts: peak RSS {result['peak_rss_mb']:.1f} MB ({result['wall_s']:.1f} s)")
-    med = {s: medians(v, ["peak_rss_mb", "peak_rss_before_run_mb", "rss_before_run_mb", "rss_after_run_mb", "wall_s"]) for s, v in runs.items()}
+    med = {s: medians(v, ["peak_rss_mb", "vm_hwm_mb", "peak_rss_before_run_mb", "rss_before_run_mb", "rss_after_run_mb", "wall_s"])
+           for s, v in runs.items()}
     small, large = str(min(sizes)), str(max(sizes))
     ratio = med[large]["peak_rss_mb"] / med[small]["peak_rss_mb"]
     peak = max(m["peak_rss_mb"] for m in med.values())
@@ -502,6 +512,7 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "params": {"sizes": sizes, "concurrency": args.concurrency, "latency_s": 0.0, "measure": "ru_maxrss of a fresh process per run"},
         "median": {
             **{f"peak_rss_mb_{s}": m["peak_rss_mb"] for s, m in med.items()},
+            **{f"vm_hwm_mb_{s}": m["vm_hwm_mb"] for s, m in med.items()},
             **{f"peak_rss_before_run_mb_{s}": m["peak_rss_before_run_mb"] for s, m in med.items()},
             **{f"rss_before_run_mb_{s}": m["rss_before_run_mb"] for s, m in med.items()},
             **{f"rss_after_run_mb_{s}": m["rss_after_run_mb"] for s, m in med.items()},
@@ -606,7 +617,7 @@ def table(results: dict[str, Any]) -> str:
         m, p = r["median"], r["params"]
         tag = f"efficiency ({p['prompts']} prompts, c={p['concurrency']}, {p['latency_s']:g} s)"
         row(tag, f"calls/s (ideal {p['ideal_calls_per_s']:g})", _fmt(m["calls_per_s"], 1))
-        row(tag, "efficiency = achieved / ideal", _fmt(m["efficiency"], 3), ">= 0.85", r["met"])
+        row(tag, "efficiency = achieved / ideal", _fmt(m["efficiency"], 4), ">= 0.85", r["met"])
         row(tag, "client CPU busy (CPU s / wall s)", _fmt(m["client_cpu_share"], 2))
         row(tag, "efficiency of plain AsyncOpenAI, same load", _fmt(m["plain_openai_efficiency"], 3))
     if "speedup" in results:
@@ -627,6 +638,8 @@ def table(results: dict[str, Any]) -> str:
         key = f"ratio_{max(sizes)}_over_{min(sizes)}"
         row(tag, f"ratio {max(sizes):,} / {min(sizes):,}", _fmt(m[key], 3), "< 1.10", m[key] < 1.10)
         row(tag, "peak RSS of import + compile alone, before any prompt (MB)", _fmt(m[f"peak_rss_before_run_mb_{min(sizes)}"], 1))
+        row(tag, "cross-check: VmHWM at the end, " + " / ".join(f"{s:,}" for s in sizes) + " prompts (MB)",
+            " / ".join(_fmt(m[f"vm_hwm_mb_{s}"], 1) for s in sizes))
         for s in sizes:
             row(tag, f"current RSS before -> after the run, {s:,} prompts (MB)",
                 f"{_fmt(m[f'rss_before_run_mb_{s}'], 1)} -> {_fmt(m[f'rss_after_run_mb_{s}'], 1)}")
@@ -639,7 +652,40 @@ def table(results: dict[str, Any]) -> str:
             met = d[role]["share_words"] >= 0.5 if target else None
             row(tag, f"{role}: common prefix share, words (chars)",
                 f"{100 * d[role]['share_words']:.1f}% ({100 * d[role]['share_chars']:.1f}%)", target, met)
+    busy = {k: v.get("foreign_cpu_share") for k, v in results.items() if v.get("foreign_cpu_share") is not None}
+    if busy:
+        row("all", "CPU share used by other processes during each (0 = quiet machine)",
+            ", ".join(f"{k} {100 * v:.0f}%" for k, v in busy.items()))
     return "\n".join(rows)
+
+
+class _ForeignCPU:
+    """CPU used by processes other than this one and its children (servers, memory runs), as a share
+    of the machine, from /proc/stat: a busy machine makes timings unreliable (Linux only)."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # all but idle and iowait
+        t = os.times()
+        return busy, t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+    def share(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        busy, ours, wall = (e - s for e, s in zip(end, self.start))
+        if wall < 5:  # /proc/stat and os.times() tick at 10 ms: too coarse for a short benchmark
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return round(max(0.0, busy - ours) / (wall * cores), 3) if wall > 0 else None
 
 
 def machine() -> dict[str, Any]:
@@ -707,10 +753,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in BENCHMARKS:  # fixed order: efficiency before speedup, so speedup can reuse its runs
             if name not in args.benchmarks:
                 continue
-            load_before = os.getloadavg()[0]
-            _log(f"{name} ... (1-min load average {load_before:.2f})")
-            if load_before > 0.5:
-                _log("warning: the machine is busy; timings (not CPU per call, nor memory, nor prefix) will be low")
+            _log(f"{name} ...")
+            probe = _ForeignCPU()
             t0 = time.perf_counter()
             if name in ("efficiency", "speedup"):
                 res = {"efficiency": bench_efficiency, "speedup": bench_speedup}[name](args, tmp, shared)
@@ -718,7 +762,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 res = {"overhead": bench_overhead, "ceiling": bench_ceiling, "memory": bench_memory, "prefix": bench_prefix}[name](args, tmp)
             res["seconds"] = round(time.perf_counter() - t0, 1)
             res["repeats"] = args.repeats
-            res["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+            res["foreign_cpu_share"] = foreign = probe.share()
+            if foreign is not None and foreign > 0.05:
+                _log(f"warning: other processes used {100 * foreign:.0f}% of the machine's CPU during {name}: its timings are unreliable")
             results[name] = res
             _log(f"{name} done in {res['seconds']} s")
     meta = machine()
