@@ -17,6 +17,17 @@ def draft_json(*texts: str, policy: str = "P1", response: str = "draft response"
     return json.dumps({"thoughts": [{"text": t, "policies": [policy]} for t in texts], "response": response})
 
 
+def reply(kind: str, **overrides: str) -> str:
+    """A valid reply of ``kind`` (agents agree at once), unless ``overrides`` gives one for it."""
+    defaults = {
+        "intents": json.dumps({"explicit": ["e"], "implicit": []}),
+        "draft": draft_json("a"),
+        "deliberation": json.dumps({"agree": True, "thoughts": [], "response": ""}),
+        "refinement": json.dumps({"removed": [], "response": "r"}),
+    }
+    return overrides.get(kind, defaults[kind])
+
+
 def _graph_file(tmp_path: Path, base: str, loop_patch: dict[str, Any]) -> Path:
     spec = yaml.safe_load((builtin_dir("graphs") / f"{base}.yaml").read_text())
     loop = spec["nodes"]["deliberate"]["loop"]
@@ -146,12 +157,7 @@ def test_refiner_schema_limits_indexes_to_existing_thoughts(fake_pipeline):
     def responder(messages, kind, schema):
         if kind == "refinement":
             seen["schema"] = schema
-            return json.dumps({"removed": [], "response": ""})
-        if kind == "draft":
-            return draft_json("a", "b", "c")
-        if kind == "deliberation":
-            return json.dumps({"agree": True, "thoughts": [], "response": ""})
-        return json.dumps({"explicit": ["e"], "implicit": []})
+        return reply(kind, draft=draft_json("a", "b", "c"), refinement=json.dumps({"removed": [], "response": ""}))
 
     record = fake_pipeline(responder=responder).run_one("q")
     removed = seen["schema"]["properties"]["removed"]
@@ -178,13 +184,7 @@ def test_repair_feeds_the_validation_error_back(fake_pipeline):
         calls.append(messages)
         if kind == "intents" and len(messages) == 2:
             return json.dumps({"explicit": [], "implicit": []})  # explicit needs at least one item
-        if kind == "intents":
-            return json.dumps({"explicit": ["e"], "implicit": []})
-        if kind == "draft":
-            return draft_json("a")
-        if kind == "deliberation":
-            return json.dumps({"agree": True, "thoughts": [], "response": ""})
-        return json.dumps({"removed": [], "response": "r"})
+        return reply(kind)
 
     record = fake_pipeline(responder=responder).run_one("q")
     assert record.status == "ok"
@@ -235,13 +235,7 @@ def test_template_injection_reaches_the_model_verbatim(fake_pipeline):
 
     def responder(messages, kind, schema):
         seen.append(messages[-1]["content"])
-        if kind == "intents":
-            return json.dumps({"explicit": ["e"], "implicit": []})
-        if kind == "draft":
-            return draft_json("a")
-        if kind == "deliberation":
-            return json.dumps({"agree": True, "thoughts": [], "response": ""})
-        return json.dumps({"removed": [], "response": "{{ 6*7 }}"})
+        return reply(kind, refinement=json.dumps({"removed": [], "response": "{{ 6*7 }}"}))
 
     record = fake_pipeline(responder=responder).run_one(prompt)
     assert all(prompt in text for text in seen)
