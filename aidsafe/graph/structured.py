@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,8 @@ _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 class CallOutcome:
     """What one role call produced: a validated reply, or an error with the raw text kept."""
 
-    reply: BaseModel | None
+    reply: Any
+    """The parsed reply (a reply model, or what a custom ``parse`` returned); None on failure."""
     raw: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -99,11 +101,13 @@ async def call_structured(
     schema: dict[str, Any],
     context: dict[str, Any] | None = None,
     cache: ResponseCache | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> CallOutcome:
     """Call ``model``; on an invalid reply, make one repair call with the error fed back.
 
     With a ``cache``, a request answered before (e.g. by a run that was killed) is answered from
-    it, and every new reply is stored as it arrives.
+    it, and every new reply is stored as it arrives. ``parse`` (default: :func:`parse_reply` for
+    ``kind``) turns the reply text into the result or raises ``ValueError`` saying what is wrong.
     """
     outcome = CallOutcome(reply=None, raw="")
     convo = list(messages)
@@ -120,7 +124,7 @@ async def call_structured(
         outcome.prompt_tokens += completion.prompt_tokens
         outcome.completion_tokens += completion.completion_tokens
         try:
-            reply = parse_reply(kind, completion.text, context)
+            reply = parse(completion.text) if parse is not None else parse_reply(kind, completion.text, context)
         except ValueError as exc:
             if is_refusal(completion.text):  # no repair: refusing is not a format problem
                 outcome.error, outcome.error_kind = f"the {kind} agent refused to do its job", "agent_refusal"
@@ -140,7 +144,7 @@ async def call_structured(
                 },
             ]
             continue
-        if refuses_to_reason(kind, reply.model_dump()):
+        if isinstance(reply, BaseModel) and refuses_to_reason(kind, reply.model_dump()):
             outcome.error, outcome.error_kind = f"the {kind} agent refused to reason (every reasoning field is a refusal)", "agent_refusal"
             return outcome
         outcome.reply, outcome.error, outcome.error_kind = reply, None, None

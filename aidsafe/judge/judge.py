@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from .._concurrency import bounded
 from ..cache import ResponseCache
-from ..errors import ConfigError, InputError, ModelCallError
-from ..graph.structured import complete_cached
+from ..errors import ConfigError
+from ..graph.structured import call_structured
 from ..models import ChatModel, ModelSettings, check_settings, make_model
 from ..outputs import read_records, scan_output, write_sidecar
 from ..policies import PolicySet, load_policy_set
@@ -59,6 +59,13 @@ def _json_object(text: str) -> dict[str, Any] | None:
     except (json.JSONDecodeError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _require_object(text: str) -> dict[str, Any]:
+    data = _json_object(text)
+    if data is None:
+        raise ValueError("not a JSON object")
+    return data
 
 
 def parse_scores(text: str, pack_ids: list[str]) -> tuple[dict[str, int | None], list[str] | None]:
@@ -161,26 +168,11 @@ class Judge:
         return {"policies": pack.policies, "policy_set": pack, "prompt": prompt, "schema": schema, **extra}
 
     async def _ask(self, messages: list[dict[str, str]], kind: str, schema: dict[str, Any]) -> tuple[str | None, Usage, str | None]:
-        """One call (plus one repair when the reply is not a JSON object): raw text, usage, error."""
-        usage = Usage()
-        convo = list(messages)
-        text: str | None = None
-        for attempt in (1, 2):
-            try:
-                completion = await complete_cached(self.model, convo, kind, schema, self.cache)
-            except ModelCallError as exc:
-                return text, usage, str(exc)
-            usage.calls += 1
-            usage.retries += completion.retries
-            usage.cached += int(completion.cached)
-            usage.prompt_tokens += completion.prompt_tokens
-            usage.completion_tokens += completion.completion_tokens
-            text = completion.text
-            if _json_object(text) is not None or attempt == 2:
-                break
-            convo = [*messages, {"role": "assistant", "content": text},
-                     {"role": "user", "content": "That was not a JSON object. Reply again with JSON only, matching this JSON Schema: " + json.dumps(schema)}]
-        return text, usage, None
+        """One call (plus one repair when the reply is not a JSON object): raw text, usage, and the
+        error when the call failed or the judge refused; scores are parsed from the raw text."""
+        outcome = await call_structured(self.model, messages, kind=kind, schema=schema, cache=self.cache, parse=_require_object)
+        error = outcome.error if outcome.error_kind in ("model_error", "agent_refusal") else None
+        return outcome.raw or None, Usage(**outcome.usage), error
 
     async def ajudge_one(self, record: Record) -> JudgedRecord:
         """Grade one record; a failed record, a failed call or an unparsable reply leaves metrics unscored."""
