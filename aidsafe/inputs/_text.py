@@ -1,0 +1,30 @@
+"""Plain text: one prompt per line (the format of any path without a known suffix)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+from ._common import Result, Spec, checked_item, decoded_lines
+
+
+def read_text(path: Path, spec: Spec) -> Iterator[Result]:
+    """Plain text: one prompt per line, blank lines skipped, id is the line number.
+
+    A text line has no fields, so ``spec.id_field`` is ignored: the id is always the line
+    number (even when the id field is named like the prompt field).
+    """
+    spec = dataclasses.replace(spec, id_field=None)
+    for number, text, problem in decoded_lines(path, spec.source):
+        if problem is not None:
+            yield problem
+            continue
+        prompt = _strip_eol(text)
+        if prompt.strip():
+            yield checked_item({spec.prompt_field: prompt}, spec, number, str(number))
+
+
+def _strip_eol(text: str) -> str:
+    """Remove one trailing line ending (``\\n``, ``\\r\\n`` or ``\\r``) and nothing else."""
+    return text.removesuffix("\n").removesuffix("\r")
