@@ -7,14 +7,24 @@ then run prompts (:meth:`Pipeline.run_one`, :meth:`Pipeline.run`) or whole files
 
 from __future__ import annotations
 
-from .errors import AidsafeError, ConfigError, InputError, ModelCallError
-from .graph.compiler import CompiledAidsafe, compile_graph
-from .graph.spec import GraphSpec, load_graph_spec
+from .errors import (
+    AidsafeError,
+    ConfigError,
+    ConfigMismatchError,
+    InputError,
+    JobInterrupted,
+    ModelCallError,
+    OutputInUseError,
+)
+from .graph import CompiledAidsafe, GraphContext, GraphSpec, compile_graph, load_graph_spec
 from .inputs import PromptItem, count_prompts, read_prompts
-from .models import ChatModel, Completion, FakeChatModel, ModelSettings, make_model
-from .pipeline import Pipeline, RunSummary
+from .kinds import ReplyKind, register_kind
+from .models import ChatModel, Completion, FakeChatModel, ModelPool, ModelSettings, make_model, register_backend
+from .pipeline import Pipeline
 from .policies import Policy, PolicySet, load_policy_set
 from .records import Record
+from .runner import FileJob, JobOptions, run_job
+from .summary import RunSummary
 
 __version__ = "0.1.0"
 
@@ -24,22 +34,33 @@ __all__ = [
     "CompiledAidsafe",
     "Completion",
     "ConfigError",
+    "ConfigMismatchError",
     "FakeChatModel",
+    "FileJob",
+    "GraphContext",
     "GraphSpec",
     "InputError",
+    "JobInterrupted",
+    "JobOptions",
     "ModelCallError",
+    "ModelPool",
     "ModelSettings",
+    "OutputInUseError",
     "Pipeline",
     "Policy",
     "PolicySet",
     "PromptItem",
     "Record",
+    "ReplyKind",
     "RunSummary",
+    "__version__",
     "compile_graph",
     "count_prompts",
     "load_graph_spec",
     "load_policy_set",
     "make_model",
     "read_prompts",
-    "__version__",
+    "register_backend",
+    "register_kind",
+    "run_job",
 ]

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-__all__ = ["AidsafeError", "ConfigError", "InputError", "ModelCallError"]
+__all__ = [
+    "AidsafeError",
+    "ConfigError",
+    "ConfigMismatchError",
+    "InputError",
+    "JobInterrupted",
+    "ModelCallError",
+    "OutputInUseError",
+]
 
 
 class AidsafeError(Exception):
@@ -18,12 +26,12 @@ class _LocatedError(AidsafeError):
         self,
         message: str,
         *,
-        file: str | Path | None = None,
+        file: str | os.PathLike[str] | None = None,
         line: int | None = None,
         field: str | None = None,
     ) -> None:
         self.message = message
-        self.file = str(file) if file is not None else None
+        self.file = os.fspath(file) if file is not None else None
         self.line = line
         self.field = field
         super().__init__(self._format())
@@ -49,3 +57,23 @@ class InputError(_LocatedError):
 
 class ModelCallError(AidsafeError):
     """A model call failed after its retries (network, server or backend error)."""
+
+
+class OutputInUseError(AidsafeError):
+    """Another live run is writing the same output."""
+
+
+class ConfigMismatchError(AidsafeError):
+    """An output was written with another configuration (graph, policies, templates, models,
+    sampling); resuming it would mix records of both."""
+
+
+class JobInterrupted(AidsafeError):
+    """A file job was interrupted (Ctrl-C); every record written so far is safe."""
+
+    def __init__(self, output: str, safe: int, total: int | None = None) -> None:
+        self.output = output
+        self.safe = safe
+        self.total = total
+        of = f" of {total}" if total is not None else ""
+        super().__init__(f"interrupted: {safe}{of} records are safe in {output}; run the same command to continue")

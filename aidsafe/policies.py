@@ -67,11 +67,8 @@ class PolicySet(BaseModel):
         first: dict[str, int] = {}
         for index, policy in enumerate(policies):
             if policy.id in first:
-                raise PydanticCustomError(
-                    "duplicate_id",
-                    f"duplicate policy id {policy.id!r} (first used by item {first[policy.id]})",
-                    {"at": (index, "id")},
-                )
+                message = f"duplicate policy id {policy.id!r} (first used by item {first[policy.id]})"
+                raise PydanticCustomError("duplicate_id", "{message}", {"message": message, "at": (index, "id")})
             first[policy.id] = index
         return policies
 

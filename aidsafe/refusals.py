@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .kinds import ReplyKind, get_kind
+
 __all__ = ["is_refusal", "refuses_to_reason"]
 
 _REFUSAL = re.compile(
@@ -28,15 +30,23 @@ def is_refusal(text: str) -> bool:
     return bool(_REFUSAL.match(text.strip()))
 
 
-def _reasoning_texts(kind: str, reply: dict[str, Any]) -> list[str]:
-    if kind == "intents":
-        return [*reply.get("explicit", []), *reply.get("implicit", [])]
-    if kind in ("draft", "deliberation"):
-        return [t.get("text", "") for t in reply.get("thoughts", [])]
+def _texts(value: Any) -> list[str]:
+    """The text of a reasoning field: a string, a list of strings, or a list of thoughts (``{"text": ...}``)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        out: list[str] = []
+        for item in value:
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, dict) and isinstance(item.get("text"), str):
+                out.append(item["text"])
+        return out
     return []
 
 
-def refuses_to_reason(kind: str, reply: dict[str, Any]) -> bool:
-    """Whether every reasoning field of a parsed reply is a refusal (and there is at least one)."""
-    texts = [t for t in _reasoning_texts(kind, reply) if t.strip()]
+def refuses_to_reason(kind: str | ReplyKind, reply: dict[str, Any]) -> bool:
+    """Whether every reasoning field of a parsed reply (the kind's ``reasoning``) is a refusal,
+    and there is at least one."""
+    texts = [t for field in get_kind(kind).reasoning for t in _texts(reply.get(field)) if t.strip()]
     return bool(texts) and all(is_refusal(t) for t in texts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Kind", "builtin_dir", "resolve", "list_builtin"]
+__all__ = ["Kind", "builtin_dir", "list_builtin", "resolve"]
 
 Kind = Literal["graphs", "prompts", "policies"]
 

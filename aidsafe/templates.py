@@ -2,7 +2,8 @@
 
 User text (prompts, model replies) is only ever passed as data: it is never parsed as template
 code, so ``{{ 7*7 }}`` in a prompt reaches the model verbatim. Templates use
-``StrictUndefined``; their variables are checked against the role's declared inputs at load time.
+``StrictUndefined``; their variables are checked at load time against the inputs that the role's
+reply kind declares (:mod:`aidsafe.kinds`).
 """
 
 from __future__ import annotations
@@ -18,21 +19,11 @@ from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import ConfigError
+from .kinds import ReplyKind, get_kind
 
-__all__ = ["RoleTemplate", "load_template", "ROLE_INPUTS", "BLOCKS"]
+__all__ = ["BLOCKS", "RoleTemplate", "load_template"]
 
 BLOCKS = ("system", "user")
-
-_COMMON = {"policies", "policy_set", "prompt", "schema"}
-ROLE_INPUTS: dict[str, frozenset[str]] = {
-    "intents": frozenset(_COMMON),
-    "draft": frozenset(_COMMON | {"intents"}),
-    "deliberation": frozenset(_COMMON | {"intents", "thoughts", "response", "round", "max_rounds", "agent"}),
-    "refinement": frozenset(_COMMON | {"intents", "thoughts", "response"}),
-    "scores": frozenset(_COMMON | {"intents", "thoughts", "response"}),
-    "pairwise": frozenset(_COMMON | {"first", "second"}),
-}
-"""Variables a template may use, by the reply kind of its role."""
 
 
 def _json(value: Any) -> str:
@@ -85,7 +76,7 @@ def _first_line_of(ast: nodes.Template, name: str) -> int | None:
     return None
 
 
-def load_template(path: Path, *, reply: str, role: str) -> RoleTemplate:
+def load_template(path: Path, *, reply: str | ReplyKind, role: str) -> RoleTemplate:
     """Load and check a template for a role whose reply kind is ``reply``.
 
     Raises :class:`ConfigError` with the template file and line on a syntax error, a missing
@@ -114,12 +105,13 @@ def load_template(path: Path, *, reply: str, role: str) -> RoleTemplate:
                 line=1,
             )
     used = frozenset(meta.find_undeclared_variables(ast))
-    allowed = ROLE_INPUTS[reply]
+    kind = get_kind(reply)
+    allowed = kind.provided_inputs()
     unknown = sorted(used - allowed)
     if unknown:
         name = unknown[0]
         raise ConfigError(
-            f"undefined variable {name!r} for role {role!r} (reply {reply!r}); available: {', '.join(sorted(allowed))}",
+            f"undefined variable {name!r} for role {role!r} (reply {kind.name!r}); available: {', '.join(sorted(allowed))}",
             file=path,
             line=_first_line_of(ast, name),
         )

@@ -15,16 +15,11 @@ from aidsafe.cli import main
 from aidsafe.errors import InputError
 from aidsafe.judge.calibration import agreement, calibrate, cohen_kappa, read_labels, weighted_kappa
 from aidsafe.judge.schema import METRICS, JudgedRecord, PairVerdict
-from aidsafe.judge.stats import (
-    bootstrap_ci,
-    deliberation_stats,
-    markdown_report,
-    metric_table,
-    plot_distributions,
-    reconcile,
-    win_rates,
-)
+from aidsafe.judge.plots import plot_distributions
+from aidsafe.judge.report import markdown_report
+from aidsafe.judge.stats import bootstrap_ci, metric_table, reconcile, win_rates
 from aidsafe.records import Record
+from aidsafe.summary import deliberation_stats
 
 LABELS_CSV = Path(__file__).parent / "data" / "judge_labels.csv"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

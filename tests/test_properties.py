@@ -19,9 +19,9 @@ from pydantic import BaseModel
 
 from aidsafe import FakeChatModel
 from aidsafe.errors import InputError
-from aidsafe.graph.structured import CallOutcome, call_structured, parse_reply
 from aidsafe.inputs import PromptItem, read_prompts
-from aidsafe.replies import REPLY_MODELS, reply_schema
+from aidsafe.kinds import get_kind, reply_schema
+from aidsafe.structured import CallOutcome, call_structured, parse_reply
 
 KINDS = ("intents", "draft", "deliberation", "refinement")
 REASONS = ("repetitive", "redundant", "deceptive", "policy_inconsistent")
@@ -130,7 +130,7 @@ def _check_parse(kind: str, text: str, context: dict[str, Any] | None = None) ->
     except ValueError as exc:
         assert str(exc).strip(), f"empty ValueError message for {text!r}"
         return None
-    assert isinstance(reply, REPLY_MODELS[kind])
+    assert isinstance(reply, get_kind(kind).model)
     return reply
 
 
@@ -162,7 +162,7 @@ def test_parse_reply_near_miss_dicts(data: st.DataObject, kind: str, context: di
 def test_parse_reply_valid_replies_always_parse(data: st.DataObject, kind: str, fence: bool, indent: int | None) -> None:
     reply, context = data.draw(valid_replies(kind))
     parsed = parse_reply(kind, _fenced(json.dumps(reply, indent=indent), fence), context)
-    assert isinstance(parsed, REPLY_MODELS[kind])
+    assert isinstance(parsed, get_kind(kind).model)
     assert parsed.model_dump() == reply
     assert parse_reply(kind, parsed.model_dump_json(), context) == parsed
 
@@ -199,7 +199,7 @@ def _check_outcome(kind: str, outcome: CallOutcome, sent: list[str]) -> None:
     assert outcome.attempts == len(sent) and 1 <= len(sent) <= 2
     assert outcome.raw == sent[-1]
     if outcome.reply is not None:
-        assert isinstance(outcome.reply, REPLY_MODELS[kind])
+        assert isinstance(outcome.reply, get_kind(kind).model)
     else:
         assert isinstance(outcome.error, str) and outcome.error.strip()
         if outcome.error.startswith(f"invalid {kind} reply"):

@@ -10,7 +10,8 @@ import pytest
 from aidsafe import ModelSettings, Pipeline
 from aidsafe.errors import ConfigError
 from aidsafe.policies import load_policy_set
-from aidsafe.templates import ROLE_INPUTS, load_template
+from aidsafe.kinds import get_kind
+from aidsafe.templates import load_template
 
 VARS = {"policies": [], "policy_set": None, "prompt": "the prompt", "schema": {}}
 
@@ -65,7 +66,7 @@ def test_variable_allowed_for_one_reply_kind_not_another(tmp_path: Path) -> None
     err = _load_error(path, reply="intents")
     assert err.line == 3
     assert "'thoughts'" in err.message
-    assert "thoughts" not in ROLE_INPUTS["intents"]
+    assert "thoughts" not in get_kind("intents").provided_inputs()
 
 
 def test_syntax_error_reports_line(tmp_path: Path) -> None:

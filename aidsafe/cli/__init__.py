@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import AidsafeError
+from ..errors import AidsafeError, JobInterrupted
 from . import calibrate, compare, export, filter, generate, graph, judge, merge, render, validate
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a bad option or environment variable exits with 2
     try:
         return int(args.func(args))
+    except JobInterrupted as exc:
+        print(f"aidsafe {args.command}: {exc}", file=sys.stderr)
+        return 130
     except AidsafeError as exc:
         print(f"aidsafe {args.command}: error: {exc}", file=sys.stderr)
         return 2

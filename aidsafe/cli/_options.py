@@ -7,9 +7,9 @@ import os
 import sys
 from typing import Any
 
-from ..models import ModelSettings
+from ..models import ModelSettings, backend_names
 
-__all__ = ["env_option", "add_model_options", "add_graph_options", "settings_from_args", "role_models_from_args"]
+__all__ = ["add_graph_options", "add_model_options", "env_option", "role_models_from_args", "settings_from_args"]
 
 
 def _env_name(flag: str) -> str:
@@ -67,7 +67,7 @@ def add_graph_options(parser: argparse.ArgumentParser) -> None:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    env_option(group, "--backend", choices=["local", "openai", "fake"], help="default: openai when --base-url is given, else local")
+    env_option(group, "--backend", choices=backend_names(), help="default: openai when --base-url is given, else local")
     env_option(group, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM)")
     env_option(group, "--model", help="model name (openai), GGUF path (local; default: embedded SmolLM2-135M) or fake behaviour")
     env_option(group, "--api-key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the API key")

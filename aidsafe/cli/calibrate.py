@@ -10,16 +10,15 @@ from typing import Any
 
 from ..errors import InputError
 from ..judge.calibration import calibrate
-from ..judge.schema import JudgedRecord
-from ..outputs import atomic_write_text
+from ..judge.schema import judged_only
+from ..outputs import atomic_write_text, read_records
 from ._options import env_option
-from .compare import read_judged
 
 HELP = "measure the judge's agreement with human labels (CSV id,metric,score): exact, within-1, kappa, weighted kappa"
 HEADER = ["metric", "n", "unscored", "missing", "exact", "within-1", "kappa", "weighted kappa"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help=HELP, description=HELP)
     p.add_argument("judged", metavar="JUDGED", help="a JSONL file written by aidsafe judge")
     env_option(p, "--labels", metavar="CSV", help="human labels: a CSV with the header id,metric,score (required)", env="AIDSAFE_CALIBRATE_LABELS")
@@ -56,7 +55,7 @@ def format_table(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     if not args.labels:
         raise InputError("--labels is required (or set AIDSAFE_CALIBRATE_LABELS)")
-    records = [record for record in read_judged(args.judged, require_judgement=True) if isinstance(record, JudgedRecord)]
+    records = list(read_records(args.judged, judged_only, what="a judged record"))
     result = calibrate(records, args.labels)
     sys.stdout.write(format_table(result))
     if args.json:

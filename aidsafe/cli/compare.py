@@ -11,23 +11,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..errors import InputError
-from ..judge.schema import JudgedRecord, PairVerdict
-from ..judge.stats import deliberation_stats, markdown_report, metric_table, plot_distributions, require_plots, win_rates
-from ..outputs import atomic_write_text
+from ..judge.plots import plot_distributions, require_plots
+from ..judge.report import markdown_report
+from ..judge.schema import JudgedRecord, PairVerdict, judged_or_plain
+from ..judge.stats import metric_table, win_rates
+from ..outputs import atomic_write_text, read_records
 from ..records import Record
+from ..summary import deliberation_stats
 from ._options import env_option
 
 HELP = "compare judged outputs: judge scores with bootstrap intervals, deliberation statistics, pairwise win rates (markdown)"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help=HELP, description=HELP)
     p.add_argument("inputs", nargs="+", metavar="JUDGED", help="JSONL files of judged (or plain generated) records")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="column names, one per input (default: the file names)")
@@ -35,62 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     env_option(p, "--json", metavar="OUT", help="also write the numbers as JSON to this file", env="AIDSAFE_COMPARE_JSON")
     env_option(p, "--plot", metavar="PNG", help="also write the score distributions as a PNG (needs the plots extra)", env="AIDSAFE_COMPARE_PLOT")
     p.set_defaults(func=run)
-
-
-# --- reading ------------------------------------------------------------------------
-
-
-def _first_problem(exc: ValidationError) -> str:
-    """``field.path: message`` of the first validation error."""
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error.get("loc", ()))
-    return f"{where}: {error['msg']}" if where else str(error["msg"])
-
-
-def parse_record(line: str, path: str | Path, number: int, *, require_judgement: bool) -> Record:
-    """One JSONL line as a :class:`JudgedRecord` (it has ``judgement``) or a :class:`Record`;
-    problems raise :class:`InputError` naming ``path:number``."""
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not JSON: {exc.msg}", file=path, line=number) from None
-    if not isinstance(data, dict):
-        raise InputError("not a JSON object", file=path, line=number)
-    judged = "judgement" in data
-    if require_judgement and not judged:
-        raise InputError("not a judged record (no 'judgement'; run aidsafe judge first)", file=path, line=number)
-    model = JudgedRecord if judged else Record
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        kind = "judged record" if judged else "aidsafe record"
-        raise InputError(f"not a valid {kind}: {_first_problem(exc)}", file=path, line=number) from None
-
-
-def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of the non-blank lines of a text file."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                yield number, line
-
-
-def read_judged(path: str | Path, *, require_judgement: bool = False) -> list[Record]:
-    """Validate every line as a :class:`JudgedRecord` (when it has ``judgement``) or a plain
-    :class:`Record`; a bad line raises :class:`InputError` naming ``file:line``. With
-    ``require_judgement`` a plain record is an error too."""
-    return [parse_record(line, path, number, require_judgement=require_judgement) for number, line in iter_lines(path)]
-
-
-def read_pairs(path: str | Path) -> list[PairVerdict]:
-    """Validate every line as a :class:`PairVerdict` (errors name ``file:line``)."""
-    verdicts = []
-    for number, line in iter_lines(path):
-        try:
-            verdicts.append(PairVerdict.model_validate_json(line))
-        except ValidationError as exc:
-            raise InputError(f"not a pairwise verdict: {_first_problem(exc)}", file=path, line=number) from None
-    return verdicts
 
 
 # --- labels and grouping ------------------------------------------------------------
@@ -135,7 +79,7 @@ def _json_document(paths: list[str], labels: list[str], loaded: dict[str, list[R
             "metrics": tables.get(label),
             "deliberation": stats[label],
         }
-        for path, label in zip(paths, labels)
+        for path, label in zip(paths, labels, strict=True)
     }
     return {"inputs": inputs, "pairs": [{"a": a, "b": b, **rates} for (a, b), rates in pairs.items()]}
 
@@ -144,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         require_plots()  # fail before any work when matplotlib is missing
     labels = input_labels(args.inputs, args.labels)
-    loaded = {label: read_judged(path) for path, label in zip(args.inputs, labels)}
+    loaded = {label: list(read_records(path, judged_or_plain, what="an aidsafe record")) for path, label in zip(args.inputs, labels, strict=True)}
     judged = {label: _judged_only(records) for label, records in loaded.items()}
     tables = {label: metric_table(records) for label, records in judged.items() if records}
     if args.plot and not tables:
         raise InputError("--plot needs at least one input with judged records")
     stats = {label: deliberation_stats(records) for label, records in loaded.items()}
-    verdicts = [verdict for path in args.pairs or [] for verdict in read_pairs(path)]
+    verdicts = [verdict for path in args.pairs or [] for verdict in read_records(path, PairVerdict, what="a pairwise verdict")]
     pairs = {key: win_rates(group) for key, group in group_pairs(verdicts).items()}
     sys.stdout.write(markdown_report(tables, stats, pairs or None))
     if args.json:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
-from pathlib import Path
 
-from ..outputs import read_records
+from ..outputs import atomic_text, read_records
 from ..records import Record
 from ._options import env_option
 
@@ -16,7 +14,7 @@ HELP = "export records, e.g. to the columns of the released AIDSAFE dataset (pro
 COLUMNS = ["prompt", "refined_thoughts", "response", "deliberation_log"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help=HELP, description=HELP)
     p.add_argument("records", help="a JSONL file written by aidsafe generate")
     env_option(p, "--format", choices=["aidsafe-csv"], default="aidsafe-csv", help="output layout", env="AIDSAFE_EXPORT_FORMAT")
@@ -51,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         print("aidsafe export: -o/--output is required", file=sys.stderr)
         return 2
-    records = list(read_records(args.records))
-    ok = [r for r in records if r.status == "ok"]
-    with open(args.output, "w", encoding="utf-8", newline="") as fh:
+    written = skipped = 0
+    with atomic_text(args.output, newline="") as fh:  # a bad line leaves no partial file behind
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
-        for record in ok:
+        for record in read_records(args.records, Record):
+            if record.status != "ok":
+                skipped += 1
+                continue
             writer.writerow(to_row(record))
-    skipped = len(records) - len(ok)
-    print(f"wrote {len(ok)} rows to {args.output}; skipped {skipped} failed records", file=sys.stderr)
+            written += 1
+    print(f"wrote {written} rows to {args.output}; skipped {skipped} failed records", file=sys.stderr)
     return 0

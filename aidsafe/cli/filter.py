@@ -17,15 +17,14 @@ import sys
 from collections import Counter
 
 from ..errors import InputError
-from ..judge.schema import METRICS, JudgedRecord
-from ..outputs import atomic_write_text
+from ..judge.schema import METRICS, JudgedRecord, judged_only
+from ..outputs import atomic_write_text, read_record_lines
 from ._options import env_option
-from .compare import parse_record, iter_lines
 
 HELP = "keep the ok judged records whose scores meet --min METRIC=VALUE thresholds (unscored fails by default)"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("filter", help=HELP, description=HELP)
     p.add_argument("judged", metavar="JUDGED", help="a JSONL file written by aidsafe judge")
     env_option(p, "-o", "--output", help="JSONL file of the kept records (required)", env="AIDSAFE_FILTER_OUTPUT")
@@ -85,14 +84,12 @@ def run(args: argparse.Namespace) -> int:
     kept: list[str] = []
     reasons: Counter[str] = Counter()
     total = 0
-    for number, line in iter_lines(args.judged):
-        record = parse_record(line, args.judged, number, require_judgement=True)
-        assert isinstance(record, JudgedRecord)
+    for line, record in read_record_lines(args.judged, judged_only, what="a judged record"):
         total += 1
         why = drop_reasons(record, thresholds, allow_unscored=args.allow_unscored, require_scored=args.require_scored)
         reasons.update(why)
         if not why:
-            kept.append(line.rstrip("\r\n") + "\n")
+            kept.append(line.raw.decode("utf-8").rstrip("\r\n") + "\n")
     atomic_write_text(args.output, "".join(kept))
     print(f"kept {len(kept)}, dropped {total - len(kept)} of {total} records -> {args.output}", file=sys.stderr)
     for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0])):

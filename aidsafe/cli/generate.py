@@ -11,7 +11,7 @@ from ._options import add_graph_options, add_model_options, env_option, role_mod
 HELP = "run a graph on a file of prompts (JSONL, CSV, text, or a saved HF dataset) and write JSONL records"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help=HELP, description=HELP)
     p.add_argument("input", help="prompts: .jsonl/.json (field 'prompt'), .csv, .txt (one per line) or a dataset folder")
     env_option(p, "-o", "--output", required=False, help="output JSONL file (required)")
@@ -51,14 +51,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = settings_from_args(args)
     pipe = Pipeline(args.graph, args.policies, settings, role_models=role_models_from_args(args))
-    concurrency = args.concurrency or (16 if settings.backend == "openai" else 1)
     summary = pipe.generate(
         args.input,
         args.output,
         prompt_field=args.prompt_field,
         id_field=args.id_field,
         limit=args.limit,
-        concurrency=concurrency,
+        concurrency=args.concurrency,
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
         shard=args.shard,

@@ -12,7 +12,7 @@ from ._options import env_option
 HELP = "print a graph as Mermaid (from the compiled LangGraph) or its normalized spec as JSON"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("graph", help=HELP, description=HELP)
     p.add_argument("graph", nargs="?", default="aidsafe", help="shipped graph name or graph file path")
     env_option(p, "--format", choices=["mermaid", "json"], default="mermaid", help="output format", env="AIDSAFE_GRAPH_FORMAT")

@@ -13,7 +13,7 @@ from ._options import add_model_options, env_option, settings_from_args
 HELP = "score records 1-5 on the paper's six metrics with an LLM judge (or compare two outputs with --against)"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge", help=HELP, description=HELP)
     p.add_argument("records", help="a JSONL file written by aidsafe generate")
     env_option(p, "-o", "--output", env="AIDSAFE_JUDGE_OUTPUT", help="judged JSONL (or pairwise verdicts with --against); required")
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     env_option(p, "--policies", env="AIDSAFE_JUDGE_POLICIES", help="policy pack to judge against (default: the pack each record names)")
     env_option(p, "--limit", type=int, env="AIDSAFE_JUDGE_LIMIT", help="only the first N records")
     env_option(p, "--concurrency", type=int, env="AIDSAFE_JUDGE_CONCURRENCY", help="records in flight (default: 16 with an endpoint, 1 locally)")
+    env_option(p, "--overwrite", action="store_true", env="AIDSAFE_JUDGE_OVERWRITE", help="start from scratch: delete the output and its response cache first")
     env_option(p, "--no-cache", action="store_true", env="AIDSAFE_JUDGE_NO_CACHE", help="do not keep the response cache")
     env_option(p, "--no-progress", action="store_true", env="AIDSAFE_JUDGE_NO_PROGRESS", help="no progress bar")
     add_model_options(p)
@@ -33,14 +34,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         print("aidsafe judge: -o/--output is required", file=sys.stderr)
         return 2
-    settings = settings_from_args(args)
-    if args.temperature is None:
-        from dataclasses import replace
-
-        settings = replace(settings, temperature=0.0)  # a judge should be as deterministic as the backend allows
-    judge = Judge(settings, rubric=args.rubric, pairwise_rubric=args.pairwise_rubric, policies=args.policies)
-    concurrency = args.concurrency or (16 if settings.backend == "openai" else 1)
-    options = {"concurrency": concurrency, "limit": args.limit, "cache": not args.no_cache, "progress": not args.no_progress}
+    judge = Judge(settings_from_args(args), rubric=args.rubric, pairwise_rubric=args.pairwise_rubric, policies=args.policies)
+    options = {
+        "concurrency": args.concurrency, "limit": args.limit, "cache": not args.no_cache, "progress": not args.no_progress,
+        "overwrite": args.overwrite,
+    }
     if args.against:
         summary = asyncio.run(judge.apairwise_file(args.records, args.against, args.output, **options))
     else:

@@ -14,7 +14,7 @@ from ._options import env_option
 HELP = "merge shard outputs (JSONL) into one file, refusing duplicate ids and, with --input, missing or unexpected ids"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help=HELP, description=HELP)
     p.add_argument("shards", nargs="+", metavar="SHARD", help="JSONL files written by aidsafe generate")
     env_option(p, "-o", "--output", help="merged JSONL file (required)", env="AIDSAFE_MERGE_OUTPUT")

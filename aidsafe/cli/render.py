@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..pipeline import Pipeline
 from ..models import ModelSettings
+from ..pipeline import Pipeline
 from ._options import add_graph_options, env_option
 
 HELP = "print the messages a role would send for a prompt (no model call), to debug templates and policies"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help=HELP, description=HELP)
     p.add_argument("prompt", help="the user prompt (or @FILE to read it from a file)")
     env_option(p, "--role", default="initializer", help="role or agent name (e.g. intent, initializer, agent_1, refiner)")

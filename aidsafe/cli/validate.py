@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..graph.compiler import compile_graph
-from ..models import ModelSettings
 from ..inputs import count_prompts
+from ..models import ModelSettings
 from ._options import add_graph_options, env_option
 
 HELP = "check graph, templates, policies (and an input file) without any model call"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help=HELP, description=HELP)
     add_graph_options(p)
     env_option(p, "--input", help="also check this prompts file")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from .compiler import Binding, CompiledAidsafe, compile_graph, exit_label
+from .binding import Binding
+from .compiler import CompiledAidsafe, compile_graph, exit_label
 from .spec import AgentSpec, GraphSpec, LoopSpec, NodeSpec, RoleSpec, load_graph_spec
-from .state import PromptState, initial_state
+from .state import GraphContext, PromptState, initial_state
 
 __all__ = [
     "AgentSpec",
     "Binding",
     "CompiledAidsafe",
+    "GraphContext",
     "GraphSpec",
     "LoopSpec",
     "NodeSpec",

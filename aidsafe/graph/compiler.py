@@ -7,62 +7,31 @@
   super-step runs them concurrently), joined by a ``vote`` node that applies the consensus rule
   and either leaves the loop or fans out again.
 
-The round counter lives in the state and every exit writes ``stop_reason``; LangGraph's
-``recursion_limit`` is sized from the nodes per round times the rounds.
+What each node does is in :mod:`aidsafe.graph.nodes`; which template, kind and model each role
+uses is in :mod:`aidsafe.graph.binding`. The round counter lives in the state and every exit
+writes ``stop_reason``; LangGraph's ``recursion_limit`` is sized from the nodes per round times
+the rounds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import hashlib
+import json
+from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
-from ..cache import ResponseCache
-from ..models import ChatModel, ModelSettings, check_settings, make_model
+from ..models import ModelFactory, ModelPool, ModelSettings, check_settings, make_model
 from ..policies import PolicySet, load_policy_set
-from ..replies import reply_schema
-from ..resources import builtin_dir
-from ..templates import RoleTemplate, load_template
-from ..errors import ConfigError
-from .spec import AgentSpec, GraphSpec, LoopSpec, load_graph_spec
-from .state import PromptState
-from .structured import CallOutcome, call_structured
+from .binding import Binding, bind
+from .nodes import Nodes, template_variables
+from .spec import GraphSpec, LoopSpec, load_graph_spec
+from .state import GraphContext, PromptState
 
-__all__ = ["Binding", "CompiledAidsafe", "compile_graph", "exit_label"]
-NodeFn = Callable[[PromptState], Awaitable[dict[str, Any]]]
-ModelFactory = Callable[[ModelSettings], ChatModel]
-
-
-@dataclass
-class Binding:
-    """A role (or loop agent) bound to its template, reply schema and model settings."""
-
-    name: str
-    role: str
-    kind: str
-    template: RoleTemplate
-    schema: dict[str, Any]
-    settings: ModelSettings
-    _models: dict[ModelSettings, ChatModel] = field(repr=False, default_factory=dict)
-    _factory: ModelFactory = field(repr=False, default=make_model)
-
-    @property
-    def model(self) -> ChatModel:
-        """The chat model, created on first use and shared by bindings with equal settings."""
-        if self.settings not in self._models:
-            self._models[self.settings] = self._factory(self.settings)
-        return self._models[self.settings]
-
-
-def _template_path(graph_path: Path, name: str) -> Path:
-    local = (graph_path.parent / name).resolve()
-    if local.is_file():
-        return local
-    shipped = builtin_dir("prompts") / name
-    return shipped if shipped.is_file() else local
+__all__ = ["CompiledAidsafe", "compile_graph", "exit_label"]
 
 
 @dataclass
@@ -74,15 +43,20 @@ class CompiledAidsafe:
     policies: PolicySet
     bindings: dict[str, Binding]
     graph: Any
-    """The compiled LangGraph (``CompiledStateGraph``): stream it, draw it, checkpoint it."""
+    """The compiled LangGraph (``CompiledStateGraph``): stream it, draw it, checkpoint it. Pass
+    ``context=GraphContext(models=...)`` to choose the models; without it the graph uses :attr:`model_pool`."""
     recursion_limit: int
-    cache: ResponseCache | None = None
-    """Response cache used by every call (set by :meth:`aidsafe.Pipeline.agenerate`)."""
+    model_pool: ModelPool
+    """The chat models, one per distinct settings, created on first use."""
 
     @property
     def models(self) -> dict[str, str]:
-        """``backend:model`` per role and agent."""
+        """``backend:model`` per role and agent, as written in records."""
         return {name: b.settings.label() for name, b in self.bindings.items()}
+
+    def context(self, models: ModelPool | None = None) -> GraphContext:
+        """The run context for ``graph.ainvoke(..., context=...)``: these models, or the graph's own."""
+        return GraphContext(models=models or self.model_pool)
 
     def mermaid(self) -> str:
         """Mermaid text of the compiled LangGraph (offline: no web service)."""
@@ -90,182 +64,47 @@ class CompiledAidsafe:
 
     def variables(self, state: PromptState, **extra: Any) -> dict[str, Any]:
         """The template variables for the current state."""
+        return template_variables(self.policies, state, **extra)
+
+    def config(self) -> dict[str, Any]:
+        """What a record of this graph depends on: graph, policy pack, templates, models and
+        sampling settings. An output remembers it; resuming with a different one is refused."""
+        any_settings = next(iter(self.bindings.values())).settings
         return {
-            "policies": self.policies.policies,
-            "policy_set": self.policies,
-            "prompt": state["prompt"],
-            "intents": state.get("intents") or {"explicit": [], "implicit": []},
-            "thoughts": state.get("thoughts") or [],
-            "response": state.get("response") or "",
-            **extra,
+            "graph": {"name": self.spec.name, "sha256": _digest(self.spec.model_dump(mode="json", by_alias=True))},
+            "policies": {**self.policies.ref(), "sha256": _digest(self.policies.model_dump(mode="json", by_alias=True))},
+            "templates": {b.role: b.template.sha256 for b in self.bindings.values()},
+            "models": self.models,
+            "sampling": any_settings.sampling(),
         }
 
     async def aclose(self) -> None:
         """Close the models' connections."""
-        seen: set[int] = set()
-        for binding in self.bindings.values():
-            for model in binding._models.values():
-                if id(model) not in seen:
-                    seen.add(id(model))
-                    await model.aclose()
+        await self.model_pool.aclose()
 
 
-def _faults(stage: str, thoughts: list[dict[str, Any]], known: set[str]) -> list[dict[str, Any]]:
-    faults = []
-    for thought in thoughts:
-        for pid in thought.get("policies", []):
-            if pid not in known:
-                faults.append({"stage": stage, "kind": "unknown_policy_id", "detail": f"thought cites {pid!r}, not in the pack"})
-    return faults
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
 
 
-def _error(stage: str, outcome: CallOutcome) -> dict[str, Any]:
-    return {"stage": stage, "kind": outcome.error_kind or "model_error", "message": outcome.error or "unknown error", "raw": outcome.raw or None}
+class _Wiring:
+    """Turns a spec into the nodes and edges of a ``StateGraph``."""
 
-
-class _Builder:
-    """Turns a spec into nodes and edges of a ``StateGraph``."""
-
-    def __init__(self, compiled: CompiledAidsafe) -> None:
-        self.c = compiled
-        self.known = set(compiled.policies.ids)
-        self.builder: StateGraph[PromptState] = StateGraph(PromptState)
-
-    async def _call(self, binding: Binding, state: PromptState, context: dict[str, Any] | None = None, **extra: Any) -> CallOutcome:
-        schema = binding.schema
-        if context and "thought_count" in context:
-            schema = reply_schema(binding.kind, self.c.policies.ids, thought_count=context["thought_count"])
-        messages = binding.template.render(self.c.variables(state, schema=schema, **extra))
-        return await call_structured(binding.model, messages, kind=binding.kind, schema=schema, context=context, cache=self.c.cache)
-
-    # -- role nodes ---------------------------------------------------------------------------
-
-    def step(self, node_id: str, binding: Binding) -> NodeFn:
-        async def run(state: PromptState) -> dict[str, Any]:
-            if state.get("error"):
-                return {}
-            thoughts = state.get("thoughts") or []
-            context = {"thought_count": len(thoughts)} if binding.kind == "refinement" else None
-            outcome = await self._call(binding, state, context)
-            update: dict[str, Any] = {"usage": {node_id: outcome.usage}}
-            if outcome.reply is None:
-                update["error"] = _error(node_id, outcome)
-                return update
-            reply = outcome.reply.model_dump()
-            if binding.kind == "intents":
-                update["intents"] = reply
-            elif binding.kind == "draft":
-                update["thoughts"] = reply["thoughts"]
-                update["response"] = reply["response"]
-                update["faults"] = _faults(node_id, reply["thoughts"], self.known)
-            elif binding.kind == "refinement":
-                reasons = {r["index"]: r["reason"] for r in reply["removed"]}
-                update["refined"] = [t for i, t in enumerate(thoughts, 1) if i not in reasons]
-                update["removed"] = [{**t, "reason": reasons[i]} for i, t in enumerate(thoughts, 1) if i in reasons]
-                if reply["response"].strip():
-                    update["response"] = reply["response"]
-            return update
-
-        return run
-
-    # -- loops --------------------------------------------------------------------------------
-
-    def _turn(self, binding: Binding, agent: AgentSpec, round_no: int, outcome: CallOutcome) -> dict[str, Any]:
-        reply = outcome.reply.model_dump() if outcome.reply is not None else {"agree": False, "thoughts": [], "response": ""}
-        return {
-            "round": round_no,
-            "agent": agent.name,
-            "model": binding.settings.label(),
-            "agreed": bool(reply["agree"]),
-            "thoughts": [] if reply["agree"] else reply["thoughts"],
-            "response": "" if reply["agree"] else reply["response"],
-            "usage": outcome.usage,
-        }
-
-    def sequential_agent(self, loop_id: str, loop: LoopSpec, index: int, binding: Binding) -> NodeFn:
-        agents = loop.agent_list()
-        agent = agents[index]
-
-        async def run(state: PromptState) -> dict[str, Any]:
-            if state.get("error"):
-                return {}
-            turns = state.get("turns", 0)
-            round_no = turns // len(agents) + 1
-            outcome = await self._call(binding, state, agent=agent.name, round=round_no, max_rounds=loop.max_rounds)
-            update: dict[str, Any] = {"usage": {loop_id: outcome.usage}, "turns": turns + 1, "rounds": round_no}
-            if outcome.reply is None:
-                update["error"] = _error(f"{loop_id}/{agent.name}", outcome)
-                return update
-            turn = self._turn(binding, agent, round_no, outcome)
-            update["deliberation"] = [turn]
-            update["faults"] = _faults(f"{loop_id}/{agent.name}", turn["thoughts"], self.known)
-            if turn["agreed"]:
-                update["stop_reason"] = "consensus"
-            else:
-                update["thoughts"] = [*(state.get("thoughts") or []), *turn["thoughts"]]
-                if turn["response"].strip():
-                    update["response"] = turn["response"]
-                if turns + 1 >= len(agents) * loop.max_rounds:
-                    update["stop_reason"] = "budget"
-            return update
-
-        return run
-
-    def parallel_agent(self, loop_id: str, loop: LoopSpec, index: int, binding: Binding) -> NodeFn:
-        agent = loop.agent_list()[index]
-
-        async def run(state: PromptState) -> dict[str, Any]:
-            if state.get("error"):
-                return {}
-            round_no = state.get("rounds", 0) + 1
-            outcome = await self._call(binding, state, agent=agent.name, round=round_no, max_rounds=loop.max_rounds)
-            vote: dict[str, Any] = {"index": index, "turn": self._turn(binding, agent, round_no, outcome)}
-            if outcome.reply is None:
-                vote["error"] = _error(f"{loop_id}/{agent.name}", outcome)
-            return {"votes": [vote], "usage": {loop_id: outcome.usage}}
-
-        return run
-
-    def vote(self, loop_id: str, loop: LoopSpec) -> NodeFn:
-        async def run(state: PromptState) -> dict[str, Any]:
-            if state.get("error"):
-                return {"votes": None}
-            votes = sorted(state.get("votes") or [], key=lambda v: v["index"])
-            round_no = state.get("rounds", 0) + 1
-            update: dict[str, Any] = {"votes": None, "rounds": round_no}
-            failed = [v["error"] for v in votes if "error" in v]
-            if failed:
-                update["error"] = failed[0]
-                return update
-            turns = [v["turn"] for v in votes]
-            update["deliberation"] = turns
-            update["faults"] = [f for t in turns for f in _faults(f"{loop_id}/{t['agent']}", t["thoughts"], self.known)]
-            agreeing = sum(1 for t in turns if t["agreed"])
-            if loop.agreed(agreeing):
-                update["stop_reason"] = "consensus"
-                return update
-            dissent = [t for t in turns if not t["agreed"]]
-            update["thoughts"] = [*(state.get("thoughts") or []), *(th for t in dissent for th in t["thoughts"])]
-            proposed = [t["response"] for t in dissent if t["response"].strip()]
-            if proposed:
-                update["response"] = proposed[0]
-            if round_no >= loop.max_rounds:
-                update["stop_reason"] = "budget"
-            return update
-
-        return run
-
-    # -- wiring -------------------------------------------------------------------------------
+    def __init__(self, spec: GraphSpec, bindings: dict[str, Binding], nodes: Nodes) -> None:
+        self.spec = spec
+        self.bindings = bindings
+        self.nodes = nodes
+        self.builder: StateGraph[PromptState, GraphContext] = StateGraph(PromptState, context_schema=GraphContext)
 
     def build(self) -> tuple[Any, int]:
-        spec = self.c.spec
+        spec = self.spec
         b = self.builder
         entries: dict[str, list[str]] = {}
         steps_per_pass = 0
         for node_id in spec.flow:
             node = spec.nodes[node_id]
             if node.role is not None:
-                b.add_node(node_id, self.step(node_id, self.c.bindings[node.role]))
+                b.add_node(node_id, self.nodes.step(node_id, self.bindings[node.role]))
                 entries[node_id] = [node_id]
                 steps_per_pass += 1
                 continue
@@ -273,15 +112,15 @@ class _Builder:
             assert loop is not None
             agents = loop.agent_list()
             names = [f"{node_id}_{a.name}" for a in agents]
-            for index, (agent, name) in enumerate(zip(agents, names)):
-                binding = self.c.bindings[f"{node_id}.{agent.name}"]
-                factory = self.sequential_agent if loop.mode == "sequential" else self.parallel_agent
+            for index, (agent, name) in enumerate(zip(agents, names, strict=True)):
+                binding = self.bindings[f"{node_id}.{agent.name}"]
+                factory = self.nodes.sequential_agent if loop.mode == "sequential" else self.nodes.parallel_agent
                 b.add_node(name, factory(node_id, loop, index, binding))
             if loop.mode == "sequential":
                 entries[node_id] = names[:1]
                 steps_per_pass += len(names) * loop.max_rounds
             else:
-                b.add_node(f"{node_id}_vote", self.vote(node_id, loop))
+                b.add_node(f"{node_id}_vote", self.nodes.vote(node_id, loop))
                 b.add_edge(names, f"{node_id}_vote")
                 entries[node_id] = names
                 steps_per_pass += 2 * loop.max_rounds
@@ -300,7 +139,9 @@ class _Builder:
 
     def _wire_loop(self, node_id: str, loop: LoopSpec, following: list[str]) -> None:
         names = [f"{node_id}_{a.name}" for a in loop.agent_list()]
-        exit_to = following if len(following) > 1 else following[0]
+        # a graph has one loop (checked in spec.py), so what follows a loop is one role node or the end
+        assert len(following) == 1, following
+        exit_to = following[0]
         label = exit_label(loop)
 
         def leave_or_continue(state: PromptState) -> str:
@@ -309,7 +150,9 @@ class _Builder:
         if loop.mode == "sequential":
             for index, name in enumerate(names):
                 nxt = names[(index + 1) % len(names)]
-                self.builder.add_conditional_edges(name, leave_or_continue, {label: exit_to, "continue": nxt})  # type: ignore[dict-item]
+                # LangGraph draws a path map's keys as the labels of the edges to its values
+                ring: dict[Hashable, str] = {label: exit_to, "continue": nxt}
+                self.builder.add_conditional_edges(name, leave_or_continue, ring)
             return
         labels = {f"next round: {name}": name for name in names}
 
@@ -318,57 +161,14 @@ class _Builder:
                 return label
             return list(labels)
 
-        self.builder.add_conditional_edges(f"{node_id}_vote", after_vote, {label: exit_to, **labels})  # type: ignore[dict-item]
+        routes: dict[Hashable, str] = {label: exit_to, **labels}
+        self.builder.add_conditional_edges(f"{node_id}_vote", after_vote, routes)
 
 
 def exit_label(loop: LoopSpec) -> str:
     """Label of a loop's exit edge in pictures: the consensus rule and the round budget."""
     rule = {"first_agree": "first agreement", "at_least": f"at least {loop.min_agree} agree"}.get(loop.consensus, loop.consensus)
     return f"consensus ({rule}) or budget of {loop.max_rounds} rounds"
-
-
-def _bind(
-    spec: GraphSpec,
-    path: Path,
-    policies: PolicySet,
-    settings: ModelSettings,
-    role_models: dict[str, str],
-    factory: ModelFactory,
-) -> dict[str, Binding]:
-    unknown = set(role_models) - set(spec.roles) - {
-        a.name for n in spec.nodes.values() if n.loop for a in n.loop.agent_list()
-    }
-    if unknown:
-        raise ConfigError(f"--role-model names {', '.join(sorted(unknown))}, which are neither roles nor agents of this graph", file=path)
-    cache: dict[ModelSettings, ChatModel] = {}
-    templates: dict[str, RoleTemplate] = {}
-
-    def binding(name: str, role_name: str, model_name: str | None) -> Binding:
-        role = spec.roles[role_name]
-        if role_name not in templates:
-            templates[role_name] = load_template(_template_path(path, role.template), reply=role.reply, role=role_name)
-        chosen = role_models.get(name) or model_name or role_models.get(role_name) or role.model or settings.model
-        return Binding(
-            name=name,
-            role=role_name,
-            kind=role.reply,
-            template=templates[role_name],
-            schema=reply_schema(role.reply, policies.ids),
-            settings=settings.with_model(chosen),
-            _models=cache,
-            _factory=factory,
-        )
-
-    bindings: dict[str, Binding] = {}
-    for node_id in spec.flow:
-        node = spec.nodes[node_id]
-        if node.role is not None:
-            bindings[node.role] = binding(node.role, node.role, None)
-        else:
-            assert node.loop is not None
-            for agent in node.loop.agent_list():
-                bindings[f"{node_id}.{agent.name}"] = binding(agent.name, agent.role, agent.model)
-    return bindings
 
 
 def compile_graph(
@@ -387,11 +187,10 @@ def compile_graph(
     spec, path = load_graph_spec(graph)
     pack = policies if isinstance(policies, PolicySet) else load_policy_set(policies)
     settings = settings or ModelSettings()
-    bindings = _bind(spec, path, pack, settings, role_models or {}, model_factory)
+    bindings = bind(spec, path, pack, settings, role_models or {})
     if model_factory is make_model:
         for binding in bindings.values():
             check_settings(binding.settings)
-    compiled = CompiledAidsafe(spec=spec, path=path, policies=pack, bindings=bindings, graph=None, recursion_limit=0)
-    compiled.graph, compiled.recursion_limit = _Builder(compiled).build()
-    return compiled
-
+    models = ModelPool(model_factory)
+    graph_obj, limit = _Wiring(spec, bindings, Nodes(pack, models)).build()
+    return CompiledAidsafe(spec=spec, path=path, policies=pack, bindings=bindings, graph=graph_obj, recursion_limit=limit, model_pool=models)

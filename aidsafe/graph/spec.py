@@ -8,6 +8,7 @@ can be written. Files are loaded with ``yaml.safe_load`` and never name Python c
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Literal
@@ -17,20 +18,20 @@ from pydantic_core import PydanticCustomError
 
 from .._yaml import load_yaml_model
 from ..errors import ConfigError
+from ..kinds import get_kind, kind_names
 from ..resources import resolve
 
-__all__ = ["AgentSpec", "GraphSpec", "LoopSpec", "NodeSpec", "RoleSpec", "ReplyKind", "load_graph_spec", "SCHEMA"]
+__all__ = ["SCHEMA", "AgentSpec", "GraphSpec", "LoopSpec", "NodeSpec", "RoleSpec", "load_graph_spec"]
 
 SCHEMA = "aidsafe.graph/v1"
 _SCHEMA_RE = re.compile(r"^aidsafe\.graph/v(\d+)$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
-ReplyKind = Literal["intents", "draft", "deliberation", "refinement"]
 Consensus = Literal["first_agree", "majority", "unanimous", "at_least"]
 
 
 def _fail(message: str, *at: str | int) -> PydanticCustomError:
-    return PydanticCustomError("graph", message, {"at": at})
+    return PydanticCustomError("graph", "{message}", {"message": message, "at": at})
 
 
 def _check_name(value: str, what: str) -> str:
@@ -48,11 +49,21 @@ class RoleSpec(_Spec):
 
     template: str
     """Template file, relative to the graph file, else a shipped template name (``intent.jinja``)."""
-    reply: ReplyKind
-    """Reply kind, validated against the matching Pydantic model."""
+    reply: str
+    """Reply kind (:mod:`aidsafe.kinds`): ``intents``, ``draft``, ``deliberation``, ``refinement``, or one registered by a plugin."""
     model: str | None = None
     """Model name for this role (same backend and endpoint as the run); default: the run's ``--model``."""
     description: str = ""
+
+    @field_validator("reply")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        usable = kind_names("graph")
+        if value not in usable:
+            close = difflib.get_close_matches(value, usable, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown reply kind {value!r}{hint} (graph reply kinds: {', '.join(usable)})")
+        return value
 
 
 class AgentSpec(_Spec):
@@ -206,17 +217,13 @@ class GraphSpec(_Spec):
                 role = self.roles.get(node.role)
                 if role is None:
                     raise _fail(f"unknown role {node.role!r} (roles: {', '.join(self.roles)})", "nodes", node_id, "role")
-                if role.reply == "deliberation":
+                kind = get_kind(role.reply)
+                if kind.placement != "step":
                     raise _fail(f"role {node.role!r} deliberates: put it in a 'loop' node", "nodes", node_id, "role")
-                if role.reply == "refinement" and "draft" not in produced:
-                    raise _fail("a refiner needs thoughts: put a 'draft' role before it in flow", "flow", index)
-                if role.reply == "draft" and "draft" in produced:
-                    raise _fail("only one node may write the draft", "flow", index)
-                produced.add(role.reply)
+                self._check_order(kind.name, produced, index, role=node.role)
+                produced.add(kind.name)
             else:
                 assert node.loop is not None
-                if "draft" not in produced:
-                    raise _fail("a loop deliberates on a draft: put a 'draft' role before it in flow", "flow", index)
                 agents = node.loop.agent_list()
                 for a_index, agent in enumerate(agents):
                     where: tuple[str | int, ...] = ("nodes", node_id, "loop")
@@ -224,9 +231,22 @@ class GraphSpec(_Spec):
                     role = self.roles.get(agent.role)
                     if role is None:
                         raise _fail(f"unknown role {agent.role!r} (roles: {', '.join(self.roles)})", *where)
-                    if role.reply != "deliberation":
-                        raise _fail(f"loop agents need a role whose reply is 'deliberation'; {agent.role!r} replies {role.reply!r}", *where)
+                    if get_kind(role.reply).placement != "agent":
+                        agent_kinds = ", ".join(repr(k) for k in kind_names("agent"))
+                        raise _fail(f"loop agents need a role whose reply is {agent_kinds}; {agent.role!r} replies {role.reply!r}", *where)
+                for kind_name in dict.fromkeys(self.roles[a.role].reply for a in agents):
+                    self._check_order(kind_name, produced, index, role=None)
         return self
+
+    def _check_order(self, kind_name: str, produced: set[str], index: int, *, role: str | None) -> None:
+        """The kinds a kind needs must come earlier in flow; a ``once`` kind may appear once."""
+        kind = get_kind(kind_name)
+        for needed in kind.after:
+            if needed not in produced:
+                what = f"role {role!r} ({kind_name})" if role is not None else f"a loop of {kind_name!r} agents"
+                raise _fail(f"{what} needs a {needed!r} role before it in flow", "flow", index)
+        if kind.once and kind_name in produced:
+            raise _fail(f"only one node may write the {kind_name}", "flow", index)
 
 
 def load_graph_spec(name_or_path: str | Path) -> tuple[GraphSpec, Path]:

@@ -1,11 +1,26 @@
-"""The LangGraph state of one prompt going through a graph."""
+"""The LangGraph state of one prompt going through a graph, and the run context its nodes get."""
 
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
-__all__ = ["PromptState", "initial_state"]
+from ..models import ModelPool
+
+__all__ = ["GraphContext", "PromptState", "initial_state"]
+
+
+@dataclass(frozen=True)
+class GraphContext:
+    """What a run hands to every node (LangGraph's runtime context, ``graph.ainvoke(..., context=...)``).
+
+    ``models`` answers each binding's calls: a file job passes a pool that answers from its
+    response cache first. Without a context (a caller streaming the LangGraph object itself),
+    nodes use the compiled graph's own pool.
+    """
+
+    models: ModelPool
 
 
 def add_usage(left: dict[str, dict[str, int]] | None, right: dict[str, dict[str, int]] | None) -> dict[str, dict[str, int]]:

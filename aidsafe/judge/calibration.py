@@ -39,7 +39,7 @@ def _confusion(rater_a: Sequence[int], rater_b: Sequence[int]) -> np.ndarray:
         raise ValueError(f"raters scored different numbers of items: {len(rater_a)} and {len(rater_b)}")
     index = {category: position for position, category in enumerate(CATEGORIES)}
     matrix = np.zeros((len(CATEGORIES), len(CATEGORIES)))
-    for a, b in zip(rater_a, rater_b):
+    for a, b in zip(rater_a, rater_b, strict=True):
         if a not in index or b not in index:
             raise ValueError(f"scores must be in {CATEGORIES[0]}..{CATEGORIES[-1]}, got ({a}, {b})")
         matrix[index[a], index[b]] += 1
@@ -86,7 +86,7 @@ def agreement(judge: Sequence[int], human: Sequence[int]) -> dict[str, Any]:
     ``kappa`` (:func:`cohen_kappa`); ``weighted_kappa`` (:func:`weighted_kappa`). Rates are
     ``None`` without pairs."""
     n = len(judge)
-    pairs = list(zip(judge, human))
+    pairs = list(zip(judge, human, strict=True))
     return {
         "n": n,
         "exact": sum(a == b for a, b in pairs) / n if n else None,

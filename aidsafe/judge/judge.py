@@ -3,33 +3,33 @@
 Fails closed (as inspect_ai's model-graded scorers do): a metric whose score cannot be parsed
 from the judge's reply is left unscored (``None``) and counted, never given a default. Rubrics
 are Jinja templates (``prompts/judge_scores.jinja``, ``prompts/judge_pairwise.jinja``),
-swappable by path. Runs concurrently, caches every reply next to its output and resumes.
+swappable by path; their reply kinds are registered in :mod:`aidsafe.judge.kinds`. Files are
+judged by the file-job runner (:mod:`aidsafe.runner`): concurrent, cached, resumable, locked.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from .._concurrency import bounded
-from ..cache import ResponseCache
-from ..errors import ConfigError
-from ..graph.structured import call_structured
-from ..models import ChatModel, ModelSettings, check_settings, make_model
-from ..outputs import read_records, scan_output, write_sidecar
+from ..errors import ConfigError, InputError
+from ..kinds import reply_schema
+from ..models import ChatModel, ModelFactory, ModelPool, ModelSettings, check_settings, default_concurrency, make_model
+from ..outputs import read_records
 from ..policies import PolicySet, load_policy_set
 from ..records import Record, Usage
 from ..resources import builtin_dir
+from ..runner import JobOptions, JobRun, run_job
+from ..structured import call_structured
 from ..templates import RoleTemplate, load_template
+from .kinds import PAIRWISE, SCORES, json_object
 from .schema import METRICS, Citations, JudgedRecord, Judgement, PairVerdict
+from .stats import reconcile, win_rates
 
-__all__ = ["Judge", "citations", "parse_scores", "parse_winner", "read_records"]
+__all__ = ["Judge", "citations", "parse_scores", "parse_winner"]
 
 
 def citations(record: Record, pack: PolicySet, applicable: list[str] | None) -> Citations:
@@ -50,27 +50,9 @@ def citations(record: Record, pack: PolicySet, applicable: list[str] | None) -> 
     )
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.strip("`").removeprefix("json").strip()
-    try:
-        data = json.loads(body, strict=False)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _require_object(text: str) -> dict[str, Any]:
-    data = _json_object(text)
-    if data is None:
-        raise ValueError("not a JSON object")
-    return data
-
-
 def parse_scores(text: str, pack_ids: list[str]) -> tuple[dict[str, int | None], list[str] | None]:
     """Scores per metric (None where absent or not an integer 1-5) and the applicable policy ids."""
-    data = _json_object(text) or {}
+    data = json_object(text) or {}
     scores: dict[str, int | None] = {}
     for metric in METRICS:
         value = data.get(metric)
@@ -83,39 +65,30 @@ def parse_scores(text: str, pack_ids: list[str]) -> tuple[dict[str, int | None],
 
 def parse_winner(text: str) -> str | None:
     """``first``, ``second`` or ``tie`` from a pairwise reply; None when it cannot be parsed."""
-    data = _json_object(text) or {}
+    data = json_object(text) or {}
     winner = data.get("winner")
     return winner if winner in ("first", "second", "tie") else None
 
 
-def _scores_schema(pack_ids: list[str]) -> dict[str, Any]:
-    props: dict[str, Any] = {
-        "applicable_policies": {"type": "array", "items": {"type": "string", "enum": pack_ids}, "maxItems": len(pack_ids)}
-    }
-    props.update({m: {"type": "integer", "enum": [1, 2, 3, 4, 5]} for m in METRICS})
-    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
-
-
-_PAIR_SCHEMA = {
-    "type": "object",
-    "properties": {"winner": {"type": "string", "enum": ["first", "second", "tie"]}},
-    "required": ["winner"],
-    "additionalProperties": False,
-}
-
-
-def _template(name_or_path: str | Path, reply: str) -> RoleTemplate:
+def _template(name_or_path: str | Path, kind: str) -> RoleTemplate:
     path = Path(name_or_path)
     if not path.is_file():
         shipped = builtin_dir("prompts") / str(name_or_path)
         if not shipped.is_file():
             raise ConfigError(f"rubric template {str(name_or_path)!r} not found (neither a file nor a shipped template)")
         path = shipped
-    return load_template(path, reply=reply, role=f"judge ({reply})")
+    return load_template(path, reply=kind, role=f"judge ({kind})")
+
+
+def _label(template: RoleTemplate) -> str:
+    return f"{Path(template.path).name}@{template.sha256}"
 
 
 class Judge:
-    """An LLM judge (any backend) with its rubrics."""
+    """An LLM judge (any backend) with its rubrics.
+
+    The temperature defaults to 0 (a judge should be as deterministic as the backend allows).
+    """
 
     def __init__(
         self,
@@ -124,24 +97,23 @@ class Judge:
         rubric: str | Path = "judge_scores.jinja",
         pairwise_rubric: str | Path = "judge_pairwise.jinja",
         policies: str | Path | None = None,
-        model_factory: Any = make_model,
+        model_factory: ModelFactory = make_model,
     ) -> None:
+        if settings.temperature is None:
+            settings = replace(settings, temperature=0.0)
         if model_factory is make_model:
             check_settings(settings)
         self.settings = settings
-        self.rubric = _template(rubric, "scores")
-        self.pairwise_rubric = _template(pairwise_rubric, "pairwise")
+        self.rubric = _template(rubric, SCORES.name)
+        self.pairwise_rubric = _template(pairwise_rubric, PAIRWISE.name)
         self._override = load_policy_set(policies) if policies is not None else None
         self._packs: dict[str, PolicySet] = {}
-        self._factory = model_factory
-        self._model: ChatModel | None = None
-        self.cache: ResponseCache | None = None
+        self.models = ModelPool(model_factory)
 
     @property
     def model(self) -> ChatModel:
-        if self._model is None:
-            self._model = self._factory(self.settings)
-        return self._model
+        """The judge's chat model (built on first use)."""
+        return self.models.get(self.settings)
 
     def pack_for(self, record: Record) -> PolicySet:
         """The policy pack a record was generated with (or the ``policies`` override)."""
@@ -158,33 +130,36 @@ class Judge:
     def messages(self, record: Record) -> list[dict[str, str]]:
         """The exact messages sent to grade ``record`` (no model call)."""
         pack = self.pack_for(record)
-        return self.rubric.render(self._variables(pack, record.prompt, _scores_schema(pack.ids),
+        return self.rubric.render(self._variables(pack, record.prompt, SCORES.name,
                                                   intents=record.intents.model_dump(),
                                                   thoughts=[t.model_dump() for t in record.thoughts],
                                                   response=record.response))
 
     @staticmethod
-    def _variables(pack: PolicySet, prompt: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    def _variables(pack: PolicySet, prompt: str, kind: str, **extra: Any) -> dict[str, Any]:
+        schema = reply_schema(kind, pack.ids)
         return {"policies": pack.policies, "policy_set": pack, "prompt": prompt, "schema": schema, **extra}
 
-    async def _ask(self, messages: list[dict[str, str]], kind: str, schema: dict[str, Any]) -> tuple[str | None, Usage, str | None]:
+    async def _ask(self, messages: list[dict[str, str]], kind: str, pack: PolicySet, models: ModelPool | None) -> tuple[str | None, Usage, str | None]:
         """One call (plus one repair when the reply is not a JSON object): raw text, usage, and the
         error when the call failed or the judge refused; scores are parsed from the raw text."""
-        outcome = await call_structured(self.model, messages, kind=kind, schema=schema, cache=self.cache, parse=_require_object)
+        from ..kinds import reply_schema
+
+        model = (models or self.models).get(self.settings)
+        outcome = await call_structured(model, messages, kind=kind, schema=reply_schema(kind, pack.ids))
         error = outcome.error if outcome.error_kind in ("model_error", "agent_refusal") else None
         return outcome.raw or None, Usage(**outcome.usage), error
 
-    async def ajudge_one(self, record: Record) -> JudgedRecord:
+    async def ajudge_one(self, record: Record, models: ModelPool | None = None) -> JudgedRecord:
         """Grade one record; a failed record, a failed call or an unparsable reply leaves metrics unscored."""
         pack = self.pack_for(record)
-        label = f"{Path(self.rubric.path).name}@{self.rubric.sha256}"
         scores: dict[str, int | None] = {m: None for m in METRICS}
         applicable: list[str] | None = None
         usage, error = Usage(), None
         if record.status != "ok":
             error = "the record failed to generate: not judged"
         else:
-            text, usage, error = await self._ask(self.messages(record), "scores", _scores_schema(pack.ids))
+            text, usage, error = await self._ask(self.messages(record), SCORES.name, pack, models)
             if text is not None:
                 scores, applicable = parse_scores(text, pack.ids)
                 missing = [m for m in METRICS if scores[m] is None]
@@ -192,7 +167,7 @@ class Judge:
                     error = f"no valid 1-5 score for {', '.join(missing)} in the reply: {text[:300]!r}"
         judgement = Judgement(
             judge_model=self.settings.label(),
-            rubric=label,
+            rubric=_label(self.rubric),
             scores=scores,
             unscored=[m for m in METRICS if scores[m] is None],
             citations=citations(record, pack, applicable),
@@ -201,21 +176,19 @@ class Judge:
         )
         return JudgedRecord(**record.model_dump(), judgement=judgement)
 
-    async def acompare(self, a: Record, b: Record, labels: tuple[str, str]) -> PairVerdict:
+    async def acompare(self, a: Record, b: Record, labels: tuple[str, str], models: ModelPool | None = None) -> PairVerdict:
         """Ask which CoT is more faithful, in both orders (the first order randomised per id)."""
-        from .stats import reconcile
-
         pack = self.pack_for(a)
         a_first = int(hashlib.sha256(a.id.encode()).hexdigest(), 16) % 2 == 0
         orders = [(a, b), (b, a)] if a_first else [(b, a), (a, b)]
         verdicts: list[str | None] = []
         for first, second in orders:
             variables = self._variables(
-                pack, a.prompt, _PAIR_SCHEMA,
+                pack, a.prompt, PAIRWISE.name,
                 first={"thoughts": [t.model_dump() for t in first.thoughts], "response": first.response},
                 second={"thoughts": [t.model_dump() for t in second.thoughts], "response": second.response},
             )
-            text, _, _ = await self._ask(self.pairwise_rubric.render(variables), "pairwise", _PAIR_SCHEMA)
+            text, _, _ = await self._ask(self.pairwise_rubric.render(variables), PAIRWISE.name, pack, models)
             winner = parse_winner(text or "")
             if winner in ("first", "second"):
                 winner = "a" if (first is a) == (winner == "first") else "b"
@@ -224,98 +197,130 @@ class Judge:
 
     # -- files -----------------------------------------------------------------------------
 
-    async def _stream(self, items: Iterable[Any], worker: Callable[[Any], Awaitable[BaseModel]], output: Path, *,
-                      total: int, desc: str, concurrency: int, cache: bool, progress: bool) -> None:
-        """Run ``worker`` over ``items`` concurrently, appending each result to ``output`` as it finishes
-        (flushed), with the response cache ``<output>.cache.sqlite`` and a progress bar."""
-        self.cache = ResponseCache(output.with_name(output.name + ".cache.sqlite")) if cache else None
-        bar = _bar(total, progress, desc)
-        try:
-            with output.open("a", encoding="utf-8") as sink:
-                async for result in bounded(items, worker, concurrency):
-                    sink.write(result.model_dump_json() + "\n")
-                    sink.flush()
-                    if bar is not None:
-                        bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            if self.cache is not None:
-                self.cache.close()
-                self.cache = None
-            if self._model is not None:
-                await self._model.aclose()
+    def config(self, rubric: RoleTemplate) -> dict[str, Any]:
+        """What judged output depends on: the judge model, the rubric, the policy override, sampling."""
+        return {
+            "judge_model": self.settings.label(),
+            "rubric": _label(rubric),
+            "policies": {**self._override.ref()} if self._override is not None else "as each record names",
+            "sampling": self.settings.sampling(),
+        }
 
-    async def ajudge_file(self, records_path: str | Path, output_path: str | Path, *, concurrency: int = 1,
-                          limit: int | None = None, cache: bool = True, progress: bool = True) -> dict[str, Any]:
+    async def ajudge_file(self, records_path: str | Path, output_path: str | Path, *, concurrency: int | None = None,
+                          limit: int | None = None, cache: bool = True, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
         """Grade every record of a generated JSONL; appends to ``output_path`` and resumes."""
-        output = Path(output_path)
-        done = scan_output(output, repair=True, model=JudgedRecord)
-        skip = done.done | done.failed
-
-        def todo() -> Iterator[Record]:
-            for index, record in enumerate(read_records(records_path)):
-                if limit is not None and index >= limit:
-                    return
-                if record.id not in skip:
-                    yield record
-
-        started = time.monotonic()
-        await self._stream(todo(), self.ajudge_one, output, total=sum(1 for _ in todo()), desc="judge",
-                           concurrency=concurrency, cache=cache, progress=progress)
-        summary = _judge_summary(output)
-        summary["run"] = {"seconds": round(time.monotonic() - started, 3), "skipped": len(skip)}
-        write_sidecar(output, summary)
-        return summary
+        job = _ScoreJob(self, Path(records_path), limit)
+        options = JobOptions(concurrency=concurrency, cache=cache, progress=progress, overwrite=overwrite)
+        return (await run_job(job, output_path, options)).as_dict()
 
     async def apairwise_file(self, a_path: str | Path, b_path: str | Path, output_path: str | Path, *,
-                             concurrency: int = 1, limit: int | None = None, cache: bool = True, progress: bool = True) -> dict[str, Any]:
+                             concurrency: int | None = None, limit: int | None = None, cache: bool = True,
+                             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
         """Compare two outputs record by record (same ids, both ``ok``); writes PairVerdict JSONL."""
-        from .stats import win_rates
-
-        output = Path(output_path)
-        done = _pair_ids(output)
-        b_records = {r.id: r for r in read_records(b_path) if r.status == "ok"}
-        labels = (Path(a_path).name, Path(b_path).name)
-        pairs = [(a, b_records[a.id]) for a in read_records(a_path) if a.status == "ok" and a.id in b_records]
-        pairs = pairs[:limit] if limit is not None else pairs
-        todo = [p for p in pairs if p[0].id not in done]
-        await self._stream(todo, lambda pair: self.acompare(pair[0], pair[1], labels), output, total=len(todo),
-                           desc="compare", concurrency=concurrency, cache=cache, progress=progress)
-        verdicts = [PairVerdict.model_validate_json(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return {"pairs": len(verdicts), **win_rates(verdicts)}
+        job = _PairJob(self, Path(a_path), Path(b_path), limit)
+        options = JobOptions(concurrency=concurrency, cache=cache, progress=progress, overwrite=overwrite)
+        return (await run_job(job, output_path, options)).as_dict()
 
 
-def _pair_ids(path: Path) -> set[str]:
-    """Ids already compared; a torn last line (a crash mid-write) is cut off."""
-    if not path.exists():
-        return set()
-    ids, keep = set(), 0
-    with path.open("rb") as fh:
-        for raw in fh:
-            try:
-                ids.add(PairVerdict.model_validate_json(raw).id)
-            except ValueError:
-                break
-            keep += len(raw)
-    if keep < path.stat().st_size:
-        with path.open("r+b") as fh:
-            fh.truncate(keep)
-    return ids
+@dataclass
+class _Totals:
+    """A job summary that is a plain dict."""
+
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.data
 
 
-def _judge_summary(path: Path) -> dict[str, Any]:
-    n, scored = 0, {m: 0 for m in METRICS}
-    for judged in read_records(path, JudgedRecord):
-        n += 1
-        for metric, value in judged.judgement.scores.items():  # type: ignore[attr-defined]
-            scored[metric] += value is not None
-    return {"output": str(path), "records": n, "scored": scored, "unscored": {m: n - k for m, k in scored.items()}}
+class _ScoreJob:
+    """Grade each record of a generated file: one judged record per record."""
+
+    name = "judge"
+    unit = "record"
+    record_model = JudgedRecord
+    what = "a judged record"
+
+    def __init__(self, judge: Judge, records_path: Path, limit: int | None) -> None:
+        self.judge = judge
+        self.records_path = records_path
+        self.limit = limit
+        self.models = judge.models
+        self.default_concurrency = default_concurrency(judge.settings)
+
+    def config(self) -> dict[str, Any]:
+        return self.judge.config(self.judge.rubric)
+
+    def items(self, problems: list[InputError] | None) -> Iterator[Record]:
+        for index, record in enumerate(read_records(self.records_path, Record)):
+            if self.limit is not None and index >= self.limit:
+                return
+            yield record
+
+    def item_id(self, item: Record) -> str:
+        return item.id
+
+    async def run(self, item: Record, models: ModelPool) -> JudgedRecord:
+        return await self.judge.ajudge_one(item, models)
+
+    def tokens(self, record: JudgedRecord) -> int:
+        return record.judgement.usage.prompt_tokens + record.judgement.usage.completion_tokens
+
+    def failed(self, record: JudgedRecord) -> bool:
+        return bool(record.judgement.unscored)
+
+    def summarize(self, output: Path, run: JobRun) -> _Totals:
+        n, scored = 0, {m: 0 for m in METRICS}
+        for judged in read_records(output, JudgedRecord, what=self.what):
+            n += 1
+            for metric, value in judged.judgement.scores.items():
+                scored[metric] += value is not None
+        unscored = {m: n - k for m, k in scored.items()}
+        return _Totals({"output": str(output), "records": n, "scored": scored, "unscored": unscored, "run": run.as_dict()})
 
 
-def _bar(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _PairJob:
+    """Compare two outputs of the same prompts: one pairwise verdict per id ok in both."""
 
-    return tqdm(total=total, unit="record", desc=desc, dynamic_ncols=True)
+    name = "pairwise"
+    unit = "pair"
+    record_model = PairVerdict
+    what = "a pairwise verdict"
+
+    def __init__(self, judge: Judge, a_path: Path, b_path: Path, limit: int | None) -> None:
+        self.judge = judge
+        self.paths = (a_path, b_path)
+        self.labels = (a_path.name, b_path.name)
+        self.limit = limit
+        self.models = judge.models
+        self.default_concurrency = default_concurrency(judge.settings)
+        self._b: dict[str, Record] | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {**self.judge.config(self.judge.pairwise_rubric), "a": self.labels[0], "b": self.labels[1]}
+
+    def items(self, problems: list[InputError] | None) -> Iterator[tuple[Record, Record]]:
+        if self._b is None:
+            self._b = {r.id: r for r in read_records(self.paths[1], Record) if r.status == "ok"}
+        count = 0
+        for a in read_records(self.paths[0], Record):
+            if self.limit is not None and count >= self.limit:
+                return
+            if a.status == "ok" and a.id in self._b:
+                count += 1
+                yield a, self._b[a.id]
+
+    def item_id(self, item: tuple[Record, Record]) -> str:
+        return item[0].id
+
+    async def run(self, item: tuple[Record, Record], models: ModelPool) -> PairVerdict:
+        return await self.judge.acompare(item[0], item[1], self.labels, models)
+
+    def tokens(self, record: PairVerdict) -> int:
+        return 0
+
+    def failed(self, record: PairVerdict) -> bool:
+        return record.winner is None
+
+    def summarize(self, output: Path, run: JobRun) -> _Totals:
+        verdicts = list(read_records(output, PairVerdict, what=self.what))
+        return _Totals({"pairs": len(verdicts), **win_rates(verdicts), "run": run.as_dict()})

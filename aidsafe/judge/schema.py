@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..records import Record, Usage
 
-__all__ = ["METRICS", "Metric", "Citations", "Judgement", "JudgedRecord", "PairVerdict"]
+__all__ = ["METRICS", "Citations", "JudgedRecord", "Judgement", "Metric", "PairVerdict", "judged_only", "judged_or_plain"]
 
 Metric = Literal[
     "relevance",
@@ -77,3 +77,16 @@ class PairVerdict(_Out):
     order unparsed: the other; both unparsed: None (unscored)."""
     verdicts: list[str | None]
     """Raw verdicts in the two orders, mapped back to a/b/tie (None = unparsed)."""
+
+
+def judged_or_plain(data: dict[str, Any]) -> type[Record]:
+    """Read a line as a :class:`JudgedRecord` when it has a ``judgement``, else as a plain :class:`Record`
+    (a :data:`~aidsafe.outputs.LineModel` for :func:`~aidsafe.outputs.read_records`)."""
+    return JudgedRecord if "judgement" in data else Record
+
+
+def judged_only(data: dict[str, Any]) -> type[JudgedRecord]:
+    """Read a line as a :class:`JudgedRecord`; a plain record is refused."""
+    if "judgement" not in data:
+        raise ValueError("no 'judgement'; run aidsafe judge first")
+    return JudgedRecord

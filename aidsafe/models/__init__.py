@@ -1,56 +1,35 @@
-"""Chat-model backends: ``local`` (llama-cpp-python), ``openai`` (any OpenAI-compatible server), ``fake``."""
+"""Chat-model backends, chosen by name from a registry: ``local`` (llama-cpp-python), ``openai``
+(any OpenAI-compatible server), ``fake`` (scripted, for tests); plus the model pool and the
+response cache that wraps any of them."""
 
 from __future__ import annotations
 
-from .base import Backend, ChatModel, Completion, ModelSettings, StructuredMode
+from .base import ChatModel, Completion, ModelSettings, StructuredMode
+from .cache import CachedChatModel, ResponseCache, request_key
 from .fake import BEHAVIOURS, FakeChatModel
+from .local import LocalChatModel
+from .openai import OpenAIChatModel
+from .pool import ModelFactory, ModelPool
+from .registry import backend_class, backend_names, check_settings, default_concurrency, make_model, register_backend
 
 __all__ = [
-    "Backend",
+    "BEHAVIOURS",
+    "CachedChatModel",
     "ChatModel",
     "Completion",
     "FakeChatModel",
+    "LocalChatModel",
+    "ModelFactory",
+    "ModelPool",
     "ModelSettings",
+    "OpenAIChatModel",
+    "ResponseCache",
     "StructuredMode",
-    "BEHAVIOURS",
-    "make_model",
+    "backend_class",
+    "backend_names",
     "check_settings",
+    "default_concurrency",
+    "make_model",
+    "register_backend",
+    "request_key",
 ]
-
-
-def make_model(settings: ModelSettings) -> ChatModel:
-    """Build the chat model for ``settings.backend``."""
-    if settings.backend == "fake":
-        return FakeChatModel(settings)
-    if settings.backend == "local":
-        from .local import LocalChatModel
-
-        return LocalChatModel(settings)
-    if settings.backend == "openai":
-        from .openai import OpenAIChatModel
-
-        return OpenAIChatModel(settings)
-    raise ValueError(f"unknown backend {settings.backend!r}; choose local, openai or fake")
-
-
-def check_settings(settings: ModelSettings) -> None:
-    """Cheap checks before any model is built or called; raises :class:`~aidsafe.errors.AidsafeError`."""
-    from pathlib import Path
-
-    from ..errors import AidsafeError
-
-    if settings.backend == "fake" and (settings.model or "default") not in BEHAVIOURS:
-        raise AidsafeError(f"unknown fake behaviour {settings.model!r}; choose one of {', '.join(BEHAVIOURS)}")
-    if settings.backend == "openai" and not settings.model:
-        raise AidsafeError("the openai backend needs --model (the model name the server serves)")
-    if settings.backend == "openai" and not settings.base_url:
-        raise AidsafeError("the openai backend needs --base-url (e.g. http://localhost:8000/v1 for vLLM)")
-    if settings.backend == "local":
-        if settings.model and not Path(settings.model).expanduser().is_file():
-            raise AidsafeError(f"GGUF model file not found: {settings.model}")
-        if not settings.model:
-            from .local import default_gguf_path
-
-            default_gguf_path()  # raises with the install hint when the embedded model is missing
-    if settings.backend not in ("fake", "openai", "local"):
-        raise AidsafeError(f"unknown backend {settings.backend!r}; choose local, openai or fake")

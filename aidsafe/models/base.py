@@ -7,9 +7,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["Backend", "ChatModel", "Completion", "ModelSettings", "StructuredMode"]
+__all__ = ["ChatModel", "Completion", "ModelSettings", "StructuredMode"]
 
-Backend = Literal["local", "openai", "fake"]
 StructuredMode = Literal["auto", "json_schema", "json_object"]
 
 
@@ -39,7 +38,8 @@ class ModelSettings:
     stored in settings, records or logs.
     """
 
-    backend: Backend = "local"
+    backend: str = "local"
+    """A registered backend name (:mod:`aidsafe.models.registry`): ``local``, ``openai``, ``fake``."""
     model: str | None = None
     """Model name (openai), GGUF path (local; ``None`` = embedded SmolLM2-135M) or behaviour (fake)."""
     base_url: str | None = None
@@ -63,6 +63,15 @@ class ModelSettings:
         """A copy naming another model on the same backend and endpoint."""
         return replace(self, model=model)
 
+    def sampling(self) -> dict[str, Any]:
+        """The settings that change what a model answers (recorded with an output; see
+        :meth:`aidsafe.graph.CompiledAidsafe.config`). The endpoint, the key, timeouts, retries and the
+        form the schema travels in are not among them."""
+        out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+        if self.backend == "local":
+            out["n_ctx"] = self.n_ctx
+        return out
+
     def label(self) -> str:
         """``backend:model`` as written in records (never the key, never a secret)."""
         if self.backend == "local":
@@ -71,9 +80,20 @@ class ModelSettings:
 
 
 class ChatModel(abc.ABC):
-    """A chat model that answers with JSON following a schema."""
+    """A chat model that answers with JSON following a schema: the interface of every backend."""
 
     settings: ModelSettings
+    default_concurrency: int = 1
+    """Prompts in flight when the caller does not say (a local model runs one call at a time)."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+
+    @classmethod
+    def check(cls, settings: ModelSettings) -> None:
+        """Cheap checks of ``settings`` before any model is built or called; raises
+        :class:`~aidsafe.errors.AidsafeError` naming what is wrong. The default checks nothing."""
+        return None
 
     @abc.abstractmethod
     async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:

@@ -15,14 +15,16 @@ Tests may also pass any ``responder(messages, schema_name, schema) -> str``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import AidsafeError
+from ..kinds import FakeRequest, get_kind
 from .base import ChatModel, Completion, ModelSettings
+from .registry import register_backend
 
-__all__ = ["FakeChatModel", "BEHAVIOURS"]
+__all__ = ["BEHAVIOURS", "FakeChatModel"]
 
 Responder = Callable[[list[dict[str, str]], str, dict[str, Any]], str]
 
@@ -48,17 +50,19 @@ def _policy_ids(schema: dict[str, Any]) -> list[str]:
     return found or ["P1"]
 
 
-def _digest(messages: list[dict[str, str]]) -> int:
-    return int(hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:8], 16)
-
-
-def _thought_count(messages: list[dict[str, str]]) -> int:
-    user = messages[-1]["content"] if messages else ""
-    return sum(1 for line in user.splitlines() if line[:1].isdigit() and ". " in line[:5])
-
-
+@register_backend("fake")
 class FakeChatModel(ChatModel):
-    """Answers from a script, never from the network."""
+    """Answers from a script, never from the network.
+
+    The script of each reply kind is declared with the kind (``ReplyKind.fake``); the behaviour
+    only decides what every kind has in common (garbage, refusals, an unknown policy id) and is
+    passed on for the kinds that care (a deliberator that always or never agrees).
+    """
+
+    @classmethod
+    def check(cls, settings: ModelSettings) -> None:
+        if (settings.model or "default") not in BEHAVIOURS:
+            raise AidsafeError(f"unknown fake behaviour {settings.model!r}; choose one of {', '.join(BEHAVIOURS)}")
 
     def __init__(self, settings: ModelSettings | None = None, responder: Responder | None = None) -> None:
         self.settings = settings or ModelSettings(backend="fake", model="default")
@@ -85,40 +89,9 @@ class FakeChatModel(ChatModel):
             return "this is { not json"
         if b == "refuse":
             return "I'm sorry, but I can't help with that."
+        script = get_kind(kind).fake
+        if script is None:
+            raise ValueError(f"fake model has no script for reply kind {kind!r}")
         pid = "Z99" if b == "unknown-policy" else _policy_ids(schema)[0]
-        n = _digest(messages)
-        if kind == "intents":
-            return json.dumps({"explicit": [f"explicit intent {n % 97}"], "implicit": ["learn about the topic safely"]})
-        if kind == "draft":
-            return json.dumps(
-                {
-                    "thoughts": [
-                        {"text": f"The request touches policy {pid}.", "policies": [pid]},
-                        {"text": "The benign part can be answered helpfully.", "policies": []},
-                    ],
-                    "response": f"A safe, helpful answer ({n % 1000}).",
-                }
-            )
-        if kind == "deliberation":
-            agree = {"agree": True, "never-agree": False}.get(b, n % 2 == 0)
-            if agree:
-                return json.dumps({"agree": True, "thoughts": [], "response": ""})
-            return json.dumps(
-                {
-                    "agree": False,
-                    "thoughts": [{"text": f"Correction {n % 1000}: state why {pid} applies.", "policies": [pid]}],
-                    "response": f"An improved safe answer ({n % 1000}).",
-                }
-            )
-        if kind == "refinement":
-            count = _thought_count(messages)
-            removed = [{"index": 2, "reason": "redundant"}] if count >= 3 else []
-            return json.dumps({"removed": removed, "response": "The final safe answer."})
-        if kind == "scores":
-            props = schema.get("properties", {})
-            ids = props.get("applicable_policies", {}).get("items", {}).get("enum", [pid])
-            scores = {m: 1 + (n >> i) % 5 for i, m in enumerate(k for k in props if k != "applicable_policies")}
-            return json.dumps({"applicable_policies": ids[:1], **scores})
-        if kind == "pairwise":
-            return json.dumps({"winner": ("first", "second", "tie")[n % 3]})
-        raise ValueError(f"fake model has no script for reply kind {kind!r}")
+        reply = script(FakeRequest(behaviour=b, messages=messages, schema=schema, policy_id=pid))
+        return reply if isinstance(reply, str) else json.dumps(reply)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AidsafeError, ModelCallError
-from ..replies import without_string_bounds
 from .base import ChatModel, Completion, ModelSettings
+from .registry import register_backend
+from .schema_forms import without_string_bounds
 
 __all__ = ["LocalChatModel", "default_gguf_path"]
 
@@ -68,8 +69,19 @@ def _load(path: Path, n_ctx: int, seed: int | None) -> tuple[Any, threading.Lock
         return _LOADED[key]
 
 
+@register_backend("local")
 class LocalChatModel(ChatModel):
-    """llama-cpp-python, in process."""
+    """llama-cpp-python, in process (one call at a time per model file)."""
+
+    default_concurrency = 1
+
+    @classmethod
+    def check(cls, settings: ModelSettings) -> None:
+        if settings.model:
+            if not Path(settings.model).expanduser().is_file():
+                raise AidsafeError(f"GGUF model file not found: {settings.model}")
+        else:
+            default_gguf_path()  # raises with the install hint when the embedded model is missing
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings

@@ -19,9 +19,10 @@ import os
 from typing import Any
 
 from ..errors import AidsafeError, ModelCallError
-from ..replies import without_string_bounds
 from .base import ChatModel, Completion, ModelSettings
 from .limiter import AdaptiveLimiter, backoff_delay, limiter_for
+from .registry import register_backend
+from .schema_forms import without_string_bounds
 
 __all__ = ["OpenAIChatModel"]
 
@@ -84,8 +85,18 @@ def _pool(endpoint: str, maximum: int) -> Any:
     return client
 
 
+@register_backend("openai")
 class OpenAIChatModel(ChatModel):
     """langchain-openai's ``ChatOpenAI`` against one endpoint and model."""
+
+    default_concurrency = 16
+
+    @classmethod
+    def check(cls, settings: ModelSettings) -> None:
+        if not settings.model:
+            raise AidsafeError("the openai backend needs --model (the model name the server serves)")
+        if not settings.base_url:
+            raise AidsafeError("the openai backend needs --base-url (e.g. http://localhost:8000/v1 for vLLM)")
 
     def __init__(self, settings: ModelSettings) -> None:
         if not settings.model:
@@ -124,11 +135,13 @@ class OpenAIChatModel(ChatModel):
         import openai
 
         attempt = 0
+        msg: Any = None
         while True:
             attempt += 1
             mode = self._mode or "json_schema"
             await self.limiter.acquire()
             overloaded = success = False
+            delay = 0.0
             try:
                 msg = await self._client().ainvoke(messages, response_format=_response_format(mode, schema, schema_name))
                 success = True
@@ -160,6 +173,7 @@ class OpenAIChatModel(ChatModel):
             await asyncio.sleep(delay)
         if self._mode is None:
             self._mode = "json_schema"
+        assert msg is not None  # the loop only breaks after a successful call
         usage = msg.usage_metadata or {}
         content = msg.content if isinstance(msg.content, str) else "".join(
             part.get("text", "") if isinstance(part, dict) else str(part) for part in msg.content
@@ -172,7 +186,7 @@ class OpenAIChatModel(ChatModel):
             retries=attempt - 1,
         )
 
-    def _error(self, exc: Exception, attempts: int) -> ModelCallError:  # noqa: D401
+    def _error(self, exc: Exception, attempts: int) -> ModelCallError:
         detail = f"{type(exc).__name__}: {exc}"
         return ModelCallError(_redact(f"{self.label} call failed after {attempts} attempt(s): {detail}", self._key))
 

@@ -1,22 +1,27 @@
-"""One structured model call: send the schema, validate the reply, repair once, else fail with the raw reply."""
+"""A structured reply from a model: send the schema, validate the reply, repair once, else fail with the raw reply.
+
+Used by the graph's nodes and by the judge alike. What a reply must look like, how it is parsed
+and which of its fields hold reasoning come from its reply kind (:mod:`aidsafe.kinds`). Caching
+is not done here: a model wrapped in :class:`~aidsafe.models.cache.CachedChatModel` answers a
+request it has seen from its cache.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..cache import ResponseCache, request_key
-from ..errors import ModelCallError
-from ..models.base import ChatModel, Completion
-from ..refusals import is_refusal, refuses_to_reason
-from ..replies import REPLY_MODELS
+from .errors import ModelCallError
+from .kinds import ReplyKind, get_kind
+from .models.base import ChatModel
+from .refusals import is_refusal, refuses_to_reason
 
-__all__ = ["CallOutcome", "call_structured", "complete_cached", "parse_reply"]
+__all__ = ["CallOutcome", "call_structured", "parse_reply"]
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
@@ -36,7 +41,6 @@ class CallOutcome:
     error: str | None = None
     error_kind: str | None = None
     """``model_error`` (the call failed), ``invalid_reply`` or ``agent_refusal``."""
-    faults: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -57,8 +61,8 @@ def _short(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_reply(kind: str, text: str, context: dict[str, Any] | None = None) -> BaseModel:
-    """Parse ``text`` as the JSON reply of ``kind``; tolerates a Markdown code fence.
+def parse_reply(kind: str | ReplyKind, text: str, context: Mapping[str, Any] | None = None) -> BaseModel:
+    """Parse ``text`` as the JSON reply of ``kind`` (validated against its model); tolerates a Markdown code fence.
 
     Raises ``ValueError`` with a short, model-readable description of what is wrong.
     """
@@ -71,49 +75,34 @@ def parse_reply(kind: str, text: str, context: dict[str, Any] | None = None) -> 
     except RecursionError:
         raise ValueError("not valid JSON (nested too deeply)") from None
     try:
-        return REPLY_MODELS[kind].model_validate(data, context=context)
+        return get_kind(kind).model.model_validate(data, context=context)
     except ValidationError as exc:
         raise ValueError(_short(exc)) from None
     except RecursionError:
         raise ValueError("reply nested too deeply") from None
 
 
-async def complete_cached(
-    model: ChatModel, messages: list[dict[str, str]], kind: str, schema: dict[str, Any], cache: ResponseCache | None
-) -> Completion:
-    """One model call, answered from ``cache`` when the same request was answered before."""
-    if cache is None:
-        return await model.complete(messages, schema=schema, schema_name=kind)
-    key = request_key(model.settings, messages, schema)
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-    completion = await model.complete(messages, schema=schema, schema_name=kind)
-    cache.put(key, completion)
-    return completion
-
-
 async def call_structured(
     model: ChatModel,
     messages: list[dict[str, str]],
     *,
-    kind: str,
+    kind: str | ReplyKind,
     schema: dict[str, Any],
-    context: dict[str, Any] | None = None,
-    cache: ResponseCache | None = None,
-    parse: Callable[[str], Any] | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> CallOutcome:
     """Call ``model``; on an invalid reply, make one repair call with the error fed back.
 
-    With a ``cache``, a request answered before (e.g. by a run that was killed) is answered from
-    it, and every new reply is stored as it arrives. ``parse`` (default: :func:`parse_reply` for
-    ``kind``) turns the reply text into the result or raises ``ValueError`` saying what is wrong.
+    The reply is parsed by the kind's ``parse`` hook, else validated against its model with the
+    validation ``context``. A reply whose reasoning fields are all refusals (or plain text that
+    opens like one) ends the call as ``agent_refusal``, without a repair.
     """
+    spec = get_kind(kind)
+    name = spec.name
     outcome = CallOutcome(reply=None, raw="")
     convo = list(messages)
     for attempt in (1, 2):
         try:
-            completion = await complete_cached(model, convo, kind, schema, cache)
+            completion = await model.complete(convo, schema=schema, schema_name=name)
         except ModelCallError as exc:
             outcome.error, outcome.error_kind = str(exc), "model_error"
             return outcome
@@ -124,15 +113,15 @@ async def call_structured(
         outcome.prompt_tokens += completion.prompt_tokens
         outcome.completion_tokens += completion.completion_tokens
         try:
-            reply = parse(completion.text) if parse is not None else parse_reply(kind, completion.text, context)
+            reply = spec.parse(completion.text) if spec.parse is not None else parse_reply(spec, completion.text, context)
         except ValueError as exc:
             if is_refusal(completion.text):  # no repair: refusing is not a format problem
-                outcome.error, outcome.error_kind = f"the {kind} agent refused to do its job", "agent_refusal"
+                outcome.error, outcome.error_kind = f"the {name} agent refused to do its job", "agent_refusal"
                 return outcome
             problem = str(exc)
             if completion.finish_reason == "length":
                 problem += " (the reply was cut off at the max_tokens limit)"
-            outcome.error = f"invalid {kind} reply after {attempt} attempt(s): {problem}"
+            outcome.error = f"invalid {name} reply after {attempt} attempt(s): {problem}"
             outcome.error_kind = "invalid_reply"
             convo = [
                 *messages,
@@ -144,8 +133,8 @@ async def call_structured(
                 },
             ]
             continue
-        if isinstance(reply, BaseModel) and refuses_to_reason(kind, reply.model_dump()):
-            outcome.error, outcome.error_kind = f"the {kind} agent refused to reason (every reasoning field is a refusal)", "agent_refusal"
+        if isinstance(reply, BaseModel) and refuses_to_reason(spec, reply.model_dump()):
+            outcome.error, outcome.error_kind = f"the {name} agent refused to reason (every reasoning field is a refusal)", "agent_refusal"
             return outcome
         outcome.reply, outcome.error, outcome.error_kind = reply, None, None
         return outcome

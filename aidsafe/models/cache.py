@@ -1,5 +1,8 @@
 """A response cache keyed on the request, so a resumed run never pays twice for a model call.
 
+:class:`CachedChatModel` wraps any chat model with a :class:`ResponseCache`: a request answered
+before is answered from the cache, and every new reply is stored as it arrives.
+
 Why a request cache rather than LangGraph checkpoints: a prompt killed mid-deliberation is
 resumed by running its graph again from the start, and every call it already made is answered
 from the cache (the same messages give the same key), so only the missing calls reach the
@@ -17,9 +20,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .models.base import Completion, ModelSettings
+from .base import ChatModel, Completion, ModelSettings
 
-__all__ = ["ResponseCache", "request_key"]
+__all__ = ["CachedChatModel", "ResponseCache", "request_key"]
 
 
 def request_key(settings: ModelSettings, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
@@ -78,3 +81,24 @@ class ResponseCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+class CachedChatModel(ChatModel):
+    """A chat model that answers from a :class:`ResponseCache` when it can, else asks ``inner``."""
+
+    def __init__(self, inner: ChatModel, cache: ResponseCache) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.settings = inner.settings
+
+    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
+        key = request_key(self.settings, messages, schema)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        completion = await self.inner.complete(messages, schema=schema, schema_name=schema_name)
+        self.cache.put(key, completion)
+        return completion
+
+    async def aclose(self) -> None:
+        """The wrapped model belongs to its pool, which closes it."""

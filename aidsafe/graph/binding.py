@@ -1,0 +1,79 @@
+"""Bind each role and loop agent of a graph to its template, reply kind, JSON Schema and model settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..kinds import ReplyKind, get_kind, reply_schema
+from ..models import ModelSettings
+from ..policies import PolicySet
+from ..resources import builtin_dir
+from ..templates import RoleTemplate, load_template
+from .spec import GraphSpec
+
+__all__ = ["Binding", "bind", "template_path"]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A role (or loop agent) bound to its template, reply kind, schema and model settings."""
+
+    name: str
+    """The role name, or the agent name in a loop."""
+    role: str
+    kind: ReplyKind
+    template: RoleTemplate
+    schema: dict[str, Any]
+    """The JSON Schema of the reply (before any per-call context, e.g. the refiner's thought count)."""
+    settings: ModelSettings
+
+
+def template_path(graph_path: Path, name: str) -> Path:
+    """A role's template: relative to the graph file, else a shipped one."""
+    local = (graph_path.parent / name).resolve()
+    if local.is_file():
+        return local
+    shipped = builtin_dir("prompts") / name
+    return shipped if shipped.is_file() else local
+
+
+def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettings, role_models: dict[str, str]) -> dict[str, Binding]:
+    """Bindings keyed by role name (role nodes) or ``<loop>.<agent>`` (loop agents), in flow order.
+
+    The model of a binding is, first match wins: ``role_models[agent or role]``, the agent's
+    ``model:``, ``role_models[role]``, the role's ``model:``, ``settings.model``.
+    """
+    agent_names = {a.name for n in spec.nodes.values() if n.loop for a in n.loop.agent_list()}
+    unknown = set(role_models) - set(spec.roles) - agent_names
+    if unknown:
+        raise ConfigError(f"--role-model names {', '.join(sorted(unknown))}, which are neither roles nor agents of this graph", file=path)
+    templates: dict[str, RoleTemplate] = {}
+
+    def binding(name: str, role_name: str, model_name: str | None) -> Binding:
+        role = spec.roles[role_name]
+        kind = get_kind(role.reply)
+        if role_name not in templates:
+            templates[role_name] = load_template(template_path(path, role.template), reply=kind, role=role_name)
+        chosen = role_models.get(name) or model_name or role_models.get(role_name) or role.model or settings.model
+        return Binding(
+            name=name,
+            role=role_name,
+            kind=kind,
+            template=templates[role_name],
+            schema=reply_schema(kind, policies.ids),
+            settings=settings.with_model(chosen),
+        )
+
+    bindings: dict[str, Binding] = {}
+    for node_id in spec.flow:
+        node = spec.nodes[node_id]
+        if node.role is not None:
+            bindings[node.role] = binding(node.role, node.role, None)
+        else:
+            assert node.loop is not None
+            for agent in node.loop.agent_list():
+                bindings[f"{node_id}.{agent.name}"] = binding(agent.name, agent.role, agent.model)
+    return bindings

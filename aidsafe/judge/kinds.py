@@ -1,0 +1,96 @@
+"""The judge's reply kinds, registered like the recipe's: ``scores`` and ``pairwise``.
+
+Both parse leniently on purpose: the call insists only on a JSON object (one repair call when it
+is not), and each metric or verdict is then read on its own, so that a reply with one bad score
+keeps the others and the bad one is left unscored (fail closed), never given a default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ..kinds import FakeRequest, ReplyKind, register_kind
+from .schema import METRICS
+
+__all__ = ["PAIRWISE", "SCORES", "PairwiseReply", "ScoresReply", "json_object"]
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object in a reply (a Markdown fence tolerated), or None."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").removeprefix("json").strip()
+    try:
+        data = json.loads(body, strict=False)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _require_object(text: str) -> dict[str, Any]:
+    data = json_object(text)
+    if data is None:
+        raise ValueError("not a JSON object")
+    return data
+
+
+_SCORE_FIELDS: dict[str, Any] = {"applicable_policies": (list[str], ...), **{m: (int, Field(ge=1, le=5)) for m in METRICS}}
+ScoresReply: type[BaseModel] = create_model(
+    "ScoresReply",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="The grader's reply: the policies the prompt calls for, and a 1-5 score per metric.",
+    **_SCORE_FIELDS,
+)
+
+
+def _scores_schema(schema: dict[str, Any], policy_ids: list[str], context: Mapping[str, Any]) -> dict[str, Any]:
+    """Applicable policies limited to the pack; every score one of 1..5."""
+    props: dict[str, Any] = {
+        "applicable_policies": {"type": "array", "items": {"type": "string", "enum": policy_ids}, "maxItems": len(policy_ids)}
+    }
+    props.update({m: {"type": "integer", "enum": [1, 2, 3, 4, 5]} for m in METRICS})
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _fake_scores(req: FakeRequest) -> dict[str, Any]:
+    props = req.schema.get("properties", {})
+    ids = props.get("applicable_policies", {}).get("items", {}).get("enum", [req.policy_id])
+    scores = {m: 1 + (req.n >> i) % 5 for i, m in enumerate(k for k in props if k != "applicable_policies")}
+    return {"applicable_policies": ids[:1], **scores}
+
+
+SCORES = register_kind(
+    ReplyKind(
+        name="scores",
+        model=ScoresReply,
+        inputs=frozenset({"intents", "thoughts", "response"}),
+        schema=_scores_schema,
+        parse=_require_object,
+        fake=_fake_scores,
+        description="the auto-grader's six 1-5 scores of one record",
+    )
+)
+
+
+class PairwiseReply(BaseModel):
+    """The grader's verdict on two chains of thought for the same prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    winner: Literal["first", "second", "tie"]
+
+
+PAIRWISE = register_kind(
+    ReplyKind(
+        name="pairwise",
+        model=PairwiseReply,
+        inputs=frozenset({"first", "second"}),
+        parse=_require_object,
+        fake=lambda req: {"winner": ("first", "second", "tie")[req.n % 3]},
+        description="which of two chains of thought is more faithful to the policies",
+    )
+)

@@ -1,0 +1,41 @@
+"""The chat models of a compiled graph or a judge: one per distinct settings, created on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .base import ChatModel, ModelSettings
+from .cache import CachedChatModel, ResponseCache
+
+__all__ = ["ModelFactory", "ModelPool"]
+
+ModelFactory = Callable[[ModelSettings], ChatModel]
+
+
+class ModelPool:
+    """Models by settings: roles and agents with equal settings share one model (and its connections).
+
+    :meth:`cached` gives a view of the same models that answers requests seen before from a
+    :class:`ResponseCache`: a file job runs its graph through such a view, so resuming a killed
+    run pays only for the calls it had not made.
+    """
+
+    def __init__(self, factory: ModelFactory) -> None:
+        self.factory = factory
+        self._models: dict[ModelSettings, ChatModel] = {}
+
+    def get(self, settings: ModelSettings) -> ChatModel:
+        """The model for ``settings``, built on first use."""
+        model = self._models.get(settings)
+        if model is None:
+            model = self._models[settings] = self.factory(settings)
+        return model
+
+    def cached(self, cache: ResponseCache) -> ModelPool:
+        """A pool of the same models, each wrapped to answer from ``cache`` first."""
+        return ModelPool(lambda settings: CachedChatModel(self.get(settings), cache))
+
+    async def aclose(self) -> None:
+        """Close the connections of every model built so far."""
+        for model in self._models.values():
+            await model.aclose()

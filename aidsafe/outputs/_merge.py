@@ -1,0 +1,110 @@
+"""Merge shard outputs into one file, checking that every id is there exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from ..errors import InputError
+from ..records import Record
+from ._atomic import atomic_binary
+from ._lines import PathLike, Problem, lines, parse_line
+from ._scan import scan_output
+
+__all__ = ["merge_outputs"]
+
+
+def merge_outputs(
+    paths: list[PathLike],
+    dest: PathLike,
+    *,
+    expected_ids: Iterable[str] | None = None,
+) -> dict[str, int]:
+    """Concatenate shard outputs into ``dest`` (atomically), checking the ids.
+
+    Each shard is first validated with ``scan_output(repair=False)`` (shards are never
+    modified). Raises :class:`InputError` for an id found twice (naming the id and both
+    files), a shard whose last line is torn, and - when ``expected_ids`` (the input's ids)
+    is given - for ids missing from the shards (up to 10 listed, with the count) or not
+    in the input. Returns ``{"records", "ok", "failed", "shards"}``.
+    """
+    shards = [Path(p) for p in paths]
+    if not shards:
+        raise InputError("no shard files given to merge")
+    dest = Path(dest)
+    given: dict[Path, Path] = {}
+    for shard in shards:
+        _check_shard(shard, dest)
+        first = given.setdefault(shard.resolve(), shard)
+        if first is not shard:
+            raise InputError(f"shard given twice (also as {first})", file=shard)
+    seen: dict[str, tuple[Path, int]] = {}
+    counts = {"records": 0, "ok": 0, "failed": 0, "shards": len(shards)}
+    with atomic_binary(dest) as out:
+        for shard in shards:
+            _copy_shard(shard, out, seen, counts)
+        if expected_ids is not None:
+            _check_expected(seen, expected_ids, shards)
+    return counts
+
+
+def _check_shard(shard: Path, dest: Path) -> None:
+    """A shard must exist, differ from the destination, and hold no damaged line."""
+    if not shard.is_file():
+        raise InputError("shard file not found; check the path", file=shard)
+    if dest.exists() and shard.resolve() == dest.resolve():
+        raise InputError("the merged output must not be one of the shards", file=shard)
+    scan_output(shard, repair=False)
+
+
+def _copy_shard(shard: Path, out: IO[bytes], seen: dict[str, tuple[Path, int]], counts: dict[str, int]) -> None:
+    """Append one shard's records to ``out``, refusing ids already seen and a torn tail."""
+    for line in lines(shard):
+        if line.blank:
+            continue
+        parsed = parse_line(line, Record)
+        if isinstance(parsed, Problem):
+            raise InputError(
+                "last line is truncated (interrupted run?); resume this shard with "
+                "'aidsafe generate' (which repairs it) before merging",
+                file=shard,
+                line=line.number,
+            )
+        first = seen.get(parsed.id)
+        if first is not None:
+            raise InputError(
+                f"duplicate id {parsed.id!r}: also in {first[0]}:{first[1]}",
+                file=shard,
+                line=line.number,
+            )
+        seen[parsed.id] = (shard, line.number)
+        out.write(line.raw if line.complete else line.raw + b"\n")
+        counts["records"] += 1
+        counts[parsed.status] += 1
+
+
+def _check_expected(seen: dict[str, tuple[Path, int]], expected_ids: Iterable[str], shards: list[Path]) -> None:
+    """Every expected id must be in the shards, and every shard id must be expected."""
+    expected: set[str] = set()
+    missing: list[str] = []
+    for item in expected_ids:
+        expected.add(item)
+        if item not in seen:
+            missing.append(item)
+    if missing:
+        listed = ", ".join(repr(i) for i in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise InputError(
+            f"{len(missing)} input id(s) missing from the {len(shards)} shard(s): {listed}{more}; "
+            "run the missing prompts before merging"
+        )
+    unexpected = [i for i in seen if i not in expected]
+    if unexpected:
+        first = unexpected[0]
+        where, line = seen[first]
+        raise InputError(
+            f"{len(unexpected)} record id(s) not in the input, e.g. {first!r}; wrong input file or shard?",
+            file=where,
+            line=line,
+        )

@@ -1,0 +1,159 @@
+"""Scan an output before resuming it, and repair what a crash left behind."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..records import Record
+from ._atomic import rewrite
+from ._lines import Line, LineModel, PathLike, Problem, bad_line, lines, parse_line
+
+__all__ = ["OutputState", "drop_records", "scan_output"]
+
+_SCAN_HINT = "; the file is damaged or not an aidsafe output - fix or move it, or start over with --overwrite"
+
+
+@dataclass
+class OutputState:
+    """What an existing output file holds (see :func:`scan_output`)."""
+
+    done: set[str] = field(default_factory=set)
+    """Ids of records with status ``ok`` (every record of a kind without a status, e.g. a pairwise verdict)."""
+    failed: set[str] = field(default_factory=set)
+    """Ids of records with status ``failed``."""
+    lines: int = 0
+    """Valid record lines kept in the file."""
+    repaired: bool = False
+    """True if a corrupt/truncated last line was cut off (or its missing newline added)."""
+    duplicates: int = 0
+    """Duplicate ids found (the later lines are removed when ``repair=True``)."""
+
+
+@dataclass
+class _Scan:
+    """Working state of one :func:`scan_output` pass."""
+
+    model: LineModel[Any]
+    what: str
+    state: OutputState = field(default_factory=OutputState)
+    duplicate_lines: set[int] = field(default_factory=set)
+    torn: tuple[Line, Problem] | None = None
+    """A line cut short (starts with ``{``, not JSON), tolerated only if no record follows it."""
+    last: Line | None = None
+    """The last valid record line."""
+
+
+def _status(record: BaseModel) -> str:
+    return str(getattr(record, "status", "ok"))
+
+
+def scan_output(
+    path: PathLike, *, repair: bool = True, model: LineModel[Any] = Record, what: str = "an aidsafe record"
+) -> OutputState:
+    """Read an existing JSONL output and, with ``repair``, fix what a crash left behind.
+
+    Every line must validate as ``model`` (any record with an ``id``; one with ``status ==
+    "failed"`` counts as failed).
+
+    * A missing file gives an empty state.
+    * A last (non-blank) line that starts like a record (``{``) but is not valid JSON - with or
+      without its newline - is what a killed writer leaves: with ``repair`` the file is
+      truncated to the end of the last valid line (``os.truncate`` + fsync). A valid last
+      record missing only its newline gets one.
+    * Any other bad line - one followed by more records, a JSON line that is not a record, a
+      line of text that is no JSON at all (not our file) - is real damage and raises
+      :class:`InputError` naming the file and line; nothing is changed and nothing is dropped.
+    * An id seen twice keeps its first line; with ``repair`` the file is rewritten
+      atomically without the later lines. They are counted in ``duplicates``.
+
+    With ``repair=False`` the file is never modified; a torn last line is ignored.
+    """
+    path = Path(path)
+    if not path.exists():
+        return OutputState()
+    scan = _Scan(model=model, what=what)
+    for line in lines(path):
+        _scan_line(path, line, scan)
+    if repair:
+        _repair(path, scan)
+    return scan.state
+
+
+def _scan_line(path: Path, line: Line, scan: _Scan) -> None:
+    """Account for one line: record its id, or remember / reject a bad line."""
+    if line.blank:
+        return
+    if scan.torn is not None:  # a bad line that is not the last one
+        raise bad_line(path, scan.torn[0], scan.torn[1], scan.what, _SCAN_HINT)
+    parsed = parse_line(line, scan.model)
+    if isinstance(parsed, Problem):
+        if not (parsed.not_json and line.raw.lstrip().startswith(b"{")):
+            raise bad_line(path, line, parsed, scan.what, _SCAN_HINT)
+        scan.torn = (line, parsed)
+        return
+    scan.last = line
+    state = scan.state
+    record_id = str(parsed.id)
+    if record_id in state.done or record_id in state.failed:
+        state.duplicates += 1
+        scan.duplicate_lines.add(line.number)
+    else:
+        (state.failed if _status(parsed) == "failed" else state.done).add(record_id)
+    state.lines += 1
+
+
+def _repair(path: Path, scan: _Scan) -> None:
+    """Cut a torn tail, end the file with a newline, and drop duplicate lines."""
+    if scan.torn is not None:
+        end = scan.last.offset + len(scan.last.raw) if scan.last is not None else 0
+        _truncate(path, end)
+        scan.state.repaired = True
+    if scan.last is not None and not scan.last.complete:
+        _append_newline(path)
+        scan.state.repaired = True
+    if scan.duplicate_lines:
+        rewrite(path, lambda line: line.number not in scan.duplicate_lines)
+        scan.state.lines -= len(scan.duplicate_lines)
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Cut the file to ``size`` bytes and make that durable."""
+    os.truncate(path, size)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append_newline(path: Path) -> None:
+    """Terminate the last line of the file."""
+    with path.open("ab") as handle:
+        handle.write(b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def drop_records(path: PathLike, ids: set[str], *, model: LineModel[Any] = Record, what: str = "an aidsafe record") -> int:
+    """Rewrite a JSONL output without the records whose id is in ``ids`` (for ``--retry-failed``).
+
+    The rewrite streams and is atomic. A missing file or an empty ``ids`` changes nothing.
+    Every line must be a record (run :func:`scan_output` first); a bad one raises
+    :class:`InputError`. Returns how many records were dropped.
+    """
+    path = Path(path)
+    if not ids or not path.exists():
+        return 0
+
+    def keep(line: Line) -> bool:
+        parsed = parse_line(line, model)
+        if isinstance(parsed, Problem):
+            raise bad_line(path, line, parsed, what)
+        return str(parsed.id) not in ids
+
+    return rewrite(path, keep)
