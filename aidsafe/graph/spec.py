@@ -59,7 +59,10 @@ class RoleSpec(_Spec):
     @classmethod
     def _known_kind(cls, value: str) -> str:
         usable = kind_names("graph")
-        if value not in usable:
+        if value in kind_names():
+            if value not in usable:
+                raise ValueError(f"reply kind {value!r} cannot answer in a graph: it declares no state update (graph reply kinds: {', '.join(usable)})")
+        else:
             close = difflib.get_close_matches(value, usable, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown reply kind {value!r}{hint} (graph reply kinds: {', '.join(usable)})")

@@ -10,7 +10,15 @@ from .fake import BEHAVIOURS, FakeChatModel
 from .local import LocalChatModel
 from .openai import OpenAIChatModel
 from .pool import ModelFactory, ModelPool
-from .registry import backend_class, backend_names, check_settings, default_concurrency, make_model, register_backend
+from .registry import (
+    backend_class,
+    backend_names,
+    check_settings,
+    default_concurrency,
+    make_model,
+    register_backend,
+    unregister_backend,
+)
 
 __all__ = [
     "BEHAVIOURS",
@@ -32,4 +40,5 @@ __all__ = [
     "make_model",
     "register_backend",
     "request_key",
+    "unregister_backend",
 ]

@@ -13,7 +13,15 @@ from typing import TypeVar
 from ..errors import AidsafeError
 from .base import ChatModel, ModelSettings
 
-__all__ = ["backend_class", "backend_names", "check_settings", "default_concurrency", "make_model", "register_backend"]
+__all__ = [
+    "backend_class",
+    "backend_names",
+    "check_settings",
+    "default_concurrency",
+    "make_model",
+    "register_backend",
+    "unregister_backend",
+]
 
 C = TypeVar("C", bound=type[ChatModel])
 
@@ -28,6 +36,11 @@ def register_backend(name: str) -> Callable[[C], C]:
         return cls
 
     return register
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend (tests use it to clean up after themselves)."""
+    _BACKENDS.pop(name, None)
 
 
 def backend_names() -> list[str]:
