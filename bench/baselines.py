@@ -29,11 +29,7 @@ def rendered_calls(prompts: list[str]) -> tuple[Calls, dict[str, dict[str, Any]]
 
     Rendered before any timing: the baselines do no templating, validation or record writing.
     """
-    # reply_schema lives in aidsafe.kinds; versions of the library before that move have it in aidsafe.replies.
-    try:
-        from aidsafe.kinds import reply_schema
-    except ImportError:
-        from aidsafe.replies import reply_schema
+    from aidsafe.kinds import reply_schema
 
     pipe = make_pipeline()
     ids = pipe.compiled.policies.ids
@@ -41,7 +37,7 @@ def rendered_calls(prompts: list[str]) -> tuple[Calls, dict[str, dict[str, Any]]
     for role in ROLES:
         kind = KINDS[role]
         # the refiner of a prompt whose first agent agreed sees one thought (the draft's)
-        schema = reply_schema(kind, ids, thought_count=1) if kind == "refinement" else pipe.binding(role).schema
+        schema = reply_schema(kind, ids, {"thought_count": 1}) if kind == "refinement" else pipe.binding(role).schema
         formats[role] = {"type": "json_schema", "json_schema": {"name": kind, "schema": schema, "strict": True}}
     messages = [{role: pipe.messages(role, p) for role in ROLES} for p in prompts]
     return messages, formats

@@ -50,3 +50,13 @@ def test_cli_runs_one_benchmark_and_prints_its_rows(capsys):
     assert list(results) == ["prefix"] and results["prefix"]["met"] is True
     table = capsys.readouterr().out
     assert table.count("| prefix (5 prompts) |") == len(ROLES)
+
+
+def test_the_baselines_send_the_same_requests_as_aidsafe():
+    from baselines import rendered_calls
+
+    messages, formats = rendered_calls(make_prompts(2))
+    assert len(messages) == 2 and set(messages[0]) == set(formats) == set(ROLES)
+    refine = formats["refiner"]["json_schema"]["schema"]["properties"]["removed"]
+    assert refine["items"]["properties"]["index"]["enum"] == [1] and refine["maxItems"] == 0
+    assert messages[0]["intent"] == make_pipeline().messages("intent", make_prompts(2)[0])
