@@ -150,7 +150,7 @@ class Pipeline:
             index, item = index_item
             return item if isinstance(item, PromptItem) else PromptItem(id=str(index), prompt=item, source="<api>", line=index + 1)
 
-        limit = concurrency or self.default_concurrency
+        limit = self.default_concurrency if concurrency is None else concurrency
         async for record in bounded((as_item(x) for x in enumerate(items)), self.arun_one, limit, on_start):
             yield record
 

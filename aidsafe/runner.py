@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -231,19 +231,6 @@ class _Meter:
             self.bar.close()
 
 
-class _Selected(Generic[ItemT]):
-    """The items of a job that have no record yet."""
-
-    def __init__(self, job: FileJob[ItemT, Any], skip: set[str]) -> None:
-        self.job = job
-        self.skip = skip
-
-    def __call__(self, problems: list[InputError] | None = None) -> Iterator[ItemT]:
-        for item in self.job.items(problems):
-            if self.job.item_id(item) not in self.skip:
-                yield item
-
-
 async def run_job(
     job: FileJob[ItemT, RecordT],
     output: str | Path,
@@ -259,7 +246,7 @@ async def run_job(
     options = options or JobOptions()
     output = Path(output)
     sidecar_owner = Path(sidecar_of) if sidecar_of is not None else output
-    concurrency = options.concurrency or job.default_concurrency
+    concurrency = job.default_concurrency if options.concurrency is None else options.concurrency
     if concurrency < 1:
         raise AidsafeError("concurrency must be at least 1")
     config = {"job": job.name, **job.config()}
@@ -268,7 +255,11 @@ async def run_job(
             _check_config(output, sidecar_owner, config)
         state = OutputState() if options.overwrite else scan_output(output, repair=True, model=job.record_model, what=job.what)
         skip = state.done if options.retry_failed else state.done | state.failed
-        selected = _Selected(job, skip)
+
+        def selected(problems: list[InputError] | None = None) -> Iterator[ItemT]:
+            """The items that have no record yet."""
+            return (item for item in job.items(problems) if job.item_id(item) not in skip)
+
         # one pass validates the whole input (a bad file is refused before any model call, before
         # overwrite deletes anything and before any record is written) and counts what is left to do
         problems: list[InputError] = []
@@ -282,7 +273,6 @@ async def run_job(
         kept = state.lines
         if options.retry_failed and state.failed:
             kept -= drop_records(output, state.failed, model=job.record_model, what=job.what)
-        output.parent.mkdir(parents=True, exist_ok=True)
         write_sidecar(sidecar_owner, {"output": str(sidecar_owner), "complete": False, "config": config})
         run = JobRun(unit=job.unit, skipped=len(skip), repaired_last_line=state.repaired, skipped_input_lines=len(problems))
         cache = ResponseCache(cache_file, read=not options.retry_failed) if options.cache else None

@@ -385,3 +385,9 @@ def test_a_cancelled_library_job_raises_job_interrupted(tmp_path: Path) -> None:
 
     asyncio.run(interrupt())
     assert not lock_path(out).exists()
+
+
+def test_a_concurrency_below_one_is_refused_not_replaced_by_the_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, out = _prompts(tmp_path / "in.jsonl", 2), tmp_path / "out.jsonl"
+    assert main(["generate", str(src), "-o", str(out), "--backend", "fake", "--no-progress", "--concurrency", "0"]) == 2
+    assert "concurrency must be at least 1" in capsys.readouterr().err and not out.exists()

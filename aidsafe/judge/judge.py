@@ -130,23 +130,24 @@ class Judge:
     def messages(self, record: Record) -> list[dict[str, str]]:
         """The exact messages sent to grade ``record`` (no model call)."""
         pack = self.pack_for(record)
-        return self.rubric.render(self._variables(pack, record.prompt, SCORES.name,
+        return self._score_messages(record, pack, reply_schema(SCORES, pack.ids))
+
+    def _score_messages(self, record: Record, pack: PolicySet, schema: dict[str, Any]) -> list[dict[str, str]]:
+        return self.rubric.render(self._variables(pack, record.prompt, schema,
                                                   intents=record.intents.model_dump(),
                                                   thoughts=[t.model_dump() for t in record.thoughts],
                                                   response=record.response))
 
     @staticmethod
-    def _variables(pack: PolicySet, prompt: str, kind: str, **extra: Any) -> dict[str, Any]:
-        schema = reply_schema(kind, pack.ids)
+    def _variables(pack: PolicySet, prompt: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {"policies": pack.policies, "policy_set": pack, "prompt": prompt, "schema": schema, **extra}
 
-    async def _ask(self, messages: list[dict[str, str]], kind: str, pack: PolicySet, models: ModelPool | None) -> tuple[str | None, Usage, str | None]:
+    async def _ask(self, messages: list[dict[str, str]], kind: str, schema: dict[str, Any],
+                   models: ModelPool | None) -> tuple[str | None, Usage, str | None]:
         """One call (plus one repair when the reply is not a JSON object): raw text, usage, and the
         error when the call failed or the judge refused; scores are parsed from the raw text."""
-        from ..kinds import reply_schema
-
         model = (models or self.models).get(self.settings)
-        outcome = await call_structured(model, messages, kind=kind, schema=reply_schema(kind, pack.ids))
+        outcome = await call_structured(model, messages, kind=kind, schema=schema)
         error = outcome.error if outcome.error_kind in ("model_error", "agent_refusal") else None
         return outcome.raw or None, Usage(**outcome.usage), error
 
@@ -159,7 +160,8 @@ class Judge:
         if record.status != "ok":
             error = "the record failed to generate: not judged"
         else:
-            text, usage, error = await self._ask(self.messages(record), SCORES.name, pack, models)
+            schema = reply_schema(SCORES, pack.ids)
+            text, usage, error = await self._ask(self._score_messages(record, pack, schema), SCORES.name, schema, models)
             if text is not None:
                 scores, applicable = parse_scores(text, pack.ids)
                 missing = [m for m in METRICS if scores[m] is None]
@@ -182,13 +184,14 @@ class Judge:
         a_first = int(hashlib.sha256(a.id.encode()).hexdigest(), 16) % 2 == 0
         orders = [(a, b), (b, a)] if a_first else [(b, a), (a, b)]
         verdicts: list[str | None] = []
+        schema = reply_schema(PAIRWISE, pack.ids)
         for first, second in orders:
             variables = self._variables(
-                pack, a.prompt, PAIRWISE.name,
+                pack, a.prompt, schema,
                 first={"thoughts": [t.model_dump() for t in first.thoughts], "response": first.response},
                 second={"thoughts": [t.model_dump() for t in second.thoughts], "response": second.response},
             )
-            text, _, _ = await self._ask(self.pairwise_rubric.render(variables), PAIRWISE.name, pack, models)
+            text, _, _ = await self._ask(self.pairwise_rubric.render(variables), PAIRWISE.name, schema, models)
             winner = parse_winner(text or "")
             if winner in ("first", "second"):
                 winner = "a" if (first is a) == (winner == "first") else "b"

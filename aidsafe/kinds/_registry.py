@@ -11,6 +11,7 @@ fake backend. A new role is one :func:`register_kind` call plus a template file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -51,7 +52,7 @@ class FakeRequest:
     policy_id: str
     """The policy id a scripted thought cites (the pack's first, or one not in the pack)."""
 
-    @property
+    @functools.cached_property
     def n(self) -> int:
         """A number derived from the messages: deterministic variety across prompts."""
         return int(hashlib.sha256(json.dumps(self.messages).encode()).hexdigest()[:8], 16)
