@@ -15,6 +15,7 @@ from ._concurrency import bounded, run_sync
 from .errors import AidsafeError, ConfigError, InputError
 from .graph.binding import Binding
 from .graph.compiler import CompiledAidsafe, compile_graph
+from .graph.nodes import loop_variables
 from .graph.state import PromptState, initial_state
 from .inputs import PromptItem, read_prompts, report_problems
 from .models import ModelFactory, ModelPool, ModelSettings, default_concurrency, make_model
@@ -50,6 +51,8 @@ def record_from_state(state: PromptState, compiled: CompiledAidsafe) -> Record:
             "thoughts": thoughts if not error else [],
             "removed_thoughts": (state.get("removed") or []) if not error else [],
             "response": state.get("response", "") if not error else "",
+            "seed": state.get("seed"),
+            "response_before_refiner": state.get("response_before_refiner") if not error else None,
             "models": compiled.models,
             "usage": state.get("usage") or {},
             "status": "failed" if error else "ok",
@@ -98,11 +101,11 @@ class Pipeline:
         binding = self.binding(role)
         base = initial_state("preview", prompt)
         base["intents"] = state.pop("intents", {"explicit": ["(explicit intents appear here)"], "implicit": ["(implicit intents appear here)"]})
-        base["thoughts"] = state.pop("thoughts", [{"text": "(thoughts so far appear here)", "policies": [self.compiled.policies.ids[0]]}])
+        placeholder = {"text": "(thoughts so far appear here)", "policies": [self.compiled.policies.ids[0]], "by": "seed", "round": 0}
+        base["thoughts"] = state.pop("thoughts", [placeholder])
         base["response"] = state.pop("response", "(the current response appears here)")
         loop = next((n.loop for n in self.compiled.spec.nodes.values() if n.loop is not None), None)
-        agent = binding.kind.placement == "agent"
-        extra = {"agent": binding.name, "round": 1, "max_rounds": loop.max_rounds if loop else 1} if agent else {}
+        extra = loop_variables(loop, binding.name, 1) if loop is not None and binding.kind.placement == "agent" else {}
         extra.update(state)
         return binding.template.render(self.compiled.variables(base, schema=binding.schema, **extra))
 

@@ -6,7 +6,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CitedThought", "Fault", "Intents", "PolicySetRef", "Record", "RemovedThought", "RunError", "Turn", "Usage"]
+__all__ = [
+    "CitedThought",
+    "Critique",
+    "Fault",
+    "Intents",
+    "Origin",
+    "PolicySetRef",
+    "Record",
+    "RemovedThought",
+    "RunError",
+    "Seed",
+    "Superseded",
+    "SupersededRef",
+    "Turn",
+    "Usage",
+]
 
 
 class _Out(BaseModel):
@@ -24,13 +39,30 @@ class Usage(_Out):
     """Failed attempts retried (429, 5xx, timeouts, dropped connections)."""
     cached: int = 0
     """Replies answered from the response cache (paid for by an earlier, interrupted run)."""
+    truncated: int = 0
+    """Replies cut off at the token budget (``finish_reason == "length"``)."""
+
+
+class Superseded(_Out):
+    """A mark on a thought that a later reviewer found wrong and replaced."""
+
+    by: str
+    """The agent that marked it."""
+    round: int
+    reason: str
 
 
 class CitedThought(_Out):
-    """A thought with the ids of the policies it applies."""
+    """A thought with the ids of the policies it applies, and where it came from."""
 
     text: str
     policies: list[str] = Field(default_factory=list)
+    by: str | None = None
+    """``seed`` (the first draft) or the agent that wrote it; None in records that predate provenance."""
+    round: int | None = None
+    """The deliberation round it was written in (0 for the seed)."""
+    superseded: Superseded | None = None
+    """Set when a later reviewer marked it wrong."""
 
 
 class RemovedThought(CitedThought):
@@ -46,6 +78,22 @@ class Intents(_Out):
     implicit: list[str] = Field(default_factory=list)
 
 
+class Critique(_Out):
+    """A reviewer's critique, written before its verdict."""
+
+    intents: str
+    policies: str
+    flaws: str
+    refusal: str
+
+
+class SupersededRef(_Out):
+    """A thought a reviewer marked as replaced: its number in the list it was shown (which only grows)."""
+
+    index: int
+    reason: str
+
+
 class Turn(_Out):
     """One deliberation turn of one agent."""
 
@@ -53,12 +101,33 @@ class Turn(_Out):
     agent: str
     model: str
     """``backend:model`` that answered."""
+    critique: Critique | None = None
+    """The review written before the verdict (None in records that predate critiques)."""
     agreed: bool
+    superseded: list[SupersededRef] = Field(default_factory=list)
+    """Earlier thoughts this agent marked as replaced (empty when it agreed)."""
     thoughts: list[CitedThought]
-    """Thoughts this agent added or corrected (empty when it agreed)."""
+    """Thoughts this agent added (empty when it agreed)."""
     response: str
-    """The response this agent proposed (empty when it agreed)."""
+    """The response this agent proposed (empty when it agreed or kept the current one)."""
     usage: Usage
+
+
+class Seed(_Out):
+    """The first draft: the initializer's thoughts and response, before any deliberation."""
+
+    thoughts: list[CitedThought]
+    response: str
+
+
+class Origin(_Out):
+    """Where an imported record came from (``aidsafe import``)."""
+
+    file: str
+    row: int
+    """1-based data row of the file."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """The row's other columns, verbatim (e.g. the released data's ``deliberation_log``)."""
 
 
 class PolicySetRef(_Out):
@@ -109,6 +178,11 @@ class Record(_Out):
     removed_thoughts: list[RemovedThought]
     response: str
     """The final response."""
+    seed: Seed | None = None
+    """The first draft, before deliberation (kept for a failed prompt too; None for graphs without a
+    draft, prompts that failed before it, and records that predate it)."""
+    response_before_refiner: str | None = None
+    """The response the refiner was given (None for graphs without a refiner)."""
     models: dict[str, str]
     """``backend:model`` per role and per agent."""
     usage: dict[str, Usage]
@@ -116,3 +190,5 @@ class Record(_Out):
     status: Literal["ok", "failed"]
     error: RunError | None = None
     faults: list[Fault] = Field(default_factory=list)
+    origin: Origin | None = None
+    """For records read from another dataset: the file and row."""

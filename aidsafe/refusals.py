@@ -31,9 +31,12 @@ def is_refusal(text: str) -> bool:
 
 
 def _texts(value: Any) -> list[str]:
-    """The text of a reasoning field: a string, a list of strings, or a list of thoughts (``{"text": ...}``)."""
+    """The text of a reasoning field: a string, a list of strings, a list of thoughts
+    (``{"text": ...}``), or an object of strings (a critique)."""
     if isinstance(value, str):
         return [value]
+    if isinstance(value, dict):
+        return [v for v in value.values() if isinstance(v, str)]
     if isinstance(value, list):
         out: list[str] = []
         for item in value:

@@ -20,8 +20,9 @@ from .errors import ModelCallError
 from .kinds import ReplyKind, get_kind
 from .models.base import ChatModel
 from .refusals import is_refusal, refuses_to_reason
+from .templates import MIN_COPY, RoleTemplate, normalize, word_runs, words
 
-__all__ = ["CallOutcome", "call_structured", "parse_reply"]
+__all__ = ["CallOutcome", "call_structured", "copied_instruction", "parse_reply"]
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
@@ -38,6 +39,8 @@ class CallOutcome:
     attempts: int = 0
     retries: int = 0
     cached: int = 0
+    truncated: int = 0
+    """Replies cut off at the token budget (``finish_reason == "length"``)."""
     error: str | None = None
     error_kind: str | None = None
     """``model_error`` (the call failed), ``invalid_reply`` or ``agent_refusal``."""
@@ -50,6 +53,7 @@ class CallOutcome:
             "calls": self.attempts,
             "retries": self.retries,
             "cached": self.cached,
+            "truncated": self.truncated,
         }
 
 
@@ -82,6 +86,45 @@ def parse_reply(kind: str | ReplyKind, text: str, context: Mapping[str, Any] | N
         raise ValueError("reply nested too deeply") from None
 
 
+def copied_instruction(reply: Any, template: RoleTemplate | None, data: str = "") -> tuple[str, str] | None:
+    """The first string of ``reply`` that copies the template's own text instead of answering:
+    ``(field path, text)``, or None.
+
+    A string copies when it is a piece of one template line of at least
+    :data:`~aidsafe.templates.MIN_COPY` characters (a placeholder or an instruction echoed as
+    content), or holds a run of :data:`~aidsafe.templates.COPY_WORDS` words of one template
+    line. User data (the prompt, policies, earlier thoughts) is not template text, so quoting it
+    is not copying: what also stands in ``data`` (the user's prompt) does not count.
+    """
+    if template is None:
+        return None
+    quoted = normalize(data)
+    allowed = word_runs(words(data)) if data else set()
+
+    def copies(text: str) -> bool:
+        norm = normalize(text)
+        if len(norm) >= MIN_COPY and norm not in quoted and any(norm in line for line in template.instructions):
+            return True
+        return bool(template.runs) and not (word_runs(words(text)) - allowed).isdisjoint(template.runs)
+
+    def walk(value: Any, path: str) -> tuple[str, str] | None:
+        if isinstance(value, str):
+            return (path, value) if copies(value) else None
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                found = walk(inner, f"{path}.{key}" if path else str(key))
+                if found:
+                    return found
+        elif isinstance(value, list):
+            for index, inner in enumerate(value):
+                found = walk(inner, f"{path}[{index}]")
+                if found:
+                    return found
+        return None
+
+    return walk(reply, "")
+
+
 async def call_structured(
     model: ChatModel,
     messages: list[dict[str, str]],
@@ -89,12 +132,16 @@ async def call_structured(
     kind: str | ReplyKind,
     schema: dict[str, Any],
     context: Mapping[str, Any] | None = None,
+    template: RoleTemplate | None = None,
+    data: str = "",
 ) -> CallOutcome:
     """Call ``model``; on an invalid reply, make one repair call with the error fed back.
 
     The reply is parsed by the kind's ``parse`` hook, else validated against its model with the
     validation ``context``. A reply whose reasoning fields are all refusals (or plain text that
-    opens like one) ends the call as ``agent_refusal``, without a repair.
+    opens like one) ends the call as ``agent_refusal``, without a repair. A reply that copies the
+    ``template``'s own text as content (:func:`copied_instruction`; the user's ``data`` may be
+    quoted) is invalid, like one that fails the schema.
     """
     spec = get_kind(kind)
     name = spec.name
@@ -108,6 +155,7 @@ async def call_structured(
             return outcome
         outcome.retries += completion.retries
         outcome.cached += int(completion.cached)
+        outcome.truncated += int(completion.finish_reason == "length")
         outcome.attempts = attempt
         outcome.raw = completion.text
         outcome.prompt_tokens += completion.prompt_tokens
@@ -121,21 +169,25 @@ async def call_structured(
             problem = str(exc)
             if completion.finish_reason == "length":
                 problem += " (the reply was cut off at the max_tokens limit)"
-            outcome.error = f"invalid {name} reply after {attempt} attempt(s): {problem}"
-            outcome.error_kind = "invalid_reply"
-            convo = [
-                *messages,
-                {"role": "assistant", "content": completion.text},
-                {
-                    "role": "user",
-                    "content": f"Your reply was not valid: {problem}. Reply again with JSON only, matching this JSON Schema: "
-                    + json.dumps(schema, separators=(",", ":")),
-                },
-            ]
-            continue
-        if isinstance(reply, BaseModel) and refuses_to_reason(spec, reply.model_dump()):
-            outcome.error, outcome.error_kind = f"the {name} agent refused to reason (every reasoning field is a refusal)", "agent_refusal"
-            return outcome
-        outcome.reply, outcome.error, outcome.error_kind = reply, None, None
-        return outcome
+        else:
+            dumped = reply.model_dump() if isinstance(reply, BaseModel) else reply
+            if isinstance(reply, BaseModel) and refuses_to_reason(spec, dumped):
+                outcome.error, outcome.error_kind = f"the {name} agent refused to reason (every reasoning field is a refusal)", "agent_refusal"
+                return outcome
+            copied = copied_instruction(dumped, template, data)
+            if copied is None:
+                outcome.reply, outcome.error, outcome.error_kind = reply, None, None
+                return outcome
+            problem = f"{copied[0]} copies the instructions ({copied[1][:120]!r}) instead of answering; write your own content"
+        outcome.error = f"invalid {name} reply after {attempt} attempt(s): {problem}"
+        outcome.error_kind = "invalid_reply"
+        convo = [
+            *messages,
+            {"role": "assistant", "content": completion.text},
+            {
+                "role": "user",
+                "content": f"Your reply was not valid: {problem}. Reply again with JSON only, matching this JSON Schema: "
+                + json.dumps(schema, separators=(",", ":")),
+            },
+        ]
     return outcome

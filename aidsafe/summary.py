@@ -14,7 +14,7 @@ from .records import Record
 
 __all__ = ["RunSummary", "deliberation_stats", "summarize_output", "total_tokens"]
 
-_COUNTS = ("prompt_tokens", "completion_tokens", "calls", "retries", "cached")
+_COUNTS = ("prompt_tokens", "completion_tokens", "calls", "retries", "cached", "truncated")
 
 
 def _add(slot: dict[str, int], usage: Any) -> None:
@@ -32,7 +32,7 @@ class RunSummary:
     stop_reasons: Counter[str] = field(default_factory=Counter)
     rounds: int = 0
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
-    """Tokens, calls, retries and cache hits per stage (graph node)."""
+    """Tokens, calls, retries, cache hits and truncated replies per stage (graph node)."""
     by_role: dict[str, dict[str, int]] = field(default_factory=dict)
     """Tokens per role; deliberation turns counted per agent."""
     faults: int = 0
@@ -66,6 +66,11 @@ class RunSummary:
     def retries(self) -> int:
         return sum(u.get("retries", 0) for u in self.usage.values())
 
+    @property
+    def truncated(self) -> int:
+        """Replies cut off at their token budget, over every stage."""
+        return sum(u.get("truncated", 0) for u in self.usage.values())
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "output": self.output,
@@ -77,6 +82,7 @@ class RunSummary:
             "mean_rounds": round(self.rounds / self.total, 3) if self.total else 0.0,
             "faults": self.faults,
             "retries": self.retries,
+            "truncated": self.truncated,
             "usage_by_stage": self.usage,
             "usage_by_role": self.by_role,
             "run": self.run,
@@ -95,6 +101,7 @@ class RunSummary:
         return (
             f"records: {d['records']} (ok {d['ok']}, failed {d['failed']}); stop reasons: {stops}; "
             f"mean rounds: {d['mean_rounds']}; faults: {d['faults']}; retries: {d['retries']}; "
+            f"replies cut at max_tokens: {d['truncated']}; "
             f"tokens (prompt+completion) by stage: {tokens}{this_run}"
         )
 
@@ -140,12 +147,17 @@ def deliberation_stats(records: Iterable[Record]) -> dict[str, Any]:
     * ``mean_removed_thoughts``: ``len(removed_thoughts)``;
     * ``mean_total_tokens``: :func:`total_tokens` (prompt + completion over all stages);
     * ``citation_share``: thoughts citing at least one policy over all final thoughts, pooled
-      across records; ``None`` without thoughts.
+      across records; ``None`` without thoughts;
+    * ``first_turn_agreement``: share of the ok records with deliberation turns whose first turn
+      agreed (with the seed, in a sequential loop: a consensus nobody argued for);
+    * ``zero_edit_consensus``: share of the ok records with deliberation turns that stopped at
+      consensus although no turn changed anything (every turn agreed).
     """
     items = list(records)
     ok = [record for record in items if record.status == "ok"]
     looped = [record for record in ok if record.stop_reason != "no_loop"]
     thoughts = [thought for record in ok for thought in record.thoughts]
+    deliberated = [record for record in ok if record.deliberation]
     return {
         "n": len(items),
         "ok": len(ok),
@@ -158,4 +170,9 @@ def deliberation_stats(records: Iterable[Record]) -> dict[str, Any]:
         "mean_removed_thoughts": _mean([len(record.removed_thoughts) for record in ok]),
         "mean_total_tokens": _mean([total_tokens(record) for record in ok]),
         "citation_share": _share(sum(bool(thought.policies) for thought in thoughts), len(thoughts)),
+        "first_turn_agreement": _share(sum(record.deliberation[0].agreed for record in deliberated), len(deliberated)),
+        "zero_edit_consensus": _share(
+            sum(record.stop_reason == "consensus" and all(turn.agreed for turn in record.deliberation) for record in deliberated),
+            len(deliberated),
+        ),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,24 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from .errors import ConfigError
 from .kinds import ReplyKind, get_kind
 
-__all__ = ["BLOCKS", "RoleTemplate", "load_template"]
+__all__ = ["BLOCKS", "COPY_WORDS", "MIN_COPY", "RoleTemplate", "load_template", "normalize", "word_runs", "words"]
 
 BLOCKS = ("system", "user")
+MIN_COPY = 20
+"""Characters a reply string must have before it can count as a copied piece of a template line."""
+COPY_WORDS = 8
+"""A run of this many words of one template line inside a reply string is copying, not answering."""
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def normalize(text: str) -> str:
+    """Lower case, one space between words, no quotes, brackets or punctuation at either end."""
+    return " ".join(text.lower().split()).strip(" \"'<>[]().,;:!?-*`")
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``, lower case, punctuation dropped."""
+    return _WORD.findall(text.lower())
 
 
 def _json(value: Any) -> str:
@@ -53,6 +69,11 @@ class RoleTemplate:
     source: str
     sha256: str
     variables: frozenset[str]
+    instructions: tuple[str, ...] = ()
+    """The template's own text, line by line, normalised (:func:`normalize`), the lines of at least
+    :data:`MIN_COPY` characters: a reply that copies one of them as content is invalid."""
+    runs: frozenset[tuple[str, ...]] = frozenset()
+    """Every run of :data:`COPY_WORDS` words in one line of the template's own text."""
 
     @functools.cached_property
     def _compiled(self) -> Template:
@@ -115,4 +136,13 @@ def load_template(path: Path, *, reply: str | ReplyKind, role: str) -> RoleTempl
             file=path,
             line=_first_line_of(ast, name),
         )
-    return RoleTemplate(path=path, source=source, sha256=hashlib.sha256(source.encode()).hexdigest()[:12], variables=used)
+    lines = [line for data in ast.find_all(nodes.TemplateData) for line in data.data.splitlines()]
+    instructions = tuple(dict.fromkeys(text for text in map(normalize, lines) if len(text) >= MIN_COPY))
+    runs = frozenset(run for line in lines for run in word_runs(words(line)))
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return RoleTemplate(path=path, source=source, sha256=digest, variables=used, instructions=instructions, runs=runs)
+
+
+def word_runs(tokens: list[str], size: int = COPY_WORDS) -> set[tuple[str, ...]]:
+    """Every run of ``size`` consecutive words."""
+    return {tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)}

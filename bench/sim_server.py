@@ -42,7 +42,7 @@ from typing import Any
 
 __all__ = ["SimServer", "reply_content", "serve"]
 
-_TURN = re.compile(r"You are (\S+?), round (\d+) of at most (\d+)")
+_TURN = re.compile(r"You are (\S+?)[;,] (?:this is )?round (\d+) of at most (\d+)")
 
 
 # -- replies ------------------------------------------------------------------------------------
@@ -91,11 +91,19 @@ def reply_content(kind: str, pid: str = "P1", agree: bool = True) -> str:
             }
         )
     if kind == "deliberation":
+        critique = {
+            "intents": "Both intents are handled.",
+            "policies": f"{pid} applies and is cited." if agree else f"The thoughts do not say why {pid} applies.",
+            "flaws": "No thought is wrong.",
+            "refusal": "The response neither over-refuses nor under-refuses.",
+        }
         if agree:
-            return json.dumps({"agree": True, "thoughts": [], "response": ""})
+            return json.dumps({"critique": critique, "agree": True, "superseded": [], "thoughts": [], "response": ""})
         return json.dumps(
             {
+                "critique": critique,
                 "agree": False,
+                "superseded": [],
                 "thoughts": [{"text": f"Correction: say why {pid} applies.", "policies": [pid]}],
                 "response": "An improved safe answer.",
             }

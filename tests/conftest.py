@@ -68,7 +68,8 @@ class Stub:
         if props == {"thoughts", "response"}:
             return json.dumps({"thoughts": [{"text": "t", "policies": ["P1"]}], "response": "r"})
         if "agree" in props:
-            return json.dumps({"agree": True, "thoughts": [], "response": ""})
+            critique = {"intents": "handled", "policies": "applied", "flaws": "no flaw found", "refusal": "neither"}
+            return json.dumps({"critique": critique, "agree": True, "superseded": [], "thoughts": [], "response": ""})
         return json.dumps({"removed": [], "response": "final"})
 
 

@@ -441,7 +441,7 @@ def test_render_schema(capsys: pytest.CaptureFixture[str]) -> None:
     schema = json.loads(schema_text)
     enum = schema["properties"]["thoughts"]["items"]["properties"]["policies"]["items"]["enum"]
     assert enum == [f"S{i}" for i in range(1, 15)]
-    assert set(schema["required"]) == {"agree", "thoughts", "response"}
+    assert schema["required"] == ["critique", "agree", "superseded", "thoughts", "response"]  # the critique before the verdict
 
 
 def test_render_prompt_from_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -540,7 +540,7 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     assert "records: 2 (ok 2, failed 0)" in proc.stderr
     bad = subprocess.run([sys.executable, "-m", "aidsafe", "graph", "nope"], capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2
-    assert "available: aidsafe, roundtable, single" in bad.stderr
+    assert "available: aidsafe, init_only, roundtable, single" in bad.stderr
 
 
 # --- regressions: bugs found while writing these tests ----------------------------------------------

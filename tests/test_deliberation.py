@@ -17,12 +17,23 @@ def draft_json(*texts: str, policy: str = "P1", response: str = "draft response"
     return json.dumps({"thoughts": [{"text": t, "policies": [policy]} for t in texts], "response": response})
 
 
+CRITIQUE = {"intents": "Both intents are handled.", "policies": "P1 applies.", "flaws": "No thought is wrong.", "refusal": "Neither."}
+
+
+def agree_json() -> str:
+    return json.dumps({"critique": CRITIQUE, "agree": True, "superseded": [], "thoughts": [], "response": ""})
+
+
+def revise_json(thoughts: list[dict[str, Any]], response: str = "", superseded: list[dict[str, Any]] | None = None) -> str:
+    return json.dumps({"critique": CRITIQUE, "agree": False, "superseded": superseded or [], "thoughts": thoughts, "response": response})
+
+
 def reply(kind: str, **overrides: str) -> str:
     """A valid reply of ``kind`` (agents agree at once), unless ``overrides`` gives one for it."""
     defaults = {
         "intents": json.dumps({"explicit": ["e"], "implicit": []}),
         "draft": draft_json("a"),
-        "deliberation": json.dumps({"agree": True, "thoughts": [], "response": ""}),
+        "deliberation": agree_json(),
         "refinement": json.dumps({"removed": [], "response": "r"}),
     }
     return overrides.get(kind, defaults[kind])
@@ -142,7 +153,7 @@ def test_refiner_removals_are_recorded_with_reasons(fake_pipeline):
         if kind == "draft":
             return draft_json("first", "first again", "a wrong conclusion", "kept")
         if kind == "deliberation":
-            return json.dumps({"agree": True, "thoughts": [], "response": ""})
+            return agree_json()
         return json.dumps({"removed": [{"index": 2, "reason": "repetitive"}, {"index": 3, "reason": "deceptive"}], "response": "final"})
 
     record = fake_pipeline(responder=responder).run_one("q")
@@ -199,7 +210,7 @@ def test_a_failure_mid_loop_keeps_the_transcript_so_far(fake_pipeline):
         if kind == "deliberation" and "agent_2" in messages[1]["content"]:
             return "not json"
         if kind == "deliberation":
-            return json.dumps({"agree": False, "thoughts": [{"text": "fix", "policies": ["P2"]}], "response": "better"})
+            return revise_json([{"text": "fix", "policies": ["P2"]}], "better")
         if kind == "draft":
             return draft_json("a")
         return json.dumps({"explicit": ["e"], "implicit": []})

@@ -83,7 +83,7 @@ def test_single_graph_nodes() -> None:
     assert list(compiled.bindings) == ["single"]
 
 
-@pytest.mark.parametrize("name", ["aidsafe", "roundtable", "single"])
+@pytest.mark.parametrize("name", ["aidsafe", "roundtable", "init_only", "single"])
 def test_shipped_graph_loads_by_name_and_path(name: str) -> None:
     spec, path = load_graph_spec(name)
     assert spec.name == name

@@ -15,6 +15,7 @@ from aidsafe.cli import main
 from aidsafe.errors import InputError
 from aidsafe.judge.calibration import agreement, calibrate, cohen_kappa, read_labels, weighted_kappa
 from aidsafe.judge.schema import METRICS, JudgedRecord, PairVerdict
+from aidsafe.judge.comparison import compare
 from aidsafe.judge.plots import plot_distributions
 from aidsafe.judge.report import markdown_report
 from aidsafe.judge.stats import bootstrap_ci, metric_table, reconcile, win_rates
@@ -167,6 +168,8 @@ def test_deliberation_stats_hand_computed() -> None:
         "mean_removed_thoughts": 0.5,  # (1 + 0) / 2
         "mean_total_tokens": 232.5,  # (165 + 300) / 2
         "citation_share": 0.75,  # 3 of 4 thoughts cite a policy
+        "first_turn_agreement": None,  # no record has deliberation turns
+        "zero_edit_consensus": None,
     }
 
 
@@ -231,19 +234,17 @@ def test_reconcile_rejects_unknown_verdicts() -> None:
 
 def test_markdown_report_layout() -> None:
     records = [judged("r1", {"relevance": 5}), judged("r2", {"relevance": 4}), judged("r3", {"relevance": None})]
-    report = markdown_report(
-        {"base": metric_table(records)},
-        {"base": deliberation_stats(records)},
-        {("base", "ours"): win_rates([verdict("a"), verdict("b", 1)])},
-    )
+    report = markdown_report(compare({"base": records}, [verdict("a"), verdict("b", 1)]))
     lines = report.splitlines()
+    assert "## Inputs (compared over the 3 ids that are ok in every input)" in lines
+    assert "| base | 3 | 3 | 3 | 0 |" in lines
     assert "| Metric | base |" in lines
     relevance = next(line for line in lines if line.startswith("| relevance |"))
     assert "4.50 [" in relevance and "(n=2, unscored=1)" in relevance
     for metric in METRICS:
         assert any(line.startswith(f"| {metric} |") for line in lines)
     assert "| Statistic | base |" in lines
-    assert "| base | ours | 50.0% (1) | 0.0% (0) | 50.0% (1) | 0 | 2 |" in lines
+    assert "| base | ours | unknown | 50.0% (1) | 0.0% (0) | 50.0% (1) | 0 | 2 |" in lines
 
 
 # --- kappa --------------------------------------------------------------------------
@@ -406,7 +407,11 @@ def test_compare_prints_table_with_every_metric_and_label(compare_inputs: dict[s
     for metric in METRICS:
         assert any(line.startswith(f"| {metric} |") for line in lines), metric
     relevance = next(line for line in lines if line.startswith("| relevance |"))
-    assert "(n=2, unscored=1)" in relevance and "4.00 [4.00, 4.00] (n=2, unscored=0)" in relevance
+    # r3 is ok in baseline only: both inputs are compared over r1 and r2
+    assert "| baseline | 3 | 3 | 2 | 1 |" in lines and "| aidsafe | 2 | 2 | 2 | 0 |" in lines
+    assert "4.50 [4.00, 5.00] (n=2, unscored=0)" in relevance and "4.00 [4.00, 4.00] (n=2, unscored=0)" in relevance
+    difference = next(line for line in lines if line.startswith("| relevance |") and "−" not in line and "%" in line)
+    assert "-0.50 [-1.00, 0.00] (-11.1%, n=2)" in difference  # (4 + 4) / 2 - (5 + 4) / 2; 4 / 4.5 - 1
     assert "| Statistic | baseline | aidsafe |" in lines
 
 
@@ -417,16 +422,17 @@ def test_compare_json_pairs_and_plain_records(compare_inputs: dict[str, Path], t
     report = capsys.readouterr().out
     document = json.loads(out_json.read_text(encoding="utf-8"))
     assert document["inputs"]["base.jsonl"]["metrics"]["relevance"]["mean"] == 4.5
-    assert document["inputs"]["base.jsonl"]["metrics"]["relevance"]["n_unscored"] == 1
+    assert document["inputs"]["base.jsonl"]["metrics"]["relevance"]["n_unscored"] == 0  # r3 failed in plain.jsonl: dropped
+    assert document["inputs"]["base.jsonl"]["dropped"] == 1 and document["common"] == 2
     assert document["inputs"]["plain.jsonl"]["metrics"] is None  # plain records: deliberation only
     assert document["inputs"]["plain.jsonl"]["deliberation"]["mean_total_tokens"] == 232.5
     assert document["pairs"] == [
-        {"a": "base", "b": "ours", "a_wins": 1, "b_wins": 2, "ties": 0, "unscored": 1, "n": 4,
+        {"a": "base", "b": "ours", "grader": "unknown", "a_wins": 1, "b_wins": 2, "ties": 0, "unscored": 1, "n": 4,
          "a_win_rate": pytest.approx(1 / 3), "b_win_rate": pytest.approx(2 / 3), "tie_rate": 0.0}
     ]
     assert "| Metric | base.jsonl |" in report.splitlines()  # the plain file has no score column
     assert "| Statistic | base.jsonl | plain.jsonl |" in report.splitlines()
-    assert "| base | ours | 33.3% (1) | 0.0% (0) | 66.7% (2) | 1 | 4 |" in report.splitlines()
+    assert "| base | ours | unknown | 33.3% (1) | 0.0% (0) | 66.7% (2) | 1 | 4 |" in report.splitlines()
 
 
 def test_compare_plot_writes_png(compare_inputs: dict[str, Path], tmp_path: Path) -> None:

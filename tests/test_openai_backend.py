@@ -8,6 +8,7 @@ reject ``json_schema``, token accounting, and that the API key never reaches a r
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aidsafe import ModelSettings, Pipeline
@@ -49,7 +50,8 @@ def test_falls_back_to_json_object_when_the_server_rejects_json_schema(stub_serv
     assert kinds[0] == "json_schema" and set(kinds[1:]) == {"json_object"}
     assert kinds.count("json_schema") == 1  # found out once, then remembered
     schema = stub.requests[1]["response_format"]["schema"]
-    assert "maxLength" not in json.dumps(schema)  # llama.cpp grammars cannot take string bounds
+    bounds = [int(b) for b in re.findall(r'"maxLength": (\d+)', json.dumps(schema))]
+    assert all(b <= 1000 for b in bounds)  # llama.cpp's grammar engine aborts on larger string bounds
     assert record.usage["intent"].calls == 1
 
 

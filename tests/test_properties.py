@@ -47,27 +47,34 @@ json_values = st.recursive(
 kinds = st.sampled_from(KINDS)
 
 short_text = st.text(max_size=40)
+some_text = st.text(min_size=1, max_size=40)
 thoughts_valid = st.fixed_dictionaries(
     {"text": st.text(min_size=1, max_size=60), "policies": st.lists(st.sampled_from(POLICY_IDS), max_size=4)}
 )
+critique_valid = st.fixed_dictionaries({key: some_text for key in ("intents", "policies", "flaws", "refusal")})
 
 
 @st.composite
 def valid_replies(draw: st.DrawFn, kind: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """A reply of ``kind`` that satisfies its model, and the validation context it needs."""
     if kind == "intents":
-        reply = {"explicit": draw(st.lists(short_text, min_size=1, max_size=4)), "implicit": draw(st.lists(short_text, max_size=4))}
+        reply = {"explicit": draw(st.lists(some_text, min_size=1, max_size=4)), "implicit": draw(st.lists(some_text, max_size=4))}
         return reply, None
     if kind == "draft":
         reply = {"thoughts": draw(st.lists(thoughts_valid, min_size=1, max_size=6)), "response": draw(st.text(min_size=1, max_size=80))}
         return reply, None
     if kind == "deliberation":
+        # with a thought count in context, superseded indexes stay in range
+        count = draw(st.none() | st.integers(min_value=1, max_value=12))
+        index = st.integers(min_value=1, max_value=count if count is not None else 10**6)
         agree = draw(st.booleans())
+        superseded = draw(st.lists(st.fixed_dictionaries({"index": index, "reason": some_text}), max_size=8))
         thoughts = draw(st.lists(thoughts_valid, max_size=4))
         response = draw(short_text)
-        if not agree and not thoughts and not response.strip():
+        if not agree and not thoughts and not superseded and not response.strip():
             response = "a change"
-        return {"agree": agree, "thoughts": thoughts, "response": response}, None
+        reply = {"critique": draw(critique_valid), "agree": agree, "superseded": superseded, "thoughts": thoughts, "response": response}
+        return reply, None if count is None else {"thought_count": count}
     # refinement: with a thought count in context, indexes stay in range and one thought is kept
     count = draw(st.none() | st.integers(min_value=1, max_value=12))
     top = count if count is not None else 10**6
@@ -89,12 +96,18 @@ def _near(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 _THOUGHT_NEAR = st.fixed_dictionaries(
-    {"text": _near(st.text(max_size=700)), "policies": _near(st.lists(st.text(max_size=4), max_size=6))}
+    {"text": _near(st.text(max_size=1100)), "policies": _near(st.lists(st.text(max_size=4), max_size=6))}
 )
 _NEAR_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "intents": {"explicit": st.lists(_near(short_text), max_size=6), "implicit": st.lists(_near(short_text), max_size=6)},
-    "draft": {"thoughts": st.lists(_near(_THOUGHT_NEAR), max_size=8), "response": st.text(max_size=10) | st.just("x" * 2001)},
-    "deliberation": {"agree": st.booleans(), "thoughts": st.lists(_near(_THOUGHT_NEAR), max_size=6), "response": short_text},
+    "draft": {"thoughts": st.lists(_near(_THOUGHT_NEAR), max_size=10), "response": st.text(max_size=10) | st.just("x" * 6001)},
+    "deliberation": {
+        "critique": _near(critique_valid),
+        "agree": st.booleans(),
+        "superseded": st.lists(_near(st.fixed_dictionaries({"index": _near(st.integers(-3, 30)), "reason": _near(short_text)})), max_size=10),
+        "thoughts": st.lists(_near(_THOUGHT_NEAR), max_size=8),
+        "response": short_text,
+    },
     "refinement": {
         "removed": st.lists(
             _near(st.fixed_dictionaries({"index": _near(st.integers(-3, 30)), "reason": _near(st.sampled_from([*REASONS, "other"]))})),

@@ -206,4 +206,4 @@ def test_shipped_templates_render_for_every_role(graph: str, policies: str) -> N
 
 def test_deliberator_messages_name_agent_and_round(pipe: Pipeline) -> None:
     user = pipe.messages("deliberate.agent_2", "q", round=2)[1]["content"]
-    assert "You are agent_2, round 2 of at most 3." in user
+    assert "You are agent_2; this is round 2 of at most 3." in user

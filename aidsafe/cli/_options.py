@@ -61,7 +61,7 @@ def env_option(
 
 
 def add_graph_options(parser: argparse.ArgumentParser) -> None:
-    env_option(parser, "--graph", default="aidsafe", help="shipped graph name (aidsafe, roundtable, single) or a graph file path")
+    env_option(parser, "--graph", default="aidsafe", help="shipped graph name (aidsafe, roundtable, init_only, single) or a graph file path")
     env_option(parser, "--policies", default="aidsafe5", help="shipped policy pack (aidsafe5, llamaguard3) or a pack file path")
 
 
@@ -73,7 +73,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     env_option(group, "--api-key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the API key")
     env_option(group, "--role-model", action="append", metavar="ROLE=MODEL", help="model for one role or agent (repeatable)")
     env_option(group, "--temperature", type=float, help="sampling temperature (default: 0.2 local, server default otherwise)")
-    env_option(group, "--max-tokens", type=int, default=768, help="max tokens per reply")
+    env_option(group, "--max-tokens", type=int, help="max tokens per reply, for every role (default: each role's own, sized for a Mixtral-class model)")
     env_option(group, "--timeout", type=float, default=300.0, help="seconds per model call")
     env_option(group, "--max-retries", type=int, default=3, help="retries per model call on connection errors, 429 and 5xx")
     env_option(
@@ -83,7 +83,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="how the JSON Schema is sent to an openai endpoint (auto: json_schema, else json_object + schema)",
     )
-    env_option(group, "--n-ctx", type=int, default=4096, help="context window of the local model")
+    env_option(group, "--n-ctx", type=int, default=8192, help="context window of the local model")
     env_option(group, "--seed", type=int, help="sampling seed")
 
 

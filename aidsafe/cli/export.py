@@ -6,12 +6,15 @@ import argparse
 import csv
 import sys
 
+from ..aidsafe_csv import COLUMNS, to_row
 from ..outputs import atomic_text, read_records
 from ..records import Record
 from ._options import env_option
 
-HELP = "export records, e.g. to the columns of the released AIDSAFE dataset (prompt, refined_thoughts, response, deliberation_log)"
-COLUMNS = ["prompt", "refined_thoughts", "response", "deliberation_log"]
+HELP = (
+    "export records to the columns of the released AIDSAFE dataset (prompt, refined_thoughts, response, "
+    "deliberation_log: intents, seed, every turn, the refiner's removals)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,29 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     env_option(p, "--format", choices=["aidsafe-csv"], default="aidsafe-csv", help="output layout", env="AIDSAFE_EXPORT_FORMAT")
     env_option(p, "-o", "--output", help="output file (required)", env="AIDSAFE_EXPORT_OUTPUT")
     p.set_defaults(func=run)
-
-
-def deliberation_log(record: Record) -> str:
-    """A readable transcript of the deliberation turns."""
-    lines = []
-    for turn in record.deliberation:
-        head = f"[round {turn.round}] {turn.agent}: " + ("agrees" if turn.agreed else "revises")
-        lines.append(head)
-        for thought in turn.thoughts:
-            cited = f" ({', '.join(thought.policies)})" if thought.policies else ""
-            lines.append(f"  - {thought.text}{cited}")
-        if turn.response:
-            lines.append(f"  response: {turn.response}")
-    return "\n".join(lines)
-
-
-def to_row(record: Record) -> dict[str, str]:
-    return {
-        "prompt": record.prompt,
-        "refined_thoughts": "\n".join(t.text for t in record.thoughts),
-        "response": record.response,
-        "deliberation_log": deliberation_log(record),
-    }
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
     """Bindings keyed by role name (role nodes) or ``<loop>.<agent>`` (loop agents), in flow order.
 
     The model of a binding is, first match wins: ``role_models[agent or role]``, the agent's
-    ``model:``, ``role_models[role]``, the role's ``model:``, ``settings.model``.
+    ``model:``, ``role_models[role]``, the role's ``model:``, ``settings.model``. Its reply budget
+    is ``settings.max_tokens`` when set, else the role's ``max_tokens:``, else the reply kind's.
     """
     agent_names = {a.name for n in spec.nodes.values() if n.loop for a in n.loop.agent_list()}
     unknown = set(role_models) - set(spec.roles) - agent_names
@@ -58,13 +59,14 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
         if role_name not in templates:
             templates[role_name] = load_template(template_path(path, role.template), reply=kind, role=role_name)
         chosen = role_models.get(name) or model_name or role_models.get(role_name) or role.model or settings.model
+        budget = settings.max_tokens or role.max_tokens or kind.max_tokens
         return Binding(
             name=name,
             role=role_name,
             kind=kind,
             template=templates[role_name],
             schema=reply_schema(kind, policies.ids),
-            settings=settings.with_model(chosen),
+            settings=replace(settings.with_model(chosen), max_tokens=budget),
         )
 
     bindings: dict[str, Binding] = {}

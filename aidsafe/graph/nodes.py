@@ -22,7 +22,7 @@ from .binding import Binding
 from .spec import AgentSpec, LoopSpec
 from .state import GraphContext, PromptState
 
-__all__ = ["NodeFn", "Nodes", "template_variables"]
+__all__ = ["NodeFn", "Nodes", "loop_variables", "merge_turns", "template_variables"]
 
 class NodeFn(Protocol):
     """A node function: the state in, a partial state update out; LangGraph passes ``runtime``."""
@@ -39,8 +39,34 @@ def template_variables(policies: PolicySet, state: PromptState, **extra: Any) ->
         "intents": state.get("intents") or {"explicit": [], "implicit": []},
         "thoughts": state.get("thoughts") or [],
         "response": state.get("response") or "",
+        "deliberation": state.get("deliberation") or [],
         **extra,
     }
+
+
+def loop_variables(loop: LoopSpec, agent: str, round_no: int) -> dict[str, Any]:
+    """What a loop agent's template learns about its place: name, round, budget, the other agents, the rule."""
+    return {
+        "agent": agent,
+        "round": round_no,
+        "max_rounds": loop.max_rounds,
+        "agents": len(loop.agent_list()),
+        "mode": loop.mode,
+        "consensus": loop.rule(),
+    }
+
+
+def merge_turns(thoughts: list[dict[str, Any]], turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The thoughts after some turns: each turn's ``superseded`` marks applied to the thoughts it
+    was shown (numbers never change: the list only grows), then its new thoughts appended."""
+    merged = [dict(t) for t in thoughts]
+    for turn in turns:
+        for mark in turn["superseded"]:
+            index = mark["index"] - 1
+            if 0 <= index < len(merged) and not merged[index].get("superseded"):
+                merged[index]["superseded"] = {"by": turn["agent"], "round": turn["round"], "reason": mark["reason"]}
+        merged.extend(turn["thoughts"])
+    return merged
 
 
 def _cited(value: Any) -> Iterator[dict[str, Any]]:
@@ -88,7 +114,10 @@ class Nodes:
         schema = reply_schema(kind, self.policies.ids, context) if context else binding.schema
         messages = binding.template.render(template_variables(self.policies, state, schema=schema, **extra))
         pool = runtime.context.models if runtime.context is not None else self.models
-        return await call_structured(pool.get(binding.settings), messages, kind=kind, schema=schema, context=context)
+        return await call_structured(
+            pool.get(binding.settings), messages, kind=kind, schema=schema, context=context, template=binding.template,
+            data=state.get("prompt", ""),
+        )
 
     # -- role nodes ---------------------------------------------------------------------------
 
@@ -115,35 +144,43 @@ class Nodes:
 
     # -- loops --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _turn(binding: Binding, agent: AgentSpec, round_no: int, outcome: CallOutcome) -> dict[str, Any]:
+    def _turn(self, binding: Binding, agent: AgentSpec, round_no: int, outcome: CallOutcome, stage: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The recorded turn (its thoughts marked with agent and round) and the faults it raises."""
         make_turn = binding.kind.turn
         assert make_turn is not None, f"reply kind {binding.kind.name!r} has no turn"
-        turn = make_turn(_dump(outcome.reply)) if outcome.reply is not None else {"agreed": False, "thoughts": [], "response": ""}
-        return {"round": round_no, "agent": agent.name, "model": binding.settings.label(), **turn, "usage": outcome.usage}
+        if outcome.reply is None:
+            turn: dict[str, Any] = {"critique": None, "agreed": False, "superseded": [], "thoughts": [], "response": ""}
+        else:
+            turn = make_turn(_dump(outcome.reply))
+        faults = [{"stage": stage, **f} for f in turn.pop("faults", [])]
+        faults += _faults(stage, turn["thoughts"], self.known)
+        turn["thoughts"] = [{**t, "by": agent.name, "round": round_no} for t in turn["thoughts"]]
+        record = {"round": round_no, "agent": agent.name, "model": binding.settings.label(), **turn, "usage": outcome.usage}
+        return record, faults
 
     def sequential_agent(self, loop_id: str, loop: LoopSpec, index: int, binding: Binding) -> NodeFn:
-        """An agent of a sequential loop: speaks in turn; agreeing ends the loop (consensus)."""
+        """An agent of a sequential loop: reviews the previous turn; agreeing ends the loop (consensus)."""
         agents = loop.agent_list()
         agent = agents[index]
+        stage = f"{loop_id}/{agent.name}"
 
         async def run(state: PromptState, *, runtime: Runtime[GraphContext]) -> dict[str, Any]:
             if state.get("error"):
                 return {}
             turns = state.get("turns", 0)
             round_no = turns // len(agents) + 1
-            outcome = await self.call(binding, state, runtime, agent=agent.name, round=round_no, max_rounds=loop.max_rounds)
+            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no))
             update: dict[str, Any] = {"usage": {loop_id: outcome.usage}, "turns": turns + 1, "rounds": round_no}
             if outcome.reply is None:
-                update["error"] = _error(f"{loop_id}/{agent.name}", outcome)
+                update["error"] = _error(stage, outcome)
                 return update
-            turn = self._turn(binding, agent, round_no, outcome)
+            turn, faults = self._turn(binding, agent, round_no, outcome, stage)
             update["deliberation"] = [turn]
-            update["faults"] = _faults(f"{loop_id}/{agent.name}", turn["thoughts"], self.known)
+            update["faults"] = faults
             if turn["agreed"]:
                 update["stop_reason"] = "consensus"
             else:
-                update["thoughts"] = [*(state.get("thoughts") or []), *turn["thoughts"]]
+                update["thoughts"] = merge_turns(state.get("thoughts") or [], [turn])
                 if turn["response"].strip():
                     update["response"] = turn["response"]
                 if turns + 1 >= len(agents) * loop.max_rounds:
@@ -155,21 +192,25 @@ class Nodes:
     def parallel_agent(self, loop_id: str, loop: LoopSpec, index: int, binding: Binding) -> NodeFn:
         """An agent of a parallel loop: answers every round; the vote node counts the answers."""
         agent = loop.agent_list()[index]
+        stage = f"{loop_id}/{agent.name}"
 
         async def run(state: PromptState, *, runtime: Runtime[GraphContext]) -> dict[str, Any]:
             if state.get("error"):
                 return {}
             round_no = state.get("rounds", 0) + 1
-            outcome = await self.call(binding, state, runtime, agent=agent.name, round=round_no, max_rounds=loop.max_rounds)
-            vote: dict[str, Any] = {"index": index, "turn": self._turn(binding, agent, round_no, outcome)}
+            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no))
+            turn, faults = self._turn(binding, agent, round_no, outcome, stage)
+            vote: dict[str, Any] = {"index": index, "turn": turn, "faults": faults}
             if outcome.reply is None:
-                vote["error"] = _error(f"{loop_id}/{agent.name}", outcome)
+                vote["error"] = _error(stage, outcome)
             return {"votes": [vote], "usage": {loop_id: outcome.usage}}
 
         return run
 
     def vote(self, loop_id: str, loop: LoopSpec) -> NodeFn:
-        """Apply the consensus rule to a round's turns; without consensus, merge the dissent."""
+        """Apply the consensus rule to a round's turns. Without consensus the dissent is merged (new
+        and superseded thoughts in agent order; the first dissenter's response); with consensus the
+        outvoted agents' thoughts are merged too when the loop keeps its minority."""
 
         async def run(state: PromptState, *, runtime: Runtime[GraphContext]) -> dict[str, Any]:
             if state.get("error"):
@@ -183,13 +224,14 @@ class Nodes:
                 return update
             turns = [v["turn"] for v in votes]
             update["deliberation"] = turns
-            update["faults"] = [f for t in turns for f in _faults(f"{loop_id}/{t['agent']}", t["thoughts"], self.known)]
-            agreeing = sum(1 for t in turns if t["agreed"])
-            if loop.agreed(agreeing):
-                update["stop_reason"] = "consensus"
-                return update
+            update["faults"] = [f for v in votes for f in v["faults"]]
             dissent = [t for t in turns if not t["agreed"]]
-            update["thoughts"] = [*(state.get("thoughts") or []), *(th for t in dissent for th in t["thoughts"])]
+            if loop.agreed(len(turns) - len(dissent)):
+                update["stop_reason"] = "consensus"
+                if dissent and loop.minority == "keep":
+                    update["thoughts"] = merge_turns(state.get("thoughts") or [], dissent)
+                return update
+            update["thoughts"] = merge_turns(state.get("thoughts") or [], dissent)
             proposed = [t["response"] for t in dissent if t["response"].strip()]
             if proposed:
                 update["response"] = proposed[0]

@@ -53,6 +53,9 @@ class RoleSpec(_Spec):
     """Reply kind (:mod:`aidsafe.kinds`): ``intents``, ``draft``, ``deliberation``, ``refinement``, or one registered by a plugin."""
     model: str | None = None
     """Model name for this role (same backend and endpoint as the run); default: the run's ``--model``."""
+    max_tokens: int | None = Field(default=None, ge=16, le=131072)
+    """Reply budget for this role in tokens; default: the reply kind's (sized for a Mixtral-class
+    model). ``--max-tokens`` overrides it for every role."""
     description: str = ""
 
     @field_validator("reply")
@@ -102,6 +105,9 @@ class LoopSpec(_Spec):
     """``first_agree`` (sequential); ``majority``, ``unanimous`` or ``at_least`` (parallel votes)."""
     min_agree: int | None = Field(default=None, ge=1)
     """With ``consensus: at_least``: how many agents must agree."""
+    minority: Literal["keep", "drop"] = "keep"
+    """Parallel loops: when a round reaches consensus, ``keep`` merges the outvoted agents' new and
+    superseded thoughts (marked with their author) for the refiner to weigh; ``drop`` discards them."""
 
     @model_validator(mode="after")
     def _shape(self) -> LoopSpec:
@@ -120,6 +126,8 @@ class LoopSpec(_Spec):
             raise _fail(f"a sequential loop stops at the first agreement: use consensus 'first_agree', not {self.consensus!r}", "consensus")
         if self.mode == "parallel" and self.consensus == "first_agree":
             raise _fail("a parallel loop votes: use consensus 'majority', 'unanimous' or 'at_least'", "consensus")
+        if self.mode == "sequential" and "minority" in self.model_fields_set:
+            raise _fail("'minority' only goes with a parallel loop (in a sequential one, the first agreement ends it)", "minority")
         if self.consensus == "at_least":
             if self.min_agree is None:
                 raise _fail("consensus 'at_least' needs 'min_agree'", "consensus")
@@ -135,6 +143,20 @@ class LoopSpec(_Spec):
             return list(self.agents)
         assert self.replicas is not None and self.role is not None
         return [AgentSpec(name=f"agent_{i}", role=self.role) for i in range(1, self.replicas + 1)]
+
+    def rule(self) -> str:
+        """How the loop works and when it ends, in words, as its agents are told."""
+        n = len(self.agent_list())
+        if self.mode == "sequential":
+            return (
+                "They take turns: each reviews the thoughts and the response as the previous reviewer, or the first draft, "
+                "left them. Agreeing ends the deliberation: the current thoughts and response become final."
+            )
+        need = {"majority": f"a majority ({n // 2 + 1} of {n})", "unanimous": f"all {n}", "at_least": f"at least {self.min_agree} of {n}"}
+        return (
+            "They answer in parallel, each round, without seeing each other's answer: each answer is one vote. "
+            f"The deliberation ends when {need.get(self.consensus, self.consensus)} agree."
+        )
 
     def agreed(self, votes: int) -> bool:
         """Whether ``votes`` agreeing agents out of all meet the consensus rule."""

@@ -47,8 +47,13 @@ class PromptState(TypedDict, total=False):
     prompt: str
     intents: dict[str, list[str]]
     thoughts: list[dict[str, Any]]
-    """All thoughts so far: the seed CoT plus every deliberation addition."""
+    """All thoughts so far: the seed CoT plus every deliberation addition, each with its provenance
+    (``by``, ``round``) and, once a reviewer replaced it, ``superseded``. The list only grows, so a
+    thought's number never changes."""
     response: str
+    seed: dict[str, Any] | None
+    """The first draft (thoughts and response), kept for the record."""
+    response_before_refiner: str | None
     deliberation: Annotated[list[dict[str, Any]], operator.add]
     turns: int
     """Sequential loops: turns taken so far (round = turns // agents + 1)."""
@@ -70,6 +75,8 @@ def initial_state(prompt_id: str, prompt: str) -> PromptState:
         intents={"explicit": [], "implicit": []},
         thoughts=[],
         response="",
+        seed=None,
+        response_before_refiner=None,
         deliberation=[],
         turns=0,
         rounds=0,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +33,24 @@ LABEL_COLUMNS = ("id", "metric", "score")
 # --- kappa --------------------------------------------------------------------------
 
 
-def _confusion(rater_a: Sequence[int], rater_b: Sequence[int]) -> np.ndarray:
+def _confusion(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], categories: Sequence[Hashable] = CATEGORIES) -> np.ndarray:
     """``O``: the K x K matrix of pair shares (rows ``rater_a``, columns ``rater_b``)."""
     if len(rater_a) != len(rater_b):
         raise ValueError(f"raters scored different numbers of items: {len(rater_a)} and {len(rater_b)}")
-    index = {category: position for position, category in enumerate(CATEGORIES)}
-    matrix = np.zeros((len(CATEGORIES), len(CATEGORIES)))
+    index = {category: position for position, category in enumerate(categories)}
+    matrix = np.zeros((len(categories), len(categories)))
     for a, b in zip(rater_a, rater_b, strict=True):
         if a not in index or b not in index:
-            raise ValueError(f"scores must be in {CATEGORIES[0]}..{CATEGORIES[-1]}, got ({a}, {b})")
+            raise ValueError(f"ratings must be one of {', '.join(map(str, categories))}, got ({a}, {b})")
         matrix[index[a], index[b]] += 1
     return matrix / len(rater_a)
 
 
-def _kappa(rater_a: Sequence[int], rater_b: Sequence[int], weights: np.ndarray) -> float | None:
+def _kappa(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], weights: np.ndarray, categories: Sequence[Hashable] = CATEGORIES) -> float | None:
     """``1 - sum(w * O) / sum(w * E)``: Cohen's kappa for the disagreement weights ``w``."""
     if not rater_a:
         return None
-    observed = _confusion(rater_a, rater_b)
+    observed = _confusion(rater_a, rater_b, categories)
     expected = np.outer(observed.sum(axis=1), observed.sum(axis=0))
     chance = float((weights * expected).sum())
     if chance == 0.0:
@@ -58,16 +58,17 @@ def _kappa(rater_a: Sequence[int], rater_b: Sequence[int], weights: np.ndarray) 
     return 1.0 - float((weights * observed).sum()) / chance
 
 
-def cohen_kappa(rater_a: Sequence[int], rater_b: Sequence[int]) -> float | None:
+def cohen_kappa(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], categories: Sequence[Hashable] = CATEGORIES) -> float | None:
     """Unweighted Cohen's kappa: ``(p_o - p_e) / (1 - p_e)`` with ``p_o = sum_i O[i, i]``
     (observed agreement) and ``p_e = sum_i r_i c_i`` (chance agreement).
 
     Equivalent to the weighted form with ``w[i, j] = 0`` on the diagonal and 1 elsewhere.
     ``None`` with no pairs, or when ``p_e == 1`` (both raters used one and the same category:
-    kappa is undefined there).
+    kappa is undefined there). ``categories`` are the possible ratings (default: scores 1-5; a
+    pairwise verdict is one of ``a``, ``b``, ``tie``).
     """
-    size = len(CATEGORIES)
-    return _kappa(rater_a, rater_b, 1.0 - np.eye(size))
+    size = len(categories)
+    return _kappa(rater_a, rater_b, 1.0 - np.eye(size), categories)
 
 
 def weighted_kappa(rater_a: Sequence[int], rater_b: Sequence[int]) -> float | None:

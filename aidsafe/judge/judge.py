@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
-from ..kinds import reply_schema
+from ..kinds import ReplyKind, reply_schema
 from ..models import ChatModel, ModelFactory, ModelPool, ModelSettings, check_settings, default_concurrency, make_model
 from ..outputs import read_records
 from ..policies import PolicySet, load_policy_set
@@ -29,7 +29,7 @@ from .kinds import PAIRWISE, SCORES, json_object
 from .schema import METRICS, Citations, JudgedRecord, Judgement, PairVerdict
 from .stats import reconcile, win_rates
 
-__all__ = ["Judge", "citations", "parse_scores", "parse_winner"]
+__all__ = ["Judge", "citations", "parse_rationale", "parse_scores", "parse_winner"]
 
 
 def citations(record: Record, pack: PolicySet, applicable: list[str] | None) -> Citations:
@@ -63,6 +63,12 @@ def parse_scores(text: str, pack_ids: list[str]) -> tuple[dict[str, int | None],
     return scores, ids
 
 
+def parse_rationale(text: str) -> str | None:
+    """The judge's ``rationale`` (written before its verdict), or None."""
+    value = (json_object(text) or {}).get("rationale")
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def parse_winner(text: str) -> str | None:
     """``first``, ``second`` or ``tie`` from a pairwise reply; None when it cannot be parsed."""
     data = json_object(text) or {}
@@ -78,6 +84,11 @@ def _template(name_or_path: str | Path, kind: str) -> RoleTemplate:
             raise ConfigError(f"rubric template {str(name_or_path)!r} not found (neither a file nor a shipped template)")
         path = shipped
     return load_template(path, reply=kind, role=f"judge ({kind})")
+
+
+def _judged_text(record: Record) -> str:
+    """What the judge is shown of a record: quoting it in a rationale is not copying the rubric."""
+    return "\n".join([record.prompt, *(t.text for t in record.thoughts), record.response])
 
 
 def _label(template: RoleTemplate) -> str:
@@ -142,12 +153,17 @@ class Judge:
     def _variables(pack: PolicySet, prompt: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {"policies": pack.policies, "policy_set": pack, "prompt": prompt, "schema": schema, **extra}
 
-    async def _ask(self, messages: list[dict[str, str]], kind: str, schema: dict[str, Any],
-                   models: ModelPool | None) -> tuple[str | None, Usage, str | None]:
-        """One call (plus one repair when the reply is not a JSON object): raw text, usage, and the
-        error when the call failed or the judge refused; scores are parsed from the raw text."""
-        model = (models or self.models).get(self.settings)
-        outcome = await call_structured(model, messages, kind=kind, schema=schema)
+    def settings_for(self, kind: ReplyKind) -> ModelSettings:
+        """The judge's settings for one reply kind: its own reply budget unless one was given."""
+        return replace(self.settings, max_tokens=self.settings.max_tokens or kind.max_tokens)
+
+    async def _ask(self, messages: list[dict[str, str]], kind: ReplyKind, schema: dict[str, Any], template: RoleTemplate,
+                   models: ModelPool | None, data: str) -> tuple[str | None, Usage, str | None]:
+        """One call (plus one repair when the reply is not a JSON object, or copies the rubric): raw
+        text, usage, and the error when the call failed or the judge refused; scores are parsed
+        from the raw text."""
+        model = (models or self.models).get(self.settings_for(kind))
+        outcome = await call_structured(model, messages, kind=kind, schema=schema, template=template, data=data)
         error = outcome.error if outcome.error_kind in ("model_error", "agent_refusal") else None
         return outcome.raw or None, Usage(**outcome.usage), error
 
@@ -156,20 +172,24 @@ class Judge:
         pack = self.pack_for(record)
         scores: dict[str, int | None] = {m: None for m in METRICS}
         applicable: list[str] | None = None
+        rationale: str | None = None
         usage, error = Usage(), None
         if record.status != "ok":
             error = "the record failed to generate: not judged"
         else:
             schema = reply_schema(SCORES, pack.ids)
-            text, usage, error = await self._ask(self._score_messages(record, pack, schema), SCORES.name, schema, models)
+            messages = self._score_messages(record, pack, schema)
+            text, usage, error = await self._ask(messages, SCORES, schema, self.rubric, models, _judged_text(record))
             if text is not None:
                 scores, applicable = parse_scores(text, pack.ids)
+                rationale = parse_rationale(text)
                 missing = [m for m in METRICS if scores[m] is None]
                 if missing and error is None:
                     error = f"no valid 1-5 score for {', '.join(missing)} in the reply: {text[:300]!r}"
         judgement = Judgement(
             judge_model=self.settings.label(),
             rubric=_label(self.rubric),
+            rationale=rationale,
             scores=scores,
             unscored=[m for m in METRICS if scores[m] is None],
             citations=citations(record, pack, applicable),
@@ -191,12 +211,16 @@ class Judge:
                 first={"thoughts": [t.model_dump() for t in first.thoughts], "response": first.response},
                 second={"thoughts": [t.model_dump() for t in second.thoughts], "response": second.response},
             )
-            text, _, _ = await self._ask(self.pairwise_rubric.render(variables), PAIRWISE.name, schema, models)
+            data = f"{_judged_text(a)}\n{_judged_text(b)}"
+            text, _, _ = await self._ask(self.pairwise_rubric.render(variables), PAIRWISE, schema, self.pairwise_rubric, models, data)
             winner = parse_winner(text or "")
             if winner in ("first", "second"):
                 winner = "a" if (first is a) == (winner == "first") else "b"
             verdicts.append(winner)
-        return PairVerdict(id=a.id, a=labels[0], b=labels[1], winner=reconcile(verdicts[0], verdicts[1]), verdicts=verdicts)
+        return PairVerdict(
+            id=a.id, a=labels[0], b=labels[1], winner=reconcile(verdicts[0], verdicts[1]), verdicts=verdicts,
+            judge_model=self.settings.label(), rubric=_label(self.pairwise_rubric),
+        )
 
     # -- files -----------------------------------------------------------------------------
 

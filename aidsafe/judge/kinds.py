@@ -38,19 +38,26 @@ def _require_object(text: str) -> dict[str, Any]:
     return data
 
 
-_SCORE_FIELDS: dict[str, Any] = {"applicable_policies": (list[str], ...), **{m: (int, Field(ge=1, le=5)) for m in METRICS}}
+RATIONALE_CHARS = 1000
+
+_SCORE_FIELDS: dict[str, Any] = {
+    "rationale": (str, Field(min_length=1, max_length=RATIONALE_CHARS)),
+    "applicable_policies": (list[str], ...),
+    **{m: (int, Field(ge=1, le=5)) for m in METRICS},
+}
 ScoresReply: type[BaseModel] = create_model(
     "ScoresReply",
     __config__=ConfigDict(extra="forbid"),
-    __doc__="The grader's reply: the policies the prompt calls for, and a 1-5 score per metric.",
+    __doc__="The grader's reply: its reasoning first, then the policies the prompt calls for and a 1-5 score per metric.",
     **_SCORE_FIELDS,
 )
 
 
 def _scores_schema(schema: dict[str, Any], policy_ids: list[str], context: Mapping[str, Any]) -> dict[str, Any]:
-    """Applicable policies limited to the pack; every score one of 1..5."""
+    """The rationale first; applicable policies limited to the pack; every score one of 1..5."""
     props: dict[str, Any] = {
-        "applicable_policies": {"type": "array", "items": {"type": "string", "enum": policy_ids}, "maxItems": len(policy_ids)}
+        "rationale": {"type": "string", "minLength": 1, "maxLength": RATIONALE_CHARS},
+        "applicable_policies": {"type": "array", "items": {"type": "string", "enum": policy_ids}, "maxItems": len(policy_ids)},
     }
     props.update({m: {"type": "integer", "enum": [1, 2, 3, 4, 5]} for m in METRICS})
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
@@ -59,8 +66,8 @@ def _scores_schema(schema: dict[str, Any], policy_ids: list[str], context: Mappi
 def _fake_scores(req: FakeRequest) -> dict[str, Any]:
     props = req.schema.get("properties", {})
     ids = props.get("applicable_policies", {}).get("items", {}).get("enum", [req.policy_id])
-    scores = {m: 1 + (req.n >> i) % 5 for i, m in enumerate(k for k in props if k != "applicable_policies")}
-    return {"applicable_policies": ids[:1], **scores}
+    scores = {m: 1 + (req.n >> i) % 5 for i, m in enumerate(k for k in props if k not in ("rationale", "applicable_policies"))}
+    return {"rationale": "The chain of thought is judged metric by metric.", "applicable_policies": ids[:1], **scores}
 
 
 SCORES = register_kind(
@@ -70,6 +77,7 @@ SCORES = register_kind(
         inputs=frozenset({"intents", "thoughts", "response"}),
         schema=_scores_schema,
         parse=_require_object,
+        max_tokens=1536,
         fake=_fake_scores,
         description="the auto-grader's six 1-5 scores of one record",
     )
@@ -81,6 +89,8 @@ class PairwiseReply(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    rationale: str = Field(min_length=1, max_length=RATIONALE_CHARS)
+    """The comparison, written before the verdict."""
     winner: Literal["first", "second", "tie"]
 
 
@@ -90,7 +100,8 @@ PAIRWISE = register_kind(
         model=PairwiseReply,
         inputs=frozenset({"first", "second"}),
         parse=_require_object,
-        fake=lambda req: {"winner": ("first", "second", "tie")[req.n % 3]},
+        max_tokens=1024,
+        fake=lambda req: {"rationale": "Both chains are compared policy by policy.", "winner": ("first", "second", "tie")[req.n % 3]},
         description="which of two chains of thought is more faithful to the policies",
     )
 )

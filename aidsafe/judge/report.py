@@ -1,4 +1,6 @@
-"""The paper's Table 1 layout as markdown: judge scores, deliberation statistics, pairwise win rates."""
+"""The comparison of :func:`aidsafe.judge.comparison.compare` as markdown, in the paper's Table 1
+layout: inputs, judge scores, paired differences from the baseline, deliberation statistics,
+pairwise win rates and the agreement between graders."""
 
 from __future__ import annotations
 
@@ -37,11 +39,45 @@ def _score_cell(entry: Mapping[str, Any] | None) -> str:
     return f"{_number(entry['mean'])}{interval} (n={entry['n_scored']}, unscored={entry['n_unscored']})"
 
 
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:+.{digits}f}"
+
+
+def _inputs_section(common: int, inputs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    rows = [[label, i["records"], i["ok"], i["in_common"], i["dropped"]] for label, i in inputs.items()]
+    return [
+        f"## Inputs (compared over the {common} ids that are ok in every input)",
+        "",
+        *_table(["Input", "records", "ok", "in the common set", "dropped"], rows),
+    ]
+
+
 def _score_section(tables: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
     labels = list(tables)
     metrics = list(dict.fromkeys(metric for table in tables.values() for metric in table))
     rows = [[metric, *(_score_cell(tables[label].get(metric)) for label in labels)] for metric in metrics]
     return ["## Judge scores (mean [95% bootstrap CI])", "", *_table(["Metric", *labels], rows)]
+
+
+def _difference_cell(entry: Mapping[str, Any] | None) -> str:
+    """``+0.42 [0.30, 0.55] (+10.9%, n=…)``."""
+    if entry is None:
+        return "–"
+    interval = "" if entry["ci_low"] is None else f" [{_number(entry['ci_low'])}, {_number(entry['ci_high'])}]"
+    gain = "–" if entry["relative_gain"] is None else f"{100 * entry['relative_gain']:+.1f}%"
+    return f"{_signed(entry['mean_difference'])}{interval} ({gain}, n={entry['n']})"
+
+
+def _differences_section(baseline: str, differences: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    labels = list(differences)
+    metrics = list(dict.fromkeys(metric for table in differences.values() for metric in table))
+    rows = [[metric, *(_difference_cell(differences[label].get(metric)) for label in labels)] for metric in metrics]
+    header = ["Metric", *(f"{label} − {baseline}" for label in labels)]
+    return [
+        f"## Differences from {baseline} (paired over the ids both scored: mean [95% bootstrap CI] (relative gain, n))",
+        "",
+        *_table(header, rows),
+    ]
 
 
 _DELIBERATION_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -56,6 +92,8 @@ _DELIBERATION_ROWS: tuple[tuple[str, str, str], ...] = (
     ("mean removed thoughts", "mean_removed_thoughts", "number"),
     ("mean total tokens", "mean_total_tokens", "tokens"),
     ("citation share", "citation_share", "percent"),
+    ("first turn agreed", "first_turn_agreement", "percent"),
+    ("consensus without any edit", "zero_edit_consensus", "percent"),
 )
 
 
@@ -74,43 +112,51 @@ def _stat_cell(value: Any, kind: str) -> str:
 def _deliberation_section(stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
     labels = list(stats)
     rows = [[name, *(_stat_cell(stats[label].get(key), kind) for label in labels)] for name, key, kind in _DELIBERATION_ROWS]
-    return ["## Deliberation statistics (means over ok records)", "", *_table(["Statistic", *labels], rows)]
+    return ["## Deliberation statistics (over the common ids)", "", *_table(["Statistic", *labels], rows)]
 
 
-def _pairs_section(pairs: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[str]:
-    header = ["A", "B", "A wins", "ties", "B wins", "unscored", "n"]
+def _pairs_section(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    header = ["A", "B", "grader", "A wins", "ties", "B wins", "unscored", "n"]
     rows = [
         [
-            a,
-            b,
-            f"{_percent(rates['a_win_rate'])} ({rates['a_wins']})",
-            f"{_percent(rates['tie_rate'])} ({rates['ties']})",
-            f"{_percent(rates['b_win_rate'])} ({rates['b_wins']})",
-            rates["unscored"],
-            rates["n"],
+            p["a"],
+            p["b"],
+            p["grader"],
+            f"{_percent(p['a_win_rate'])} ({p['a_wins']})",
+            f"{_percent(p['tie_rate'])} ({p['ties']})",
+            f"{_percent(p['b_win_rate'])} ({p['b_wins']})",
+            p["unscored"],
+            p["n"],
         ]
-        for (a, b), rates in pairs.items()
+        for p in pairs
     ]
     return ["## Pairwise comparisons (rates over scored verdicts)", "", *_table(header, rows)]
 
 
-def markdown_report(
-    tables: Mapping[str, Mapping[str, Mapping[str, Any]]],
-    stats: Mapping[str, Mapping[str, Any]],
-    pairs: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
-) -> str:
-    """The paper's Table 1 layout as markdown.
+def _agreement_section(agreement: Sequence[Mapping[str, Any]]) -> list[str]:
+    header = ["A", "B", "grader 1", "grader 2", "n", "agreement", "Cohen's kappa"]
+    rows = [[g["a"], g["b"], g["grader_1"], g["grader_2"], g["n"], _percent(g["agreement"]), _number(g["kappa"], 3)] for g in agreement]
+    return ["## Agreement between graders (same pairs, both scored)", "", *_table(header, rows)]
 
-    ``tables`` maps an input label to its :func:`metric_table` (one column per label, one row
-    per metric, cells ``mean [low, high] (n=…, unscored=…)``); ``stats`` maps a label to its
-    :func:`deliberation_stats` (a second table); ``pairs`` maps ``(label_a, label_b)`` to its
-    :func:`win_rates` (a third table). A section with nothing to show is left out.
+
+def markdown_report(comparison: Mapping[str, Any]) -> str:
+    """The comparison document as markdown; a section with nothing to show is left out.
+
+    Score cells read ``mean [low, high] (n=…, unscored=…)``; difference cells ``+d [low, high]
+    (+gain%, n=…)``.
     """
-    sections = []
+    inputs = comparison["inputs"]
+    sections = [_inputs_section(comparison["common"], inputs)]
+    tables = {label: i["metrics"] for label, i in inputs.items() if i["metrics"]}
     if tables:
         sections.append(_score_section(tables))
+    if comparison.get("differences"):
+        sections.append(_differences_section(comparison["baseline"], comparison["differences"]))
+    stats = {label: i["deliberation"] for label, i in inputs.items()}
     if stats:
         sections.append(_deliberation_section(stats))
-    if pairs:
-        sections.append(_pairs_section(pairs))
+    if comparison.get("pairs"):
+        sections.append(_pairs_section(comparison["pairs"]))
+    if comparison.get("grader_agreement"):
+        sections.append(_agreement_section(comparison["grader_agreement"]))
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"

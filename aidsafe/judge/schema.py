@@ -50,6 +50,8 @@ class Judgement(_Out):
     judge_model: str
     rubric: str
     """Template file name and hash of the rubric used."""
+    rationale: str | None = None
+    """The judge's reasoning, written before its scores."""
     scores: dict[str, int | None]
     """Metric -> 1..5, or None when unscored."""
     unscored: list[str] = Field(default_factory=list)
@@ -77,6 +79,10 @@ class PairVerdict(_Out):
     order unparsed: the other; both unparsed: None (unscored)."""
     verdicts: list[str | None]
     """Raw verdicts in the two orders, mapped back to a/b/tie (None = unparsed)."""
+    judge_model: str | None = None
+    """``backend:model`` of the grader (None in verdicts that predate it)."""
+    rubric: str | None = None
+    """Template file name and hash of the pairwise rubric."""
 
 
 def judged_or_plain(data: dict[str, Any]) -> type[Record]:

@@ -35,10 +35,12 @@ __all__ = [
 
 COMMON_INPUTS = frozenset({"policies", "policy_set", "prompt", "schema"})
 """Variables every template may use: the policy pack, the user prompt and the reply's JSON Schema."""
-STEP_INPUTS = frozenset({"intents", "thoughts", "response"})
-"""What a graph provides to a role node besides :data:`COMMON_INPUTS`: the state so far."""
-AGENT_INPUTS = STEP_INPUTS | {"agent", "round", "max_rounds"}
-"""What a graph provides to a loop agent: the state so far, its name and the round."""
+STEP_INPUTS = frozenset({"intents", "thoughts", "response", "deliberation"})
+"""What a graph provides to a role node besides :data:`COMMON_INPUTS`: the state so far (thoughts
+with their provenance, the deliberation turns)."""
+AGENT_INPUTS = STEP_INPUTS | {"agent", "round", "max_rounds", "agents", "mode", "consensus"}
+"""What a graph provides to a loop agent besides: its name, the round and the budget, how many
+agents there are, the loop's mode (``sequential`` or ``parallel``) and its consensus rule in words."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,11 @@ class ReplyKind:
     update: Update | None = None
     """For a role node: the partial state update a reply makes."""
     turn: Turn | None = None
-    """For a loop agent: the turn a reply records, ``{"agreed", "thoughts", "response"}``; the
-    loop decides from the turns whether to stop and merges the dissenting ones into the state."""
+    """For a loop agent: the turn a reply records. The loop reads ``agreed`` (the verdict),
+    ``thoughts`` (new thoughts), ``superseded`` (``[{"index", "reason"}]``, earlier thoughts marked
+    replaced) and ``response`` (``""`` keeps the current one); it decides from the turns whether to
+    stop and merges the dissenting ones into the state. Other keys are recorded with the turn,
+    except ``faults`` (``[{"kind", "detail"}]``), which go to the record's faults."""
     after: tuple[str, ...] = ()
     """Kinds whose node must come earlier in a graph's flow (a refiner needs a draft)."""
     once: bool = False
@@ -105,6 +110,9 @@ class ReplyKind:
     JSON validated against :attr:`model`)."""
     fake: Callable[[FakeRequest], Any] | None = None
     """The fake backend's scripted reply: a JSON-serialisable value (or a string sent as is)."""
+    max_tokens: int = 1024
+    """Default reply budget in tokens, sized for a Mixtral-class model; a graph role's
+    ``max_tokens`` or ``--max-tokens`` overrides it."""
     description: str = ""
 
     @property

@@ -46,7 +46,8 @@ class ModelSettings:
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float | None = None
     """Sampling temperature; ``None``: 0.2 for the local model, the server's default otherwise."""
-    max_tokens: int = 768
+    max_tokens: int | None = None
+    """Reply budget in tokens; None: each role's own (see :attr:`aidsafe.kinds.ReplyKind.max_tokens`)."""
     timeout: float = 300.0
     max_retries: int = 3
     """Retries of one call after a 429, a 5xx, a timeout or a dropped connection."""
@@ -54,8 +55,8 @@ class ModelSettings:
     """Most calls in flight to one endpoint; adaptive backoff moves the limit between 1 and this."""
     structured: StructuredMode = "auto"
     """How the JSON Schema is sent: OpenAI ``json_schema``, llama.cpp ``json_object`` + schema, or try the first and fall back."""
-    n_ctx: int = 4096
-    """Context window of a local model."""
+    n_ctx: int = 8192
+    """Context window of a local model (SmolLM2-135M was trained with 8,192 tokens)."""
     seed: int | None = None
     extra: tuple[tuple[str, Any], ...] = field(default=())
 

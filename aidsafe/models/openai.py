@@ -22,17 +22,20 @@ from ..errors import AidsafeError, ModelCallError
 from .base import ChatModel, Completion, ModelSettings
 from .limiter import AdaptiveLimiter, backoff_delay, limiter_for
 from .registry import register_backend
-from .schema_forms import without_string_bounds
+from .schema_forms import for_llama_cpp
 
 __all__ = ["OpenAIChatModel"]
 
 _POOLS: dict[tuple[str, int], Any] = {}
 """One ``httpx.AsyncClient`` per (endpoint, event loop)."""
+_MODES: dict[str, str] = {}
+"""The ``response_format`` form each endpoint took (``structured="auto"``), found on its first call
+and shared by every model on it (the roles of a graph differ in budget, not in server)."""
 
 
 def _response_format(mode: str, schema: dict[str, Any], name: str) -> dict[str, Any]:
     if mode == "json_object":  # llama-cpp-python's form; its grammar engine cannot take string bounds
-        return {"type": "json_object", "schema": without_string_bounds(schema)}
+        return {"type": "json_object", "schema": for_llama_cpp(schema)}
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
@@ -105,7 +108,7 @@ class OpenAIChatModel(ChatModel):
         self.endpoint = settings.base_url or "https://api.openai.com/v1"
         self._key = os.environ.get(settings.api_key_env) or None
         # None: not known yet (auto); the first call finds out which form the server takes
-        self._mode: str | None = None if settings.structured == "auto" else settings.structured
+        self._forced: str | None = None if settings.structured == "auto" else settings.structured
         self.limiter: AdaptiveLimiter = limiter_for(self.endpoint, settings.max_in_flight)
         self._llm: Any = None
         self._llm_loop: int | None = None
@@ -138,7 +141,7 @@ class OpenAIChatModel(ChatModel):
         msg: Any = None
         while True:
             attempt += 1
-            mode = self._mode or "json_schema"
+            mode = self._forced or _MODES.get(self.endpoint) or "json_schema"
             await self.limiter.acquire()
             overloaded = success = False
             delay = 0.0
@@ -153,8 +156,8 @@ class OpenAIChatModel(ChatModel):
             except openai.ContentFilterFinishReasonError as exc:
                 raise self._error(exc, attempt) from None
             except openai.APIStatusError as exc:
-                if self._mode is None and _rejects_json_schema(exc):
-                    self._mode = "json_object"  # e.g. llama-cpp-python's server; not a failure of the call
+                if self._forced is None and self.endpoint not in _MODES and _rejects_json_schema(exc):
+                    _MODES[self.endpoint] = "json_object"  # e.g. llama-cpp-python's server; not a failure of the call
                     attempt -= 1
                     continue
                 retryable = exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408
@@ -171,8 +174,8 @@ class OpenAIChatModel(ChatModel):
             if success:
                 break
             await asyncio.sleep(delay)
-        if self._mode is None:
-            self._mode = "json_schema"
+        if self._forced is None:
+            _MODES.setdefault(self.endpoint, mode)
         assert msg is not None  # the loop only breaks after a successful call
         usage = msg.usage_metadata or {}
         content = msg.content if isinstance(msg.content, str) else "".join(

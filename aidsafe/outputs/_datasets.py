@@ -8,13 +8,15 @@ union of all keys seen, and every row would come back with the keys it never had
 with ``None``; a nullable object (``error``) is merged into a struct the same way. Such
 rows no longer equal the records that were written. So, explicitly:
 
-* ``usage``, ``models`` and ``error`` - :data:`JSON_FIELDS`, every top-level field whose
-  shape varies from row to row: a dict keyed by data, an optional object, a union - are
-  stored as **JSON strings** (``error`` is null when there is none). The list is derived
-  from :class:`~aidsafe.records.Record`, so a dict field added later is covered too;
+* ``seed``, ``models``, ``usage``, ``error`` and ``origin`` - :data:`JSON_FIELDS`, every
+  top-level field whose shape varies from row to row: a dict keyed by data, an optional
+  object, a union - are stored as **JSON strings** (null when there is none). The list is
+  derived from :class:`~aidsafe.records.Record`, so a dict field added later is covered too;
 * the regular nested fields - ``policy_set``, ``intents``, ``deliberation`` (with each
-  turn's fixed ``usage`` counts), ``thoughts``, ``removed_thoughts``, ``faults`` - stay
-  Arrow structs and lists, so they remain queryable;
+  turn's critique and fixed ``usage`` counts), ``thoughts`` and ``removed_thoughts`` (with
+  their provenance; ``superseded`` a nullable struct), ``faults`` - stay Arrow structs and
+  lists, so they remain queryable; optional strings (``response_before_refiner``) are
+  nullable string columns;
 * the table is built with an explicit :func:`record_features` (``datasets.Features``,
   derived from the pydantic models and written into the Parquet schema metadata), so
   empty lists in the first rows never break type inference.
@@ -31,7 +33,8 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -57,25 +60,41 @@ def _import_datasets() -> Any:
     return datasets
 
 
-def _shape(annotation: Any) -> Any:
+def _optional(annotation: Any) -> Any:
+    """``X`` for ``X | None``, else None."""
+    if get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and len(get_args(annotation)) == 2:
+            return args[0]
+    return None
+
+
+def _shape(annotation: Any, *, nested: bool = False) -> Any:
     """The fixed Arrow shape of a field type, or None when its shape varies from row to row.
 
     A shape is a dtype name (``"string"``, ``"int64"``, ``"bool"``, ``"float64"``), a one-item
-    list (a list of that shape) or a dict (a struct). Dicts keyed by data, optional values,
-    unions and anything else have no fixed shape.
+    list (a list of that shape) or a dict (a struct). An optional scalar is its (nullable)
+    scalar; an optional object is a (nullable) struct inside a list or struct, and has no fixed
+    shape at the top level (it is stored as JSON, as it always was). Dicts keyed by data, unions
+    and anything else have no fixed shape.
     """
     scalars = {str: "string", bool: "bool", int: "int64", float: "float64"}
     if annotation in scalars:
         return scalars[annotation]
+    inner_type = _optional(annotation)
+    if inner_type is not None:
+        if inner_type in scalars:
+            return scalars[inner_type]
+        return _shape(inner_type, nested=True) if nested else None
     origin = get_origin(annotation)
     if origin is Literal:
         kinds = {type(value) for value in get_args(annotation)}
         return scalars.get(kinds.pop()) if len(kinds) == 1 else None
     if origin is list:
-        inner = _shape(get_args(annotation)[0])
+        inner = _shape(get_args(annotation)[0], nested=True)
         return None if inner is None else [inner]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        fields = {name: _shape(info.annotation) for name, info in annotation.model_fields.items()}
+        fields = {name: _shape(info.annotation, nested=True) for name, info in annotation.model_fields.items()}
         return None if any(value is None for value in fields.values()) else fields
     return None
 
