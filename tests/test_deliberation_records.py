@@ -86,7 +86,7 @@ def test_agreeing_with_changes_keeps_no_change_and_records_a_fault() -> None:
     record = pipeline(Script(deliberation=[greedy])).run_one("q")
     assert record.stop_reason == "consensus" and record.deliberation[0].thoughts == [] and record.deliberation[0].response == ""
     assert [f.kind for f in record.faults] == ["agreed_with_changes"]
-    assert "1 thoughts and a response were ignored" in record.faults[0].detail
+    assert record.faults[0].detail == "agreed, but also sent 1 thought and a response: ignored"
 
 
 # --- superseded thoughts and provenance -----------------------------------------------------

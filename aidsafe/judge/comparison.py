@@ -47,21 +47,21 @@ def compare(loaded: Mapping[str, Sequence[Record]], verdicts: Sequence[PairVerdi
     """
     common = common_ids(loaded)
     kept = {label: [record for record in records if record.id in common] for label, records in loaded.items()}
+    judged = {label: _judged(records) for label, records in kept.items()}
     inputs: dict[str, dict[str, Any]] = {}
     for label, records in loaded.items():
-        judged = _judged(kept[label])
         inputs[label] = {
             "records": len(records),
             "ok": sum(record.status == "ok" for record in records),
             "in_common": len(kept[label]),
             "dropped": len(records) - len(kept[label]),
-            "judged": len(judged),
-            "metrics": metric_table(judged) if judged else None,
+            "judged": len(judged[label]),
+            "metrics": metric_table(judged[label]) if judged[label] else None,
             "deliberation": deliberation_stats(kept[label]),
         }
-    scored = [label for label in loaded if inputs[label]["judged"]]
+    scored = [label for label in loaded if judged[label]]
     baseline = scored[0] if scored else None
-    differences = {label: paired_differences(_judged(kept[baseline]), _judged(kept[label])) for label in scored[1:]} if baseline else {}
+    differences = {label: paired_differences(judged[scored[0]], judged[label]) for label in scored[1:]}
     groups: dict[tuple[str, str, str], list[PairVerdict]] = {}
     for verdict in verdicts:
         groups.setdefault((verdict.a, verdict.b, grader(verdict)), []).append(verdict)

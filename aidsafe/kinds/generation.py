@@ -219,11 +219,11 @@ def _turn(reply: dict[str, Any]) -> dict[str, Any]:
         "thoughts": [] if agreed else reply["thoughts"],
         "response": "" if agreed else reply["response"],
     }
-    ignored = [f"{len(reply[key])} {key}" for key in ("superseded", "thoughts") if reply[key]]
+    ignored = [f"{len(reply[key])} {noun}{'s' if len(reply[key]) != 1 else ''}" for key, noun in (("superseded", "superseded mark"), ("thoughts", "thought")) if reply[key]]
     if reply["response"].strip():
         ignored.append("a response")
     if agreed and ignored:
-        turn["faults"] = [{"kind": "agreed_with_changes", "detail": f"agreed, so its {' and '.join(ignored)} were ignored"}]
+        turn["faults"] = [{"kind": "agreed_with_changes", "detail": f"agreed, but also sent {' and '.join(ignored)}: ignored"}]
     return turn
 
 
