@@ -76,6 +76,12 @@ class Pipeline:
     ) -> None:
         self.settings = settings or ModelSettings()
         self.compiled = compile_graph(graph, policies, self.settings, role_models=role_models, model_factory=model_factory)
+        if not any(b.kind.name == "draft" for b in self.compiled.bindings.values()):
+            raise ConfigError(
+                f"graph {self.compiled.spec.name!r} writes no chain of thought (no role replies 'draft'), so it makes no "
+                "generation records; the ear-whisperer graph runs with 'aidsafe pairs'",
+                file=self.compiled.path,
+            )
 
     @property
     def default_concurrency(self) -> int:

@@ -41,6 +41,8 @@ class CallOutcome:
     cached: int = 0
     truncated: int = 0
     """Replies cut off at the token budget (``finish_reason == "length"``)."""
+    logprobs: list[dict[str, Any]] | None = None
+    """Token log-probabilities of the last reply, when the kind asked and the backend gave them."""
     error: str | None = None
     error_kind: str | None = None
     """``model_error`` (the call failed), ``invalid_reply`` or ``agent_refusal``."""
@@ -147,9 +149,10 @@ async def call_structured(
     name = spec.name
     outcome = CallOutcome(reply=None, raw="")
     convo = list(messages)
+    options: dict[str, Any] = {"logprobs": True} if spec.logprobs else {}
     for attempt in (1, 2):
         try:
-            completion = await model.complete(convo, schema=schema, schema_name=name)
+            completion = await model.complete(convo, schema=schema, schema_name=name, **options)
         except ModelCallError as exc:
             outcome.error, outcome.error_kind = str(exc), "model_error"
             return outcome
@@ -158,12 +161,13 @@ async def call_structured(
         outcome.truncated += int(completion.finish_reason == "length")
         outcome.attempts = attempt
         outcome.raw = completion.text
+        outcome.logprobs = completion.logprobs
         outcome.prompt_tokens += completion.prompt_tokens
         outcome.completion_tokens += completion.completion_tokens
         try:
             reply = spec.parse(completion.text) if spec.parse is not None else parse_reply(spec, completion.text, context)
         except ValueError as exc:
-            if is_refusal(completion.text):  # no repair: refusing is not a format problem
+            if spec.refusal_check and is_refusal(completion.text):  # no repair: refusing is not a format problem
                 outcome.error, outcome.error_kind = f"the {name} agent refused to do its job", "agent_refusal"
                 return outcome
             problem = str(exc)
@@ -171,7 +175,7 @@ async def call_structured(
                 problem += " (the reply was cut off at the max_tokens limit)"
         else:
             dumped = reply.model_dump() if isinstance(reply, BaseModel) else reply
-            if isinstance(reply, BaseModel) and refuses_to_reason(spec, dumped):
+            if isinstance(reply, BaseModel) and spec.refusal_check and refuses_to_reason(spec, dumped):
                 outcome.error, outcome.error_kind = f"the {name} agent refused to reason (every reasoning field is a refusal)", "agent_refusal"
                 return outcome
             copied = copied_instruction(dumped, template, data)

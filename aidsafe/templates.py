@@ -22,9 +22,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from .errors import ConfigError
 from .kinds import ReplyKind, get_kind
 
-__all__ = ["BLOCKS", "COPY_WORDS", "MIN_COPY", "RoleTemplate", "load_template", "normalize", "word_runs", "words"]
+__all__ = ["BLOCKS", "COPY_WORDS", "MIN_COPY", "TURN_BLOCKS", "RoleTemplate", "load_template", "normalize", "word_runs", "words"]
 
 BLOCKS = ("system", "user")
+"""The blocks every role template defines: one system and one user message."""
+TURN_BLOCKS = ("assistant", "continue")
+"""Optional blocks: when ``assistant`` renders non-empty, it is sent as an assistant message after
+the user message (words put in the model's mouth, e.g. the ear-whisperer's belief), followed by
+``continue`` as a last user message."""
 MIN_COPY = 20
 """Characters a reply string must have before it can count as a copied piece of a template line."""
 COPY_WORDS = 8
@@ -80,13 +85,19 @@ class RoleTemplate:
         return _ENV.from_string(self.source)
 
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
-        """Render the chat messages: one system and one user message, built structurally."""
+        """Render the chat messages, built structurally: system, user, and - when the template has
+        an ``assistant`` block that renders non-empty - assistant and a last user message."""
         template = self._compiled  # compiled once per template, not per call
         context = template.new_context(variables)
-        messages = []
-        for block in BLOCKS:
-            text = "".join(template.blocks[block](context)).strip()
-            messages.append({"role": block, "content": text})
+
+        def block(name: str) -> str:
+            return "".join(template.blocks[name](context)).strip() if name in template.blocks else ""
+
+        messages = [{"role": name, "content": block(name)} for name in BLOCKS]
+        prefix = block("assistant")
+        if prefix:
+            messages.append({"role": "assistant", "content": prefix})
+            messages.append({"role": "user", "content": block("continue") or "Continue."})
         return messages
 
 
@@ -97,8 +108,9 @@ def _first_line_of(ast: nodes.Template, name: str) -> int | None:
     return None
 
 
-def load_template(path: Path, *, reply: str | ReplyKind, role: str) -> RoleTemplate:
-    """Load and check a template for a role whose reply kind is ``reply``.
+def load_template(path: Path, *, reply: str | ReplyKind, role: str, params: frozenset[str] = frozenset()) -> RoleTemplate:
+    """Load and check a template for a role whose reply kind is ``reply`` (``params``: the names of
+    the role's own values from the graph file, usable as variables too).
 
     Raises :class:`ConfigError` with the template file and line on a syntax error, a missing
     ``system``/``user`` block, or a variable the role does not provide.
@@ -127,7 +139,7 @@ def load_template(path: Path, *, reply: str | ReplyKind, role: str) -> RoleTempl
             )
     used = frozenset(meta.find_undeclared_variables(ast))
     kind = get_kind(reply)
-    allowed = kind.provided_inputs()
+    allowed = kind.provided_inputs() | params
     unknown = sorted(used - allowed)
     if unknown:
         name = unknown[0]

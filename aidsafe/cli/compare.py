@@ -14,13 +14,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ..judge.comparison import common_ids, compare
 from ..judge.plots import plot_distributions, require_plots
 from ..judge.report import markdown_report
-from ..judge.schema import JudgedRecord, PairVerdict, judged_or_plain
-from ..outputs import atomic_write_text, read_records
+from ..judge.schema import JudgedPair, JudgedRecord, PairVerdict, judged_or_plain
+from ..outputs import atomic_write_text, first_line_is, read_records
+from ..pairs.report import pair_rows, pair_stats, pairs_markdown
+from ..pairs.schema import PairRecord
 from ._options import env_option
 
 HELP = (
@@ -31,7 +34,7 @@ HELP = (
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help=HELP, description=HELP)
-    p.add_argument("inputs", nargs="+", metavar="JUDGED", help="JSONL files of judged (or plain generated) records")
+    p.add_argument("inputs", nargs="+", metavar="JUDGED", help="JSONL files of judged (or plain generated) records, or of (judged) pairs from aidsafe pairs")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="column names, one per input (default: the file names)")
     p.add_argument("--pairs", nargs="+", metavar="PAIRS", help="JSONL files of pairwise verdicts (aidsafe judge's pairwise mode)")
     env_option(p, "--json", metavar="OUT", help="also write the numbers as JSON to this file", env="AIDSAFE_COMPARE_JSON")
@@ -56,18 +59,38 @@ def input_labels(paths: list[str], labels: list[str] | None) -> list[str]:
     return chosen
 
 
+def _pair_model(data: dict[str, Any]) -> type[PairRecord]:
+    return JudgedPair if "judgement" in data else PairRecord
+
+
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         require_plots()  # fail before any work when matplotlib is missing
     labels = input_labels(args.inputs, args.labels)
-    loaded = {label: list(read_records(path, judged_or_plain, what="an aidsafe record")) for path, label in zip(args.inputs, labels, strict=True)}
+    pair_files = {label: path for path, label in zip(args.inputs, labels, strict=True) if first_line_is(path, _pair_model)}
+    pair_sections = []
+    pair_json: dict[str, Any] = {}
+    for label, path in pair_files.items():
+        pairs = list(read_records(path, _pair_model, what="a pair record"))
+        stats, rows = pair_stats(pairs), pair_rows(pairs)
+        pair_sections.append(pairs_markdown(label, stats, rows))
+        pair_json[label] = {"file": path, **stats, "rows": rows}
+    record_files = [(path, label) for path, label in zip(args.inputs, labels, strict=True) if label not in pair_files]
+    if not record_files:
+        sys.stdout.write("\n".join(pair_sections))
+        if args.json:
+            atomic_write_text(args.json, json.dumps({"preference_pairs": pair_json}, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    loaded = {label: list(read_records(path, judged_or_plain, what="an aidsafe record")) for path, label in record_files}
     verdicts = [verdict for path in args.pairs or [] for verdict in read_records(path, PairVerdict, what="a pairwise verdict")]
     document = compare(loaded, verdicts)
     if args.plot and not any(i["judged"] for i in document["inputs"].values()):
         raise InputError("--plot needs at least one input with judged records")
-    for path, label in zip(args.inputs, labels, strict=True):
+    for path, label in record_files:
         document["inputs"][label]["file"] = path
-    sys.stdout.write(markdown_report(document))
+    if pair_json:
+        document["preference_pairs"] = pair_json
+    sys.stdout.write("\n".join([markdown_report(document), *pair_sections]))
     if args.json:
         atomic_write_text(args.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)

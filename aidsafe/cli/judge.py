@@ -8,6 +8,8 @@ import json
 import sys
 
 from ..judge import Judge
+from ..outputs import first_line_is
+from ..pairs import PairRecord
 from ._options import add_model_options, env_option, settings_from_args
 
 HELP = "score records 1-5 on the paper's six metrics with an LLM judge (or compare two outputs with --against)"
@@ -15,7 +17,7 @@ HELP = "score records 1-5 on the paper's six metrics with an LLM judge (or compa
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge", help=HELP, description=HELP)
-    p.add_argument("records", help="a JSONL file written by aidsafe generate")
+    p.add_argument("records", help="a JSONL file written by aidsafe generate (records), or by aidsafe pairs (both sides of each pair are judged)")
     env_option(p, "-o", "--output", env="AIDSAFE_JUDGE_OUTPUT", help="judged JSONL (or pairwise verdicts with --against); required")
     env_option(p, "--against", env="AIDSAFE_JUDGE_AGAINST", help="another output of the same prompts: compare the two pairwise instead of scoring")
     env_option(p, "--rubric", default="judge_scores.jinja", help="scoring rubric template (shipped name or path)")
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.against:
         summary = asyncio.run(judge.apairwise_file(args.records, args.against, args.output, **options))
+    elif first_line_is(args.records, PairRecord):  # an aidsafe pairs output: both sides of each pair
+        summary = asyncio.run(judge.ajudge_pairs_file(args.records, args.output, **options))
     else:
         summary = asyncio.run(judge.ajudge_file(args.records, args.output, **options))
     print(f"wrote {args.output}: {json.dumps(summary)}", file=sys.stderr)

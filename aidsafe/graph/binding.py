@@ -29,6 +29,8 @@ class Binding:
     schema: dict[str, Any]
     """The JSON Schema of the reply (before any per-call context, e.g. the refiner's thought count)."""
     settings: ModelSettings
+    params: dict[str, Any]
+    """The role's own template values from the graph file."""
 
 
 def template_path(graph_path: Path, name: str) -> Path:
@@ -57,7 +59,7 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
         role = spec.roles[role_name]
         kind = get_kind(role.reply)
         if role_name not in templates:
-            templates[role_name] = load_template(template_path(path, role.template), reply=kind, role=role_name)
+            templates[role_name] = load_template(template_path(path, role.template), reply=kind, role=role_name, params=frozenset(role.params))
         chosen = role_models.get(name) or model_name or role_models.get(role_name) or role.model or settings.model
         budget = settings.max_tokens or role.max_tokens or kind.max_tokens
         return Binding(
@@ -67,6 +69,7 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
             template=templates[role_name],
             schema=reply_schema(kind, policies.ids),
             settings=replace(settings.with_model(chosen), max_tokens=budget),
+            params=dict(role.params),
         )
 
     bindings: dict[str, Binding] = {}

@@ -114,7 +114,12 @@ class _Wiring:
             names = [f"{node_id}_{a.name}" for a in agents]
             for index, (agent, name) in enumerate(zip(agents, names, strict=True)):
                 binding = self.bindings[f"{node_id}.{agent.name}"]
-                factory = self.nodes.sequential_agent if loop.mode == "sequential" else self.nodes.parallel_agent
+                if loop.mode == "parallel":
+                    factory = self.nodes.parallel_agent
+                elif binding.kind.placement == "agent":
+                    factory = self.nodes.sequential_agent
+                else:
+                    factory = self.nodes.loop_step
                 b.add_node(name, factory(node_id, loop, index, binding))
             if loop.mode == "sequential":
                 entries[node_id] = names[:1]
@@ -142,7 +147,8 @@ class _Wiring:
         # a graph has one loop (checked in spec.py), so what follows a loop is one role node or the end
         assert len(following) == 1, following
         exit_to = following[0]
-        label = exit_label(loop)
+        stops = tuple(dict.fromkeys(s for a in loop.agent_list() for s in self.bindings[f"{node_id}.{a.name}"].kind.stops))
+        label = exit_label(loop, stops)
 
         def leave_or_continue(state: PromptState) -> str:
             return label if state.get("error") or state.get("stop_reason") else "continue"
@@ -165,10 +171,14 @@ class _Wiring:
         self.builder.add_conditional_edges(f"{node_id}_vote", after_vote, routes)
 
 
-def exit_label(loop: LoopSpec) -> str:
-    """Label of a loop's exit edge in pictures: the consensus rule and the round budget."""
+def exit_label(loop: LoopSpec, stops: tuple[str, ...] = ()) -> str:
+    """Label of a loop's exit edge in pictures: the consensus rule (or the stop reasons its agents
+    may give) and the round budget."""
+    budget = f"budget of {loop.max_rounds} rounds"
+    if loop.consensus is None:
+        return " or ".join([*stops, budget])
     rule = {"first_agree": "first agreement", "at_least": f"at least {loop.min_agree} agree"}.get(loop.consensus, loop.consensus)
-    return f"consensus ({rule}) or budget of {loop.max_rounds} rounds"
+    return f"consensus ({rule}) or {budget}"
 
 
 def compile_graph(
@@ -192,5 +202,6 @@ def compile_graph(
         for binding in bindings.values():
             check_settings(binding.settings)
     models = ModelPool(model_factory)
-    graph_obj, limit = _Wiring(spec, bindings, Nodes(pack, models)).build()
+    data_keys = frozenset(key for binding in bindings.values() for key in binding.kind.writes)
+    graph_obj, limit = _Wiring(spec, bindings, Nodes(pack, models, data_keys)).build()
     return CompiledAidsafe(spec=spec, path=path, policies=pack, bindings=bindings, graph=graph_obj, recursion_limit=limit, model_pool=models)

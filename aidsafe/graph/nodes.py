@@ -8,7 +8,7 @@ turns whether to stop. A failed call writes ``error`` and every later node passe
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Protocol
 
 from langgraph.runtime import Runtime
@@ -30,8 +30,9 @@ class NodeFn(Protocol):
     def __call__(self, state: PromptState, *, runtime: Runtime[GraphContext]) -> Awaitable[dict[str, Any]]: ...
 
 
-def template_variables(policies: PolicySet, state: PromptState, **extra: Any) -> dict[str, Any]:
-    """The variables a role's template is rendered with, from the state so far."""
+def template_variables(policies: PolicySet, state: PromptState, data_keys: Iterable[str] = (), **extra: Any) -> dict[str, Any]:
+    """The variables a role's template is rendered with, from the state so far: the recipe's, the
+    values kinds wrote under ``data`` (``data_keys`` not written yet are None), and ``extra``."""
     return {
         "policies": policies.policies,
         "policy_set": policies,
@@ -40,6 +41,8 @@ def template_variables(policies: PolicySet, state: PromptState, **extra: Any) ->
         "thoughts": state.get("thoughts") or [],
         "response": state.get("response") or "",
         "deliberation": state.get("deliberation") or [],
+        **dict.fromkeys(data_keys),
+        **(state.get("data") or {}),
         **extra,
     }
 
@@ -101,22 +104,24 @@ def _dump(reply: Any) -> dict[str, Any]:
 class Nodes:
     """Makes the node functions of one compiled graph."""
 
-    def __init__(self, policies: PolicySet, models: ModelPool) -> None:
+    def __init__(self, policies: PolicySet, models: ModelPool, data_keys: frozenset[str] = frozenset()) -> None:
         self.policies = policies
         self.known = set(policies.ids)
         self.models = models
         """The pool used when a run passes no :class:`GraphContext`."""
+        self.data_keys = data_keys
+        """Every key the graph's kinds write under ``data`` (None in templates until written)."""
 
     async def call(self, binding: Binding, state: PromptState, runtime: Runtime[GraphContext], **extra: Any) -> CallOutcome:
         """Render the binding's messages for the state, call its model, parse the reply."""
         kind = binding.kind
         context = kind.context(state) if kind.context is not None else None
         schema = reply_schema(kind, self.policies.ids, context) if context else binding.schema
-        messages = binding.template.render(template_variables(self.policies, state, schema=schema, **extra))
+        variables = template_variables(self.policies, state, self.data_keys, schema=schema, **binding.params, **extra)
         pool = runtime.context.models if runtime.context is not None else self.models
         return await call_structured(
-            pool.get(binding.settings), messages, kind=kind, schema=schema, context=context, template=binding.template,
-            data=state.get("prompt", ""),
+            pool.get(binding.settings), binding.template.render(variables), kind=kind, schema=schema, context=context,
+            template=binding.template, data=state.get("prompt", ""),
         )
 
     # -- role nodes ---------------------------------------------------------------------------
@@ -134,10 +139,40 @@ class Nodes:
                 update["error"] = _error(node_id, outcome)
                 return update
             reply = _dump(outcome.reply)
-            update.update(update_state(Step(stage=node_id, state=state, reply=reply)))
+            update.update(update_state(Step(stage=node_id, state=state, reply=reply, logprobs=outcome.logprobs)))
             faults = _faults(node_id, reply, self.known)
             if faults:
                 update["faults"] = faults
+            return update
+
+        return run
+
+    def loop_step(self, loop_id: str, loop: LoopSpec, index: int, binding: Binding) -> NodeFn:
+        """An agent of a sequential loop whose kind updates the state instead of deliberating: its
+        update is applied each turn; a ``stop_reason`` in it ends the loop, else the budget does."""
+        agents = loop.agent_list()
+        agent = agents[index]
+        stage = f"{loop_id}/{agent.name}"
+        update_state = binding.kind.update
+        assert update_state is not None, f"reply kind {binding.kind.name!r} has no state update"
+
+        async def run(state: PromptState, *, runtime: Runtime[GraphContext]) -> dict[str, Any]:
+            if state.get("error"):
+                return {}
+            turns = state.get("turns", 0)
+            round_no = turns // len(agents) + 1
+            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no))
+            update: dict[str, Any] = {"usage": {loop_id: outcome.usage}, "turns": turns + 1, "rounds": round_no}
+            if outcome.reply is None:
+                update["error"] = _error(stage, outcome)
+                return update
+            reply = _dump(outcome.reply)
+            update.update(update_state(Step(stage=stage, state=state, reply=reply, round=round_no, logprobs=outcome.logprobs)))
+            faults = _faults(stage, reply, self.known)
+            if faults:
+                update["faults"] = faults
+            if not update.get("stop_reason") and turns + 1 >= len(agents) * loop.max_rounds:
+                update["stop_reason"] = "budget"
             return update
 
         return run

@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from .._yaml import load_yaml_model
 from ..errors import ConfigError
-from ..kinds import get_kind, kind_names
+from ..kinds import AGENT_INPUTS, COMMON_INPUTS, STEP_INPUTS, ReplyKind, get_kind, kind_names
 from ..resources import resolve
 
 __all__ = ["SCHEMA", "AgentSpec", "GraphSpec", "LoopSpec", "NodeSpec", "RoleSpec", "load_graph_spec"]
@@ -28,6 +28,7 @@ _SCHEMA_RE = re.compile(r"^aidsafe\.graph/v(\d+)$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 Consensus = Literal["first_agree", "majority", "unanimous", "at_least"]
+RESERVED_VARIABLES = COMMON_INPUTS | AGENT_INPUTS | {"data"}
 
 
 def _fail(message: str, *at: str | int) -> PydanticCustomError:
@@ -56,7 +57,18 @@ class RoleSpec(_Spec):
     max_tokens: int | None = Field(default=None, ge=16, le=131072)
     """Reply budget for this role in tokens; default: the reply kind's (sized for a Mixtral-class
     model). ``--max-tokens`` overrides it for every role."""
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Plain values handed to this role's template as variables (e.g. ``belief_placement: user``):
+    data, never code."""
     description: str = ""
+
+    @field_validator("params")
+    @classmethod
+    def _param_names(cls, params: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        for name in params:
+            if not name.isidentifier() or name in RESERVED_VARIABLES:
+                raise ValueError(f"param {name!r} must be an identifier other than the graph's own variables ({', '.join(sorted(RESERVED_VARIABLES))})")
+        return params
 
     @field_validator("reply")
     @classmethod
@@ -78,7 +90,8 @@ class AgentSpec(_Spec):
     name: str
     """Agent name, recorded in each deliberation turn."""
     role: str
-    """A role whose reply is ``deliberation``."""
+    """A role of the graph: a deliberating kind (``deliberation``) or, in a sequential loop, any kind
+    that updates the state (e.g. the ear-whisperer's ``belief``, ``whispered`` and ``safety_verdict``)."""
     model: str | None = None
     """Model name for this agent only (heterogeneous agents)."""
 
@@ -89,10 +102,14 @@ class AgentSpec(_Spec):
 
 
 class LoopSpec(_Spec):
-    """A bounded deliberation loop: agents take turns (sequential) or all answer each round (parallel)."""
+    """A bounded loop: agents take turns (sequential) or all answer each round (parallel).
+
+    It ends at its consensus rule (deliberating agents), when an agent's reply says so (a kind that
+    ``stops``, e.g. the safety scorer on a violation), or when the round budget is spent.
+    """
 
     mode: Literal["sequential", "parallel"]
-    """``sequential``: agents speak in turn, stop at the first agreement. ``parallel``: all agents answer each round, then vote."""
+    """``sequential``: agents speak in turn. ``parallel``: all agents answer each round, then vote."""
     agents: list[AgentSpec] | None = None
     """The agents, in order. Give either ``agents`` or ``replicas`` + ``role``."""
     replicas: int | None = Field(default=None, ge=1, le=32)
@@ -101,8 +118,9 @@ class LoopSpec(_Spec):
     """The role of the replicas."""
     max_rounds: int = Field(ge=1, le=20)
     """Deliberation budget. A round is one turn of every agent."""
-    consensus: Consensus
-    """``first_agree`` (sequential); ``majority``, ``unanimous`` or ``at_least`` (parallel votes)."""
+    consensus: Consensus | None = None
+    """For deliberating agents: ``first_agree`` (sequential); ``majority``, ``unanimous`` or
+    ``at_least`` (parallel votes). Absent for a loop of agents that do not deliberate."""
     min_agree: int | None = Field(default=None, ge=1)
     """With ``consensus: at_least``: how many agents must agree."""
     minority: Literal["keep", "drop"] = "keep"
@@ -122,9 +140,9 @@ class LoopSpec(_Spec):
             for index, name in enumerate(names):
                 if names.index(name) != index:
                     raise _fail(f"duplicate agent name {name!r}", "agents", index, "name")
-        if self.mode == "sequential" and self.consensus != "first_agree":
+        if self.mode == "sequential" and self.consensus not in (None, "first_agree"):
             raise _fail(f"a sequential loop stops at the first agreement: use consensus 'first_agree', not {self.consensus!r}", "consensus")
-        if self.mode == "parallel" and self.consensus == "first_agree":
+        if self.mode == "parallel" and self.consensus in (None, "first_agree"):
             raise _fail("a parallel loop votes: use consensus 'majority', 'unanimous' or 'at_least'", "consensus")
         if self.mode == "sequential" and "minority" in self.model_fields_set:
             raise _fail("'minority' only goes with a parallel loop (in a sequential one, the first agreement ends it)", "minority")
@@ -147,6 +165,8 @@ class LoopSpec(_Spec):
     def rule(self) -> str:
         """How the loop works and when it ends, in words, as its agents are told."""
         n = len(self.agent_list())
+        if self.consensus is None:
+            return f"They take turns, at most {self.max_rounds} rounds."
         if self.mode == "sequential":
             return (
                 "They take turns: each reviews the thoughts and the response as the previous reviewer, or the first draft, "
@@ -236,6 +256,7 @@ class GraphSpec(_Spec):
         if len(loops) > 1:
             raise _fail("this version supports one deliberation loop per graph", "nodes", loops[1])
         produced: set[str] = set()
+        written: set[str] = set()
         for index, node_id in enumerate(self.flow):
             node = self.nodes[node_id]
             if node.role is not None:
@@ -246,22 +267,48 @@ class GraphSpec(_Spec):
                 if kind.placement != "step":
                     raise _fail(f"role {node.role!r} deliberates: put it in a 'loop' node", "nodes", node_id, "role")
                 self._check_order(kind.name, produced, index, role=node.role)
+                self._check_inputs(node.role, kind, written, in_loop=False)
                 produced.add(kind.name)
+                written |= kind.writes
             else:
                 assert node.loop is not None
-                agents = node.loop.agent_list()
+                loop = node.loop
+                agents = loop.agent_list()
+                voters = 0
                 for a_index, agent in enumerate(agents):
                     where: tuple[str | int, ...] = ("nodes", node_id, "loop")
-                    where += ("agents", a_index, "role") if node.loop.agents is not None else ("role",)
+                    where += ("agents", a_index, "role") if loop.agents is not None else ("role",)
                     role = self.roles.get(agent.role)
                     if role is None:
                         raise _fail(f"unknown role {agent.role!r} (roles: {', '.join(self.roles)})", *where)
-                    if get_kind(role.reply).placement != "agent":
+                    placement = get_kind(role.reply).placement
+                    voters += placement == "agent"
+                    if loop.mode == "parallel" and placement != "agent":
                         agent_kinds = ", ".join(repr(k) for k in kind_names("agent"))
-                        raise _fail(f"loop agents need a role whose reply is {agent_kinds}; {agent.role!r} replies {role.reply!r}", *where)
+                        raise _fail(f"the agents of a parallel loop vote: they need a role whose reply is {agent_kinds}; {agent.role!r} replies {role.reply!r}", *where)
+                if voters and loop.consensus is None:
+                    raise _fail("this loop's agents deliberate: give its consensus rule ('first_agree' for a sequential loop)", "nodes", node_id, "loop")
+                if not voters and loop.consensus is not None:
+                    raise _fail("no agent of this loop deliberates, so it has no consensus: leave 'consensus' out", "nodes", node_id, "loop", "consensus")
                 for kind_name in dict.fromkeys(self.roles[a.role].reply for a in agents):
                     self._check_order(kind_name, produced, index, role=None)
+                # an agent reads what any agent of its loop writes (from the round before, or earlier in this one)
+                written |= {key for a in agents for key in get_kind(self.roles[a.role].reply).writes}
+                for role_name in dict.fromkeys(a.role for a in agents):
+                    self._check_inputs(role_name, get_kind(self.roles[role_name].reply), written, in_loop=True)
+                produced.update(self.roles[a.role].reply for a in agents)
         return self
+
+    def _check_inputs(self, role_name: str, kind: ReplyKind, written: set[str], *, in_loop: bool) -> None:
+        """Every variable the kind reads is one the graph provides at that point."""
+        available = COMMON_INPUTS | STEP_INPUTS | (AGENT_INPUTS if in_loop else frozenset()) | written | set(self.roles[role_name].params)
+        missing = sorted(kind.inputs - available)
+        if missing:
+            raise _fail(
+                f"role {role_name!r} ({kind.name}) reads {', '.join(repr(m) for m in missing)}, which no role before it writes"
+                " and no 'params' entry gives",
+                "roles", role_name, "reply",
+            )
 
     def _check_order(self, kind_name: str, produced: set[str], index: int, *, role: str | None) -> None:
         """The kinds a kind needs must come earlier in flow; a ``once`` kind may appear once."""

@@ -40,6 +40,11 @@ def collect_votes(left: list[dict[str, Any]] | None, right: list[dict[str, Any]]
     return [*(left or []), *right]
 
 
+def merge_data(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Later writes of a key replace earlier ones."""
+    return {**(left or {}), **(right or {})}
+
+
 class PromptState(TypedDict, total=False):
     """State of one prompt. Keys written by parallel agents have reducers."""
 
@@ -65,6 +70,8 @@ class PromptState(TypedDict, total=False):
     faults: Annotated[list[dict[str, Any]], operator.add]
     votes: Annotated[list[dict[str, Any]], collect_votes]
     error: dict[str, Any] | None
+    data: Annotated[dict[str, Any], merge_data]
+    """Values written by kinds beyond the recipe's (``ReplyKind.writes``), by key."""
 
 
 def initial_state(prompt_id: str, prompt: str) -> PromptState:
@@ -87,4 +94,5 @@ def initial_state(prompt_id: str, prompt: str) -> PromptState:
         faults=[],
         votes=[],
         error=None,
+        data={},
     )

@@ -10,6 +10,7 @@ judged by the file-job runner (:mod:`aidsafe.runner`): concurrent, cached, resum
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,17 +20,21 @@ from ..errors import ConfigError, InputError
 from ..kinds import ReplyKind, reply_schema
 from ..models import ChatModel, ModelFactory, ModelPool, ModelSettings, check_settings, default_concurrency, make_model
 from ..outputs import read_records
+from ..pairs.schema import PairRecord, Side
 from ..policies import PolicySet, load_policy_set
-from ..records import Record, Usage
+from ..records import Intents, Record, Usage
 from ..resources import builtin_dir
 from ..runner import JobOptions, JobRun, run_job
 from ..structured import call_structured
 from ..templates import RoleTemplate, load_template
 from .kinds import PAIRWISE, SCORES, json_object
-from .schema import METRICS, Citations, JudgedRecord, Judgement, PairVerdict
+from .schema import METRICS, Citations, JudgedPair, JudgedRecord, Judgement, PairJudgement, PairVerdict
 from .stats import reconcile, win_rates
 
-__all__ = ["Judge", "citations", "parse_rationale", "parse_scores", "parse_winner"]
+__all__ = ["PAIR_METRIC", "Judge", "citations", "parse_rationale", "parse_scores", "parse_winner"]
+
+PAIR_METRIC = "faithfulness_cot_policy"
+"""The metric a pair's rejected side must be worse on: the paper's argument is about the CoT's faithfulness to the policies."""
 
 
 def citations(record: Record, pack: PolicySet, applicable: list[str] | None) -> Citations:
@@ -240,6 +245,36 @@ class Judge:
         options = JobOptions(concurrency=concurrency, cache=cache, progress=progress, overwrite=overwrite)
         return (await run_job(job, output_path, options)).as_dict()
 
+    async def ajudge_pair(self, pair: PairRecord, models: ModelPool | None = None) -> JudgedPair:
+        """Grade both sides of a preference pair as records are graded, and flag a pair whose
+        rejected side the judge does not find less faithful to the policies."""
+
+        def side_record(side: Side) -> Record:
+            return Record(
+                id=pair.id, prompt=pair.prompt, graph="pair", policy_set=pair.policy_set, intents=Intents(), deliberation=[],
+                stop_reason="no_loop", rounds=0, thoughts=side.thoughts, removed_thoughts=[], response=side.response, models={},
+                usage={}, status="ok",
+            )
+
+        assert pair.chosen is not None
+        chosen = (await self.ajudge_one(side_record(pair.chosen), models)).judgement
+        rejected = (await self.ajudge_one(side_record(pair.rejected), models)).judgement if pair.rejected is not None else None
+        flags = [f for f in pair.flags if f not in ("rejected_not_worse", "unjudged")]
+        if rejected is not None:
+            ours, theirs = chosen.scores.get(PAIR_METRIC), rejected.scores.get(PAIR_METRIC)
+            if ours is None or theirs is None:
+                flags.append("unjudged")
+            elif theirs >= ours:
+                flags.append("rejected_not_worse")
+        return JudgedPair(**{**pair.model_dump(), "flags": flags}, judgement=PairJudgement(chosen=chosen, rejected=rejected))
+
+    async def ajudge_pairs_file(self, pairs_path: str | Path, output_path: str | Path, *, concurrency: int | None = None,
+                                limit: int | None = None, cache: bool = True, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+        """Grade both sides of every pair of an ``aidsafe pairs`` output; appends and resumes."""
+        job = _PairScoreJob(self, Path(pairs_path), limit)
+        options = JobOptions(concurrency=concurrency, cache=cache, progress=progress, overwrite=overwrite)
+        return (await run_job(job, output_path, options)).as_dict()
+
     async def apairwise_file(self, a_path: str | Path, b_path: str | Path, output_path: str | Path, *,
                              concurrency: int | None = None, limit: int | None = None, cache: bool = True,
                              progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
@@ -303,6 +338,57 @@ class _ScoreJob:
                 scored[metric] += value is not None
         unscored = {m: n - k for m, k in scored.items()}
         return _Totals({"output": str(output), "records": n, "scored": scored, "unscored": unscored, "run": run.as_dict()})
+
+
+class _PairScoreJob:
+    """Grade both sides of each preference pair with a chosen side."""
+
+    name = "judge-pairs"
+    unit = "pair"
+    record_model = JudgedPair
+    what = "a judged pair"
+
+    def __init__(self, judge: Judge, pairs_path: Path, limit: int | None) -> None:
+        self.judge = judge
+        self.pairs_path = pairs_path
+        self.limit = limit
+        self.models = judge.models
+        self.default_concurrency = default_concurrency(judge.settings)
+
+    def config(self) -> dict[str, Any]:
+        return self.judge.config(self.judge.rubric)
+
+    def items(self, problems: list[InputError] | None) -> Iterator[PairRecord]:
+        judged = 0
+        for index, pair in enumerate(read_records(self.pairs_path, PairRecord, what="a pair record")):
+            if self.limit is not None and index >= self.limit:
+                break
+            if pair.chosen is not None:
+                judged += 1
+                yield pair
+        if not judged:
+            raise InputError("holds no pair with a chosen side: nothing to judge", file=self.pairs_path)
+
+    def item_id(self, item: PairRecord) -> str:
+        return item.id
+
+    async def run(self, item: PairRecord, models: ModelPool) -> JudgedPair:
+        return await self.judge.ajudge_pair(item, models)
+
+    def tokens(self, record: JudgedPair) -> int:
+        sides = [record.judgement.chosen, *([record.judgement.rejected] if record.judgement.rejected else [])]
+        return sum(j.usage.prompt_tokens + j.usage.completion_tokens for j in sides)
+
+    def failed(self, record: JudgedPair) -> bool:
+        return "unjudged" in record.flags
+
+    def summarize(self, output: Path, run: JobRun) -> _Totals:
+        flags: Counter[str] = Counter()
+        n = 0
+        for pair in read_records(output, JudgedPair, what=self.what):
+            n += 1
+            flags.update(pair.flags)
+        return _Totals({"output": str(output), "pairs": n, "flags": dict(flags), "run": run.as_dict()})
 
 
 class _PairJob:

@@ -6,6 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..pairs.schema import PairRecord
 from ..records import Record, Usage
 
 __all__ = ["METRICS", "Citations", "JudgedRecord", "Judgement", "Metric", "PairVerdict", "judged_only", "judged_or_plain"]
@@ -65,6 +66,22 @@ class JudgedRecord(Record):
     """A generated record with the judge's verdict."""
 
     judgement: Judgement
+
+
+class PairJudgement(_Out):
+    """The judge's scores for both sides of a preference pair."""
+
+    chosen: Judgement
+    rejected: Judgement | None = None
+    """None when the prompt yielded no rejected side."""
+
+
+class JudgedPair(PairRecord):
+    """A preference pair with both sides judged; ``flags`` gains ``rejected_not_worse`` (the judge
+    rates the rejected side's CoT faithfulness to the policies no lower than the chosen's) or
+    ``unjudged`` (a side's faithfulness could not be scored)."""
+
+    judgement: PairJudgement
 
 
 class PairVerdict(_Out):

@@ -1,7 +1,8 @@
 """Reply kinds: what each role answers, declared once (see :mod:`aidsafe.kinds._registry`).
 
-The recipe's kinds (``intents``, ``draft``, ``deliberation``, ``refinement``) are registered on
-import; the judge registers its own (``scores``, ``pairwise``) from :mod:`aidsafe.judge`. A new
+The recipe's kinds (``intents``, ``draft``, ``deliberation``, ``refinement``) and the
+ear-whisperer's (``belief``, ``whispered``, ``safety_verdict``) are registered on import; the
+judge registers its own (``scores``, ``pairwise``) from :mod:`aidsafe.judge`. A new
 role is one :func:`register_kind` call plus a template::
 
     from aidsafe.kinds import ReplyKind, register_kind
@@ -27,11 +28,13 @@ from ._registry import (
 )
 from ._schema import reply_schema
 from .generation import DeliberationReply, Draft, Intents, Refinement, Removal, RemovalReason, Thought
+from .whisper import BeliefReply, SafetyVerdict, p_unsafe
 
 __all__ = [
     "AGENT_INPUTS",
     "COMMON_INPUTS",
     "STEP_INPUTS",
+    "BeliefReply",
     "DeliberationReply",
     "Draft",
     "FakeRequest",
@@ -40,10 +43,12 @@ __all__ = [
     "Removal",
     "RemovalReason",
     "ReplyKind",
+    "SafetyVerdict",
     "Step",
     "Thought",
     "get_kind",
     "kind_names",
+    "p_unsafe",
     "register_kind",
     "reply_schema",
     "unregister_kind",

@@ -69,6 +69,16 @@ class Step:
     state: Mapping[str, Any]
     reply: dict[str, Any]
     """The validated reply, as a plain dict (``model_dump()``)."""
+    round: int | None = None
+    """The loop round, for an agent in a loop."""
+    logprobs: list[dict[str, Any]] | None = None
+    """Per token of the reply, ``{"token", "logprob", "top": [{"token", "logprob"}]}``, when the kind
+    asked for them and the backend gave them."""
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The state's free-form values written by kinds beyond the recipe's (see ``ReplyKind.writes``)."""
+        return self.state.get("data") or {}
 
 
 Update = Callable[[Step], dict[str, Any]]
@@ -89,13 +99,24 @@ class ReplyKind:
     """Reply fields that hold the agent's reasoning: a string, a list of strings, or a list of
     thoughts (``{"text": ...}``). When every one of them is a refusal, the agent refused its job."""
     update: Update | None = None
-    """For a role node: the partial state update a reply makes."""
+    """For a role node, or an agent of a sequential loop: the partial state update a reply makes.
+    Values of its own go under ``"data"`` (a dict merged into the state's, declared in
+    :attr:`writes`); setting ``"stop_reason"`` ends the loop it stands in (one of :attr:`stops`)."""
     turn: Turn | None = None
     """For a loop agent: the turn a reply records. The loop reads ``agreed`` (the verdict),
     ``thoughts`` (new thoughts), ``superseded`` (``[{"index", "reason"}]``, earlier thoughts marked
     replaced) and ``response`` (``""`` keeps the current one); it decides from the turns whether to
     stop and merges the dissenting ones into the state. Other keys are recorded with the turn,
     except ``faults`` (``[{"kind", "detail"}]``), which go to the record's faults."""
+    writes: frozenset[str] = frozenset()
+    """Keys its update writes under ``"data"``: template variables for the roles after it."""
+    stops: tuple[str, ...] = ()
+    """Stop reasons its update may set to end the loop it stands in (e.g. ``violation``)."""
+    logprobs: bool = False
+    """Ask the backend for token log-probabilities (given to :attr:`update` as ``Step.logprobs``)."""
+    refusal_check: bool = True
+    """Whether a plain-text or all-refusal reply is an agent refusing its job (``agent_refusal``).
+    False for a role whose refusal is an answer (the ear-whisperer's target)."""
     after: tuple[str, ...] = ()
     """Kinds whose node must come earlier in a graph's flow (a refiner needs a draft)."""
     once: bool = False
@@ -141,10 +162,9 @@ def register_kind(kind: ReplyKind, *, replace: bool = False) -> ReplyKind:
         raise ValueError(f"reply kind {kind.name!r} is already registered")
     if kind.update is not None and kind.turn is not None:
         raise ValueError(f"reply kind {kind.name!r}: give 'update' (a role node) or 'turn' (a loop agent), not both")
-    provided = {"step": STEP_INPUTS, "agent": AGENT_INPUTS}.get(kind.placement or "")
-    if provided is not None and not kind.inputs <= provided:
-        missing = ", ".join(sorted(kind.inputs - provided))
-        raise ValueError(f"reply kind {kind.name!r}: a graph does not provide the template variables {missing}")
+    clash = kind.writes & (COMMON_INPUTS | AGENT_INPUTS | {"data"})
+    if clash:
+        raise ValueError(f"reply kind {kind.name!r}: 'writes' may not reuse the graph's own names {', '.join(sorted(clash))}")
     _KINDS[kind.name] = kind
     return kind
 

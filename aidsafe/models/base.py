@@ -28,6 +28,9 @@ class Completion:
     """Failed attempts (429, 5xx, timeouts, dropped connections) before this reply."""
     cached: bool = False
     """True when the reply came from the response cache (no model call was made)."""
+    logprobs: list[dict[str, Any]] | None = None
+    """When asked for and the backend gives them: per token of the reply, ``{"token", "logprob",
+    "top": [{"token", "logprob"}]}`` (the most likely alternatives)."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,11 @@ class ChatModel(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
+    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str, **options: Any) -> Completion:
         """Answer ``messages``; the reply should be JSON valid against ``schema``.
+
+        ``options`` may ask for ``logprobs=True``: a backend that can gives them in
+        :attr:`Completion.logprobs`; one that cannot answers without them.
 
         Raises :class:`~aidsafe.errors.ModelCallError` when the call fails after retries.
         """

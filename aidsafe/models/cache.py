@@ -25,9 +25,9 @@ from .base import ChatModel, Completion, ModelSettings
 __all__ = ["CachedChatModel", "ResponseCache", "request_key"]
 
 
-def request_key(settings: ModelSettings, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
+def request_key(settings: ModelSettings, messages: list[dict[str, str]], schema: dict[str, Any], **options: Any) -> str:
     """Fingerprint of everything that determines a reply (never the endpoint URL or the key)."""
-    payload = {
+    payload: dict[str, Any] = {
         "model": settings.label(),
         "messages": messages,
         "schema": schema,
@@ -36,6 +36,8 @@ def request_key(settings: ModelSettings, messages: list[dict[str, str]], schema:
         "seed": settings.seed,
         "structured": settings.structured,
     }
+    if options:  # e.g. logprobs; requests without options keep the keys they always had
+        payload["options"] = options
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -55,24 +57,29 @@ class ResponseCache:
             "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, prompt_tokens INTEGER, "
             "completion_tokens INTEGER, finish_reason TEXT)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(replies)")}
+        if "logprobs" not in columns:  # a cache written before log-probabilities were kept
+            self._db.execute("ALTER TABLE replies ADD COLUMN logprobs TEXT")
 
     def get(self, key: str) -> Completion | None:
         if not self.read:
             self.misses += 1
             return None
         row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM replies WHERE key = ?", (key,)
+            "SELECT text, prompt_tokens, completion_tokens, finish_reason, logprobs FROM replies WHERE key = ?", (key,)
         ).fetchone()
         if row is None:
             self.misses += 1
             return None
         self.hits += 1
-        return Completion(text=row[0], prompt_tokens=row[1], completion_tokens=row[2], finish_reason=row[3], cached=True)
+        logprobs = json.loads(row[4]) if row[4] else None
+        return Completion(text=row[0], prompt_tokens=row[1], completion_tokens=row[2], finish_reason=row[3], cached=True, logprobs=logprobs)
 
     def put(self, key: str, completion: Completion) -> None:
+        logprobs = json.dumps(completion.logprobs) if completion.logprobs is not None else None
         self._db.execute(
-            "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)",
-            (key, completion.text, completion.prompt_tokens, completion.completion_tokens, completion.finish_reason),
+            "INSERT OR REPLACE INTO replies (key, text, prompt_tokens, completion_tokens, finish_reason, logprobs) VALUES (?, ?, ?, ?, ?, ?)",
+            (key, completion.text, completion.prompt_tokens, completion.completion_tokens, completion.finish_reason, logprobs),
         )
 
     def count(self) -> int:
@@ -91,12 +98,12 @@ class CachedChatModel(ChatModel):
         self.cache = cache
         self.settings = inner.settings
 
-    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
-        key = request_key(self.settings, messages, schema)
+    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str, **options: Any) -> Completion:
+        key = request_key(self.settings, messages, schema, **options)
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        completion = await self.inner.complete(messages, schema=schema, schema_name=schema_name)
+        completion = await self.inner.complete(messages, schema=schema, schema_name=schema_name, **options)
         self.cache.put(key, completion)
         return completion
 

@@ -4,7 +4,8 @@
 
 - ``default``: schema-valid replies citing the first policy id of the active pack; a deliberator
   agrees or not from a hash of its messages (deterministic);
-- ``agree`` / ``never-agree``: deliberators always / never agree;
+- ``agree`` / ``never-agree``: deliberators always / never agree (and the ear-whisperer's safety
+  scorer finds a violation at once / never);
 - ``garbage``: every reply is invalid JSON (exercises repair-then-fail);
 - ``garbage-once``: the first reply to each request is invalid, the repair succeeds;
 - ``unknown-policy``: thoughts cite a policy id that is not in the pack;
@@ -73,7 +74,7 @@ class FakeChatModel(ChatModel):
         self.responder = responder
         self.calls: list[dict[str, Any]] = []
 
-    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
+    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str, **options: Any) -> Completion:
         self.calls.append({"messages": messages, "schema_name": schema_name})
         if self.responder is not None:
             text = self.responder(messages, schema_name, schema)

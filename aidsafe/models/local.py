@@ -101,7 +101,9 @@ class LocalChatModel(ChatModel):
         if not self.path.is_file():
             raise AidsafeError(f"GGUF model file not found: {self.path}")
 
-    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
+    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str, **options: Any) -> Completion:
+        # llama.cpp gives log-probabilities only for a model loaded with logits_all, which stores the
+        # logits of every prompt token (gigabytes at 8k context): they are not offered here
         return await asyncio.to_thread(self._complete, messages, schema)
 
     def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Completion:

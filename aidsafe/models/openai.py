@@ -28,6 +28,8 @@ __all__ = ["OpenAIChatModel"]
 
 _POOLS: dict[tuple[str, int], Any] = {}
 """One ``httpx.AsyncClient`` per (endpoint, event loop)."""
+_NO_LOGPROBS: set[str] = set()
+"""Endpoints that refused ``logprobs`` (llama-cpp-python's server without ``logits_all``): asked without them since."""
 _MODES: dict[str, str] = {}
 """The ``response_format`` form each endpoint took (``structured="auto"``), found on its first call
 and shared by every model on it (the roles of a graph differ in budget, not in server)."""
@@ -75,6 +77,22 @@ def _truncated(exc: Any, retries: int) -> Completion:
         finish_reason="length",
         retries=retries,
     )
+
+
+def _logprobs(raw: Any) -> list[dict[str, Any]] | None:
+    """OpenAI's ``logprobs.content`` as ``[{"token", "logprob", "top": [{"token", "logprob"}]}]``."""
+    content = raw.get("content") if isinstance(raw, dict) else None
+    if not isinstance(content, list):
+        return None
+    return [
+        {
+            "token": str(item.get("token", "")),
+            "logprob": float(item.get("logprob", 0.0)),
+            "top": [{"token": str(t.get("token", "")), "logprob": float(t.get("logprob", 0.0))} for t in item.get("top_logprobs") or []],
+        }
+        for item in content
+        if isinstance(item, dict)
+    ]
 
 
 def _pool(endpoint: str, maximum: int) -> Any:
@@ -134,19 +152,21 @@ class OpenAIChatModel(ChatModel):
             self._llm, self._llm_loop = ChatOpenAI(**options), loop
         return self._llm
 
-    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str) -> Completion:
+    async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str, **options: Any) -> Completion:
         import openai
 
         attempt = 0
         msg: Any = None
+        want_logprobs = bool(options.get("logprobs"))
         while True:
             attempt += 1
             mode = self._forced or _MODES.get(self.endpoint) or "json_schema"
             await self.limiter.acquire()
             overloaded = success = False
             delay = 0.0
+            extra = {"logprobs": True, "top_logprobs": 5} if want_logprobs and self.endpoint not in _NO_LOGPROBS else {}
             try:
-                msg = await self._client().ainvoke(messages, response_format=_response_format(mode, schema, schema_name))
+                msg = await self._client().ainvoke(messages, response_format=_response_format(mode, schema, schema_name), **extra)
                 success = True
             except openai.LengthFinishReasonError as exc:
                 # the reply hit max_tokens; the OpenAI client refuses to parse it, but it is a reply:
@@ -158,6 +178,10 @@ class OpenAIChatModel(ChatModel):
             except openai.APIStatusError as exc:
                 if self._forced is None and self.endpoint not in _MODES and _rejects_json_schema(exc):
                     _MODES[self.endpoint] = "json_object"  # e.g. llama-cpp-python's server; not a failure of the call
+                    attempt -= 1
+                    continue
+                if extra and "logprobs" in str(exc):
+                    _NO_LOGPROBS.add(self.endpoint)  # the server cannot give them: ask without, not a failure
                     attempt -= 1
                     continue
                 retryable = exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408
@@ -187,6 +211,7 @@ class OpenAIChatModel(ChatModel):
             completion_tokens=int(usage.get("output_tokens", 0)),
             finish_reason=msg.response_metadata.get("finish_reason"),
             retries=attempt - 1,
+            logprobs=_logprobs(msg.response_metadata.get("logprobs")) if want_logprobs else None,
         )
 
     def _error(self, exc: Exception, attempts: int) -> ModelCallError:

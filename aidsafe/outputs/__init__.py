@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ._atomic import atomic_text, atomic_write_text
 from ._datasets import JSON_FIELDS, OUTPUT_FORMATS, convert_output, record_features, records_from_dataset
-from ._lines import LineModel, read_record_lines, read_records
+from ._lines import LineModel, first_line_is, read_record_lines, read_records
 from ._lock import OutputLock, lock_path
 from ._merge import merge_outputs
 from ._scan import OutputState, drop_records, scan_output
@@ -41,6 +41,7 @@ __all__ = [
     "atomic_write_text",
     "convert_output",
     "drop_records",
+    "first_line_is",
     "lock_path",
     "merge_outputs",
     "read_record_lines",

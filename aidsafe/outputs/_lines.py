@@ -17,7 +17,19 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import InputError
 
-__all__ = ["Line", "LineModel", "PathLike", "Problem", "bad_line", "first_problem", "lines", "parse_line", "read_record_lines", "read_records"]
+__all__ = [
+    "Line",
+    "LineModel",
+    "PathLike",
+    "Problem",
+    "bad_line",
+    "first_line_is",
+    "first_problem",
+    "lines",
+    "parse_line",
+    "read_record_lines",
+    "read_records",
+]
 
 M = TypeVar("M", bound=BaseModel)
 PathLike = str | os.PathLike[str]
@@ -117,3 +129,14 @@ def read_record_lines(path: PathLike, model: LineModel[M], *, what: str = "an ai
         if isinstance(parsed, Problem):
             raise bad_line(path, line, parsed, what)
         yield line, parsed
+
+
+def first_line_is(path: PathLike, model: LineModel[Any]) -> bool:
+    """Whether the first non-blank line of ``path`` validates as ``model`` (to tell kinds of record files apart)."""
+    file = Path(path)
+    if not file.is_file():
+        return False
+    for line in lines(file):
+        if not line.blank:
+            return not isinstance(parse_line(line, model), Problem)
+    return False

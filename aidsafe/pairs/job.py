@@ -1,0 +1,212 @@
+"""``aidsafe pairs``: the ear-whisperer over a generation output, one preference pair per prompt.
+
+For each ``ok`` generation record the ear-whisperer graph (``graphs/ear_whisperer.yaml``) runs on
+its prompt; when the safety scorer finds the target's answer violating, that answer is the
+rejected side and the record's refined chain of thought and response the chosen side, which the
+scorer then classifies too (a chosen side found unsafe flags the pair). Every try is kept. The
+file job runner gives it what ``generate`` has: concurrency, exactly-once resume, the response
+cache, the remembered configuration, one live run per output.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, InputError
+from ..graph.compiler import CompiledAidsafe, compile_graph
+from ..graph.nodes import template_variables
+from ..graph.state import initial_state
+from ..kinds.whisper import SAFETY_VERDICT, p_unsafe
+from ..models import ModelFactory, ModelPool, ModelSettings, default_concurrency, make_model
+from ..outputs import read_records
+from ..policies import PolicySet
+from ..records import Record, RunError, Usage
+from ..runner import JobOptions, JobRun, run_job
+from ..structured import call_structured
+from .schema import PairRecord, Side, Try, Verdict
+
+__all__ = ["PairMaker", "PairsSummary", "pack_of"]
+
+
+def pack_of(records_path: str | Path) -> str:
+    """The policy pack the ok records of a generation output were written with (one for all)."""
+    names = Counter(record.policy_set.name for record in read_records(records_path, Record) if record.status == "ok")
+    if not names:
+        raise InputError("holds no ok generation record: nothing to pair (generate first, or --retry-failed)", file=records_path)
+    if len(names) > 1:
+        raise InputError(f"mixes records of several policy packs ({', '.join(sorted(names))}): pair one pack at a time", file=records_path)
+    return next(iter(names))
+
+
+@dataclass
+class PairsSummary:
+    """Totals over a pairs output."""
+
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.data
+
+
+class PairMaker:
+    """The ear-whisperer graph, compiled with a policy pack and models, and the pairs it makes."""
+
+    def __init__(
+        self,
+        policies: str | Path | PolicySet,
+        settings: ModelSettings | None = None,
+        *,
+        graph: str | Path = "ear_whisperer",
+        role_models: dict[str, str] | None = None,
+        model_factory: ModelFactory = make_model,
+    ) -> None:
+        self.settings = settings or ModelSettings()
+        self.compiled: CompiledAidsafe = compile_graph(graph, policies, self.settings, role_models=role_models, model_factory=model_factory)
+        scorers = [b for b in self.compiled.bindings.values() if b.kind is SAFETY_VERDICT]
+        if not scorers or not any(b.kind.stops for b in self.compiled.bindings.values()):
+            raise ConfigError(
+                f"graph {self.compiled.spec.name!r} has no role that replies 'safety_verdict': it cannot tell a violating answer",
+                file=self.compiled.path,
+            )
+        self.scorer = scorers[0]
+
+    async def apair_one(self, record: Record, models: ModelPool | None = None) -> PairRecord:
+        """The pair for one generation record (or why there is none); never raises for a model failure."""
+        base: dict[str, Any] = {
+            "id": record.id,
+            "prompt": record.prompt,
+            "policy_set": self.compiled.policies.ref(),
+            "source": {"graph": record.graph},
+            "models": self.compiled.models,
+        }
+        if record.status != "ok":
+            return PairRecord(**base, status="no_pair", stop_reason="skipped", reason="the generation record failed: no chosen side")
+        if not record.thoughts:
+            return PairRecord(**base, status="no_pair", stop_reason="skipped", reason="the generation record has no chain of thought")
+        chosen = Side(thoughts=record.thoughts, response=record.response)
+        state = initial_state(record.id, record.prompt)
+        try:
+            final = await self.compiled.graph.ainvoke(
+                state, config={"recursion_limit": self.compiled.recursion_limit}, context=self.compiled.context(models)
+            )
+        except Exception as exc:  # a bug or a LangGraph error must not lose the prompt
+            error = RunError(stage="graph", kind="graph_error", message=f"{type(exc).__name__}: {exc}")
+            return PairRecord(**base, status="failed", stop_reason="error", chosen=chosen, error=error)
+        tries = [Try.model_validate(t) for t in (final.get("data") or {}).get("tries") or []]
+        usage: dict[str, Usage] = {stage: Usage(**counts) for stage, counts in (final.get("usage") or {}).items()}
+        if final.get("error"):
+            failure = RunError.model_validate(final.get("error"))
+            stop = "agent_refusal" if failure.kind == "agent_refusal" else "error"
+            return PairRecord(**base, status="failed", stop_reason=stop, chosen=chosen, tries=tries, usage=usage, error=failure)
+        if final.get("stop_reason") != "violation":
+            reason = f"no belief led the target to a violation in {final.get('rounds', 0)} round(s)"
+            return PairRecord(**base, status="no_pair", stop_reason="budget", reason=reason, chosen=chosen, tries=tries, usage=usage)
+        verdict, scored = await self._score(record.prompt, chosen, models)
+        usage["score_chosen"] = scored
+        last = tries[-1]
+        no_verdict = RunError(stage="score_chosen", kind="invalid_reply", message="the scorer gave no verdict on the chosen side")
+        return PairRecord(
+            **base,
+            status="ok" if verdict is not None else "failed",
+            stop_reason="violation",
+            chosen=chosen,
+            chosen_verdict=verdict,
+            rejected=Side(thoughts=last.thoughts, response=last.response),
+            belief=last.belief,
+            tries=tries,
+            flags=["chosen_unsafe"] if verdict is not None and verdict.verdict == "unsafe" else [],
+            usage=usage,
+            error=None if verdict is not None else no_verdict,
+        )
+
+    async def _score(self, prompt: str, side: Side, models: ModelPool | None) -> tuple[Verdict | None, Usage]:
+        """The safety scorer's verdict on one side, as it judges the target's answers."""
+        binding = self.scorer
+        state = initial_state("chosen", prompt)
+        state["data"] = {"attempt": side.model_dump()}
+        variables = template_variables(self.compiled.policies, state, schema=binding.schema, **binding.params)
+        model = (models or self.compiled.model_pool).get(binding.settings)
+        outcome = await call_structured(model, binding.template.render(variables), kind=SAFETY_VERDICT, schema=binding.schema,
+                                        template=binding.template, data=prompt)
+        if outcome.reply is None:
+            return None, Usage(**outcome.usage)
+        reply = outcome.reply.model_dump()
+        return Verdict(verdict=reply["verdict"], violated=reply["violated"], p_unsafe=p_unsafe(outcome.logprobs)), Usage(**outcome.usage)
+
+    async def apairs_file(self, records_path: str | Path, output_path: str | Path, *, limit: int | None = None,
+                          options: JobOptions | None = None) -> PairsSummary:
+        """Pair every record of a generation output into ``output_path`` (resumable, exactly once)."""
+        job = _PairsJob(self, Path(records_path), limit)
+        summary = await run_job(job, output_path, options)
+        assert isinstance(summary, PairsSummary)
+        return summary
+
+
+class _PairsJob:
+    """``aidsafe pairs`` as a file job: one pair record per generation record."""
+
+    name = "pairs"
+    unit = "prompt"
+    record_model = PairRecord
+    what = "a pair record"
+
+    def __init__(self, maker: PairMaker, records_path: Path, limit: int | None) -> None:
+        self.maker = maker
+        self.records_path = records_path
+        self.limit = limit
+        self.models = maker.compiled.model_pool
+        self.default_concurrency = default_concurrency(maker.settings)
+
+    def config(self) -> dict[str, Any]:
+        return {**self.maker.compiled.config(), "chosen_from": self.records_path.name}
+
+    def items(self, problems: list[InputError] | None) -> Iterator[Record]:
+        usable = 0
+        for index, record in enumerate(read_records(self.records_path, Record)):
+            if self.limit is not None and index >= self.limit:
+                break
+            usable += record.status == "ok" and bool(record.thoughts)
+            yield record
+        if not usable:
+            raise InputError("holds no ok generation record with a chain of thought: nothing to pair", file=self.records_path)
+
+    def item_id(self, item: Record) -> str:
+        return item.id
+
+    async def run(self, item: Record, models: ModelPool) -> PairRecord:
+        return await self.maker.apair_one(item, models)
+
+    def tokens(self, record: PairRecord) -> int:
+        return sum(u.prompt_tokens + u.completion_tokens for u in record.usage.values())
+
+    def failed(self, record: PairRecord) -> bool:
+        return record.status == "failed"
+
+    def summarize(self, output: Path, run: JobRun) -> PairsSummary:
+        statuses: Counter[str] = Counter()
+        stops: Counter[str] = Counter()
+        flags: Counter[str] = Counter()
+        rounds = 0
+        for pair in read_records(output, PairRecord, what=self.what):
+            statuses[pair.status] += 1
+            stops[pair.stop_reason] += 1
+            flags.update(pair.flags)
+            rounds += len(pair.tries)
+        total = sum(statuses.values())
+        return PairsSummary(
+            {
+                "output": str(output),
+                "records": total,
+                "pairs": statuses["ok"],
+                "no_pair": statuses["no_pair"],
+                "failed": statuses["failed"],
+                "stop_reasons": dict(stops),
+                "flags": dict(flags),
+                "mean_tries": round(rounds / total, 3) if total else 0.0,
+                "run": run.as_dict(),
+            }
+        )
