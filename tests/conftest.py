@@ -52,7 +52,7 @@ class Stub:
         self.peak_in_flight = 0
         self.script: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None
         """Per-request fault: called with (request number from 1, body); may return
-        ``{"status": code}``, ``{"content": text, "finish_reason": reason}``, ``{"hang": seconds}``
+        ``{"status": code, "message": text}``, ``{"content": text, "finish_reason": reason}``, ``{"hang": seconds}``
         (then answer normally) or ``{"drop": True}`` (close the connection without answering)."""
         self.connections: set[int] = set()
         self.sockets: set[Any] = set()
@@ -115,7 +115,7 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
                     return None
                 if fault and "status" in fault:
                     # echo the request's headers, as a careless server might: a key must survive that
-                    detail = f"injected fault; request headers: {dict(self.headers)}"
+                    detail = fault.get("message") or f"injected fault; request headers: {dict(self.headers)}"
                     return self._send(fault["status"], {"error": {"message": detail, "type": "server_error"}})
                 if stub.status is not None:
                     return self._send(stub.status, {"error": {"message": "server says no", "type": "server_error"}})
@@ -127,9 +127,12 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
                     return self._send(500, {"error": {"message": "Input should be 'text' or 'json_object' (response_format.type)"}})
                 content = fault["content"] if fault and "content" in fault else stub.answer(body)
                 finish = fault.get("finish_reason", "stop") if fault else "stop"
+                choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
+                if fault and "logprobs" in fault:
+                    choice["logprobs"] = fault["logprobs"]
                 self._send(200, {
                     "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}],
+                    "choices": [choice],
                     "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
                 })
             finally:

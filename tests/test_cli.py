@@ -540,7 +540,7 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     assert "records: 2 (ok 2, failed 0)" in proc.stderr
     bad = subprocess.run([sys.executable, "-m", "aidsafe", "graph", "nope"], capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2
-    assert "available: aidsafe, init_only, roundtable, single" in bad.stderr
+    assert "available: aidsafe, ear_whisperer, init_only, roundtable, single" in bad.stderr
 
 
 # --- regressions: bugs found while writing these tests ----------------------------------------------

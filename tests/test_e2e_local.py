@@ -197,3 +197,35 @@ def test_judge_and_compare_aidsafe_against_the_single_baseline(generated, tmp_pa
     for metric in ("relevance", "faithfulness_cot_policy", "faithfulness_response_cot"):
         assert metric in compare.stdout
     assert json.loads((tmp_path / "table.json").read_text())
+
+
+def test_pairs_through_an_openai_compatible_server(generated, tmp_path, llama_server):
+    """The ear-whisperer on a real model over real HTTP: llama-cpp-python's server gives no
+    log-probabilities (its model is loaded without logits_all), so the scorer is asked again
+    without them; every try is recorded either way."""
+    from aidsafe.pairs.schema import PairRecord
+
+    _, gen, proc = generated
+    assert proc.returncode == 0, proc.stderr
+    first_ok = next(r for r in (Record.model_validate_json(line) for line in gen.read_text().splitlines()) if r.status == "ok")
+    out = tmp_path / "pairs.jsonl"
+    src = tmp_path / "gen.jsonl"
+    src.write_text(first_ok.model_dump_json() + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "aidsafe", "pairs", str(src), "-o", str(out), "--base-url", llama_server, "--model", "smollm2",
+         "--max-tokens", "256", "--temperature", "0.2", "--seed", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode in (0, 1), result.stderr  # 1: no pair from this prompt, which a weak model may give
+    (line,) = out.read_text().splitlines()
+    pair = PairRecord.model_validate_json(line)
+    assert pair.id == first_ok.id and pair.models and set(pair.models.values()) == {"openai:smollm2"}
+    assert sum(u.prompt_tokens for u in pair.usage.values()) > 100
+    if pair.status == "failed":
+        assert pair.error is not None and pair.error.message
+    else:
+        assert pair.tries and all(t.p_unsafe is None for t in pair.tries)
+        assert [t.round for t in pair.tries] == list(range(1, len(pair.tries) + 1))
+        assert (pair.status == "ok") == (pair.tries[-1].verdict == "unsafe")
+        if pair.status == "ok":
+            assert pair.rejected is not None and pair.chosen_verdict is not None

@@ -156,12 +156,22 @@ def test_unknown_and_non_graph_kinds_are_refused_with_their_place(tmp_path: Path
         path.write_text(path.read_text().replace(f"reply: {reply}", "reply: summary"))
 
 
-def test_registering_a_kind_twice_or_with_inputs_a_graph_lacks_is_refused(summary_kind: ReplyKind) -> None:
+def test_registering_a_kind_twice_or_using_inputs_a_graph_lacks_is_refused(tmp_path: Path, summary_kind: ReplyKind) -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_kind(ReplyKind(name="summary", model=Summary, update=lambda step: {}))
-    with pytest.raises(ValueError, match="does not provide"):
-        register_kind(ReplyKind(name="odd", model=Summary, inputs=frozenset({"secret"}), update=lambda step: {}))
+    with pytest.raises(ValueError, match="may not reuse the graph's own names"):
+        register_kind(ReplyKind(name="odd", model=Summary, writes=frozenset({"prompt"}), update=lambda step: {}))
     assert get_kind("deliberation").placement == "agent" and get_kind("draft").placement == "step"
+    # a kind reading a value no role writes is refused where a graph file uses it
+    register_kind(ReplyKind(name="odd", model=Summary, inputs=frozenset({"secret"}), update=lambda step: {}))
+    try:
+        path = _summary_graph(tmp_path)
+        path.write_text(path.read_text().replace("reply: summary", "reply: odd"))
+        with pytest.raises(ConfigError) as info:
+            Pipeline(path, settings=ModelSettings(backend="fake"))
+        assert info.value.line == 5 and info.value.field == "roles.summarizer.reply" and "'secret'" in info.value.message
+    finally:
+        unregister_kind("odd")
 
 
 # --- a backend is one registered class with its own settings check ------------------------

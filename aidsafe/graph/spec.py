@@ -286,6 +286,15 @@ class GraphSpec(_Spec):
                     if loop.mode == "parallel" and placement != "agent":
                         agent_kinds = ", ".join(repr(k) for k in kind_names("agent"))
                         raise _fail(f"the agents of a parallel loop vote: they need a role whose reply is {agent_kinds}; {agent.role!r} replies {role.reply!r}", *where)
+                    if placement != "agent" and not get_kind(role.reply).writes:
+                        # a step that rewrites the record's own fields (a draft, a refiner) runs once, outside loops
+                        agent_kinds = ", ".join(repr(k) for k in kind_names("agent"))
+                        passing = ", ".join(repr(k) for k in kind_names("step") if get_kind(k).writes)
+                        raise _fail(
+                            f"{agent.role!r} replies {role.reply!r}, which runs once in the flow, not in a loop: a loop agent deliberates "
+                            f"({agent_kinds}) or passes values on to the next agent ({passing})",
+                            *where,
+                        )
                 if voters and loop.consensus is None:
                     raise _fail("this loop's agents deliberate: give its consensus rule ('first_agree' for a sequential loop)", "nodes", node_id, "loop")
                 if not voters and loop.consensus is not None:

@@ -154,8 +154,9 @@ _KINDS: dict[str, ReplyKind] = {}
 
 
 def register_kind(kind: ReplyKind, *, replace: bool = False) -> ReplyKind:
-    """Register ``kind`` under its name; refuses a name taken (unless ``replace``) or a graph kind
-    whose template inputs the graph cannot provide. Returns ``kind``."""
+    """Register ``kind`` under its name; refuses a name taken (unless ``replace``), or ``writes``
+    that reuse the graph's own variable names. Returns ``kind``. (Whether a graph provides the
+    kind's ``inputs`` is checked where a graph file uses it, naming the file and line.)"""
     if not kind.name.isidentifier():
         raise ValueError(f"reply kind name {kind.name!r} must be an identifier")
     if kind.name in _KINDS and not replace and _KINDS[kind.name] is not kind:

@@ -1,0 +1,265 @@
+"""Training data in TRL's formats, with a dataset card: ``aidsafe export --format sft|dpo``.
+
+- **SFT** (conversational, what ``trl.SFTTrainer`` reads): ``{"messages": [user, assistant]}``
+  per ``ok`` generation record, optionally mixed with general prompts and answers from another
+  file at a given ratio (the paper mixes 5,000 safety with 5,000 general examples).
+- **DPO** (conversational preference, what ``trl.DPOTrainer`` reads): ``{"prompt": [user],
+  "chosen": [assistant], "rejected": [assistant]}`` per pair of ``aidsafe pairs`` with both sides
+  and no flag (``include_flagged`` keeps flagged ones).
+
+The chain of thought goes where the trained model should learn to put it: a ``<think>`` block
+before the response (``cot="think"``), the chat template's reasoning field of the assistant message
+(``cot="reasoning"``, e.g. ``reasoning_content``), or nowhere (``cot="none"``). Each thought keeps
+the ids of the policies it cites, in brackets. The folder holds ``train.jsonl`` and a ``README.md``
+card for the Hugging Face Hub; ``datasets.load_dataset(FOLDER)`` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import InputError
+from ..outputs import atomic_text, atomic_write_text, read_record_lines
+from ..pairs.report import in_dpo_export
+from ..pairs.schema import PairRecord, Side
+from ..records import CitedThought, Record
+
+__all__ = ["CotPlacement", "ExportCounts", "assistant_message", "cot_text", "export_dpo", "export_sft"]
+
+CotPlacement = Literal["think", "reasoning", "none"]
+
+
+def cot_text(thoughts: Sequence[CitedThought]) -> str:
+    """The chain of thought, one thought per line, each with the ids of the policies it cites."""
+    return "\n".join(f"{t.text} [{', '.join(t.policies)}]" if t.policies else t.text for t in thoughts)
+
+
+def assistant_message(side: Side | Record, cot: CotPlacement, reasoning_field: str = "reasoning_content") -> dict[str, str]:
+    """The assistant turn of one side: the response, with the chain of thought placed as asked."""
+    thoughts = cot_text(side.thoughts)
+    if cot == "think":
+        return {"role": "assistant", "content": f"<think>\n{thoughts}\n</think>\n\n{side.response}"}
+    if cot == "reasoning":
+        return {"role": "assistant", "content": side.response, reasoning_field: thoughts}
+    return {"role": "assistant", "content": side.response}
+
+
+@dataclass
+class ExportCounts:
+    """What an export wrote and left out, for the card and the command line."""
+
+    rows: int = 0
+    safety: int = 0
+    general: int = 0
+    left_out: Counter[str] = field(default_factory=Counter)
+    graphs: Counter[str] = field(default_factory=Counter)
+    policy_sets: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)
+    thoughts: int = 0
+
+
+def _prepare(folder: str | os.PathLike[str]) -> Path:
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise InputError("the export is a folder (train.jsonl and README.md): this path is a file", file=out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _general_rows(path: str | os.PathLike[str], prompt_field: str, response_field: str) -> Iterator[dict[str, Any]]:
+    """General examples: ``{"messages": [...]}`` lines taken as they are, or prompt/response fields."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"not JSON ({exc})", file=path, line=number) from None
+            if isinstance(data, dict) and isinstance(data.get("messages"), list):
+                yield {"messages": data["messages"]}
+                continue
+            prompt = data.get(prompt_field) if isinstance(data, dict) else None
+            answer = data.get(response_field) if isinstance(data, dict) else None
+            if not isinstance(prompt, str) or not isinstance(answer, str) or not prompt.strip() or not answer.strip():
+                raise InputError(
+                    f"a general example needs 'messages' or the text fields {prompt_field!r} and {response_field!r}",
+                    file=path, line=number,
+                )
+            yield {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+
+
+def export_sft(
+    records_path: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    *,
+    cot: CotPlacement = "think",
+    reasoning_field: str = "reasoning_content",
+    mix: str | os.PathLike[str] | None = None,
+    mix_ratio: float = 1.0,
+    mix_prompt_field: str = "prompt",
+    mix_response_field: str = "response",
+    license: str = "other",
+    name: str | None = None,
+) -> ExportCounts:
+    """Write the SFT set of a generation output (judged records are fine too) into ``folder``.
+
+    Failed records are left out and counted. An ``ok`` record without a chain of thought is an
+    error naming its line (``cot="none"`` takes it). ``mix`` adds ``round(mix_ratio x safety
+    rows)`` general examples, the first ones of that file, after the safety rows.
+    """
+    if mix_ratio < 0:
+        raise InputError(f"mix ratio must be 0 or more, got {mix_ratio}")
+    if mix is not None and not Path(mix).is_file():
+        raise InputError("file of general examples to mix in not found; check the path", file=mix)
+    out = _prepare(folder)
+    counts = ExportCounts()
+    with atomic_text(out / "train.jsonl") as sink:
+        for line, record in read_record_lines(records_path, _record_model, what="an aidsafe record"):
+            if record.status != "ok":
+                counts.left_out["failed record"] += 1
+                continue
+            if not record.thoughts and cot != "none":
+                raise InputError(f"record {record.id!r} is ok but has no chain of thought to train on", file=records_path, line=line.number)
+            message = assistant_message(record, cot, reasoning_field)
+            sink.write(json.dumps({"messages": [{"role": "user", "content": record.prompt}, message]}, ensure_ascii=False) + "\n")
+            counts.safety += 1
+            counts.thoughts += len(record.thoughts)
+            counts.graphs[record.graph] += 1
+            counts.policy_sets[f"{record.policy_set.name} {record.policy_set.version}"] += 1
+            counts.models.update(set(record.models.values()))
+        if not counts.safety:
+            raise InputError("holds no ok record: nothing to export", file=records_path)
+        if mix is not None:
+            wanted = round(mix_ratio * counts.safety)
+            for row in itertools.islice(_general_rows(mix, mix_prompt_field, mix_response_field), wanted):
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                counts.general += 1
+    counts.rows = counts.safety + counts.general
+    atomic_write_text(out / "README.md", _card("sft", counts, cot=cot, license=license, name=name or out.name, mix=mix,
+                                                   digest=_digest(out / "train.jsonl")))
+    return counts
+
+
+def export_dpo(
+    pairs_path: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    *,
+    cot: CotPlacement = "think",
+    reasoning_field: str = "reasoning_content",
+    include_flagged: bool = False,
+    license: str = "other",
+    name: str | None = None,
+) -> ExportCounts:
+    """Write the DPO set of an ``aidsafe pairs`` output (judged or not) into ``folder``: one row per
+    pair with both sides; pairs without a rejected side, and flagged pairs unless
+    ``include_flagged``, are left out and counted by reason."""
+    out = _prepare(folder)
+    counts = ExportCounts()
+    with atomic_text(out / "train.jsonl") as sink:
+        for _, pair in read_record_lines(pairs_path, _pair_model, what="a pair record"):
+            if not in_dpo_export(pair, include_flagged=include_flagged):
+                reason = "no pair" if pair.rejected is None or pair.status != "ok" else "flagged: " + ", ".join(pair.flags)
+                counts.left_out[reason] += 1
+                continue
+            assert pair.chosen is not None and pair.rejected is not None
+            row = {
+                "prompt": [{"role": "user", "content": pair.prompt}],
+                "chosen": [assistant_message(pair.chosen, cot, reasoning_field)],
+                "rejected": [assistant_message(pair.rejected, cot, reasoning_field)],
+            }
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            counts.safety += 1
+            counts.thoughts += len(pair.chosen.thoughts)
+            counts.graphs[str(pair.source.get("graph", "?"))] += 1
+            counts.policy_sets[f"{pair.policy_set.name} {pair.policy_set.version}"] += 1
+            counts.models.update(set(pair.models.values()))
+    if not counts.safety:
+        raise InputError(f"holds no pair to export ({', '.join(f'{k}: {v}' for k, v in counts.left_out.items()) or 'empty'})", file=pairs_path)
+    counts.rows = counts.safety
+    atomic_write_text(out / "README.md", _card("dpo", counts, cot=cot, license=license, name=name or out.name, mix=None,
+                                                   digest=_digest(out / "train.jsonl")))
+    return counts
+
+
+def _record_model(data: dict[str, Any]) -> type[Record]:
+    from ..judge.schema import judged_or_plain
+
+    return judged_or_plain(data)
+
+
+def _pair_model(data: dict[str, Any]) -> type[PairRecord]:
+    from ..judge.schema import JudgedPair
+
+    return JudgedPair if "judgement" in data else PairRecord
+
+
+def _listing(counter: Counter[str]) -> str:
+    return ", ".join(f"{key} ({count})" for key, count in counter.most_common()) or "–"
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of the data file, for the card."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _card(method: str, counts: ExportCounts, *, cot: str, license: str, name: str, mix: str | os.PathLike[str] | None, digest: str) -> str:
+    """A dataset card for the Hugging Face Hub: metadata, provenance, counts, statistics.
+
+    No ``configs:`` block: ``train.jsonl`` names its split already, and with such a block
+    ``datasets`` keys its cache on the folder's name and the file pattern alone, so that two
+    exports in folders of the same name would load as one."""
+    from .. import __version__
+
+    trainer = "trl.SFTTrainer (conversational: messages)" if method == "sft" else "trl.DPOTrainer (conversational preference: prompt, chosen, rejected)"
+    placement = {"think": "a `<think>` block before the response", "reasoning": "the assistant message's reasoning field", "none": "left out"}[cot]
+    left_out = "\n".join(f"| left out: {reason} | {n} |" for reason, n in counts.left_out.items())
+    mixed = f"| general examples (from `{Path(mix).name}`) | {counts.general} |\n" if mix is not None else ""
+    return f"""---
+license: {license}
+task_categories:
+- text-generation
+tags:
+- safety
+- chain-of-thought
+- aidsafe
+- {method}
+---
+
+# {name}
+
+{"Supervised fine-tuning" if method == "sft" else "Preference (DPO)"} data made with aidsafe {__version__}, an
+implementation of AIDSAFE (Kumarage et al., arXiv 2505.21784): policy-embedded chains of thought
+from multi-agent deliberation{"" if method == "sft" else "; the rejected side was produced by the ear-whisperer and found violating by the safety scorer"}.
+Format: {trainer}. The chain of thought is placed in {placement}; each thought ends with the ids of
+the policies it cites, in brackets.
+
+| provenance | |
+| --- | --- |
+| graphs | {_listing(counts.graphs)} |
+| policy packs | {_listing(counts.policy_sets)} |
+| models | {_listing(counts.models)} |
+
+| counts | |
+| --- | --- |
+| rows | {counts.rows} |
+| safety examples | {counts.safety} |
+{mixed}{left_out}
+| mean thoughts per {"example" if method == "sft" else "chosen side"} | {counts.thoughts / counts.safety:.2f} |
+
+SHA-256 of `train.jsonl`: `{digest}`
+
+Licence: `{license}` — set it with `aidsafe export --license`; the prompts' own licences apply too.
+"""
