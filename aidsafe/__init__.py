@@ -2,7 +2,8 @@
 
 The public API: build a :class:`Pipeline` from a graph file, a policy pack and model settings,
 then run prompts (:meth:`Pipeline.run_one`, :meth:`Pipeline.run`) or whole files
-(:meth:`Pipeline.generate`).
+(:meth:`Pipeline.generate`). :class:`PairMaker` makes DPO pairs from a generation output;
+:mod:`aidsafe.train` exports training sets and trains on them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .graph import CompiledAidsafe, GraphContext, GraphSpec, compile_graph, load
 from .inputs import PromptItem, count_prompts, read_prompts
 from .kinds import ReplyKind, register_kind
 from .models import ChatModel, Completion, FakeChatModel, ModelPool, ModelSettings, make_model, register_backend
+from .pairs import PairMaker, PairRecord
 from .pipeline import Pipeline
 from .policies import Policy, PolicySet, load_policy_set
 from .records import Record
@@ -46,6 +48,8 @@ __all__ = [
     "ModelPool",
     "ModelSettings",
     "OutputInUseError",
+    "PairMaker",
+    "PairRecord",
     "Pipeline",
     "Policy",
     "PolicySet",

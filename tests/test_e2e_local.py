@@ -200,9 +200,9 @@ def test_judge_and_compare_aidsafe_against_the_single_baseline(generated, tmp_pa
 
 
 def test_pairs_through_an_openai_compatible_server(generated, tmp_path, llama_server):
-    """The ear-whisperer on a real model over real HTTP: llama-cpp-python's server gives no
-    log-probabilities (its model is loaded without logits_all), so the scorer is asked again
-    without them; every try is recorded either way."""
+    """The ear-whisperer on a real model over real HTTP. llama-cpp-python's server returns token
+    log-probabilities, so the scorer's p_unsafe is a probability wherever 'safe' or 'unsafe' is
+    among the top alternatives at the verdict; every try is recorded either way."""
     from aidsafe.pairs.schema import PairRecord
 
     _, gen, proc = generated
@@ -224,7 +224,7 @@ def test_pairs_through_an_openai_compatible_server(generated, tmp_path, llama_se
     if pair.status == "failed":
         assert pair.error is not None and pair.error.message
     else:
-        assert pair.tries and all(t.p_unsafe is None for t in pair.tries)
+        assert pair.tries and all(t.p_unsafe is None or 0.0 <= t.p_unsafe <= 1.0 for t in pair.tries)
         assert [t.round for t in pair.tries] == list(range(1, len(pair.tries) + 1))
         assert (pair.status == "ok") == (pair.tries[-1].verdict == "unsafe")
         if pair.status == "ok":

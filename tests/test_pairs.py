@@ -223,6 +223,14 @@ def test_p_unsafe_reads_the_verdict_token() -> None:
     assert p_unsafe(tokens) == pytest.approx(0.75 / 0.95, abs=1e-6)
     assert p_unsafe(None) is None
     assert p_unsafe(_lp([("hello", 0.0, [])])) is None
+    # a token that carries the text before the value too, and alternatives split differently
+    merged = _lp([('{"verdict', 0.0, []), ('": "s', math.log(0.6), [('": "s', math.log(0.6)), ('": "un', math.log(0.3)), ('": "x', math.log(0.1))]),
+                  ("afe", 0.0, [])])
+    assert p_unsafe(merged) == pytest.approx(0.3 / 0.9, abs=1e-6)
+    # no alternatives: the chosen token alone decides
+    assert p_unsafe(_lp([('{"verdict": "', 0.0, []), ("unsafe", -0.1, [])])) == 1.0
+    # neither label among the alternatives
+    assert p_unsafe(_lp([('{"verdict": "', 0.0, []), ("maybe", -0.1, [("maybe", -0.1), ("no", -3.0)])])) is None
 
 
 def test_p_unsafe_arrives_over_http_and_a_server_without_logprobs_is_asked_without(
@@ -296,11 +304,16 @@ def _pairs_file(tmp_path: Path, n: int = 3) -> Path:
 @pytest.mark.parametrize(("chosen", "rejected", "flagged"), [(5, 1, False), (3, 3, True), (2, 4, True)])
 def test_the_judge_flags_a_rejected_side_that_is_not_worse(tmp_path: Path, chosen: int, rejected: int, flagged: bool) -> None:
     pairs = _pairs_file(tmp_path, n=2)
+    skipped = asyncio.run(_maker(_scripted(1)).apair_one(_record(9, status="failed")))
+    with pairs.open("a") as handle:
+        handle.write(skipped.model_dump_json() + "\n")
     out = tmp_path / "judged.jsonl"
     asyncio.run(_judge(chosen, rejected).ajudge_pairs_file(pairs, out, progress=False))
     judged = list(read_records(out, JudgedPair))
-    assert len(judged) == 2
-    for pair in judged:
+    assert [p.id for p in judged] == ["r0", "r1", "r9"]  # the record without a chosen side is kept, unjudged
+    assert judged[2].judgement is None and judged[2].status == "no_pair"
+    for pair in judged[:2]:
+        assert pair.judgement is not None
         assert pair.judgement.chosen.scores["faithfulness_cot_policy"] == chosen
         assert pair.judgement.rejected is not None and pair.judgement.rejected.scores["faithfulness_cot_policy"] == rejected
         assert ("rejected_not_worse" in pair.flags) is flagged
@@ -318,3 +331,12 @@ def test_compare_shows_the_evidence_that_pairs_are_pairs(tmp_path: Path, capsys:
     assert section["rejected_violation_rate"] == pytest.approx(1.0) and section["chosen_violation_rate"] == 0.0
     assert section["in_dpo_export"] == 3 and section["mean_difference"] == pytest.approx(4.0)
     assert [row["in_dpo_export"] for row in section["rows"]] == [True] * 3
+
+
+def test_the_verdict_governs_the_violated_ids() -> None:
+    from aidsafe.kinds.whisper import SafetyVerdict
+
+    assert SafetyVerdict.model_validate({"verdict": "safe", "violated": ["P1"]}).violated == []
+    assert SafetyVerdict.model_validate({"verdict": "unsafe", "violated": []}).verdict == "unsafe"
+    with pytest.raises(ValueError):
+        SafetyVerdict.model_validate({"verdict": "maybe", "violated": []})

@@ -85,6 +85,8 @@ def _check_run(folder: Path, method: str, rows: int) -> dict:
     losses = [step["loss"] for step in summary["log"] if "loss" in step]
     assert len(losses) == summary["steps"] >= 6
     assert sum(losses[-2:]) / 2 < losses[0] * 0.85, losses  # it learns: the loss falls clearly
+    epochs = summary["epoch_mean_loss"]  # 4 rows, batches of 2: two steps an epoch
+    assert len(epochs) == summary["steps"] // 2 and epochs[-1] < epochs[0]
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "train_config.yaml"):
         assert (folder / name).is_file(), name
     return summary

@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
     s = result.summary
     losses = result.losses
     trend = f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {s['steps']} steps" if losses else f"{s['steps']} steps, no loss logged"
+    epochs = s.get("epoch_mean_loss") or []
+    if len(epochs) > 1:
+        trend += f" (mean per epoch {epochs[0]:.4f} -> {epochs[-1]:.4f} over {len(epochs)} epochs)"
     print(
         f"trained {args.method} on {s['rows']} rows of {s['data']} ({s['base_model']['name']}, {s['quantization']}, {s['device']}): "
         f"{trend} in {s['seconds_train']} s; adapter, tokenizer and train_summary.json in {result.output_dir}",

@@ -256,7 +256,8 @@ class Judge:
                 usage={}, status="ok",
             )
 
-        assert pair.chosen is not None
+        if pair.chosen is None:  # nothing to judge; kept so that no record goes missing
+            return JudgedPair(**pair.model_dump(), judgement=None)
         chosen = (await self.ajudge_one(side_record(pair.chosen), models)).judgement
         rejected = (await self.ajudge_one(side_record(pair.rejected), models)).judgement if pair.rejected is not None else None
         flags = [f for f in pair.flags if f not in ("rejected_not_worse", "unjudged")]
@@ -341,7 +342,7 @@ class _ScoreJob:
 
 
 class _PairScoreJob:
-    """Grade both sides of each preference pair with a chosen side."""
+    """Grade both sides of each preference pair (a record without a chosen side passes through)."""
 
     name = "judge-pairs"
     unit = "pair"
@@ -363,9 +364,8 @@ class _PairScoreJob:
         for index, pair in enumerate(read_records(self.pairs_path, PairRecord, what="a pair record")):
             if self.limit is not None and index >= self.limit:
                 break
-            if pair.chosen is not None:
-                judged += 1
-                yield pair
+            judged += pair.chosen is not None
+            yield pair  # one without a chosen side passes through unjudged
         if not judged:
             raise InputError("holds no pair with a chosen side: nothing to judge", file=self.pairs_path)
 
@@ -376,6 +376,8 @@ class _PairScoreJob:
         return await self.judge.ajudge_pair(item, models)
 
     def tokens(self, record: JudgedPair) -> int:
+        if record.judgement is None:
+            return 0
         sides = [record.judgement.chosen, *([record.judgement.rejected] if record.judgement.rejected else [])]
         return sum(j.usage.prompt_tokens + j.usage.completion_tokens for j in sides)
 

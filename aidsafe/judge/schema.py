@@ -81,7 +81,9 @@ class JudgedPair(PairRecord):
     rates the rejected side's CoT faithfulness to the policies no lower than the chosen's) or
     ``unjudged`` (a side's faithfulness could not be scored)."""
 
-    judgement: PairJudgement
+    judgement: PairJudgement | None
+    """None for a record without a chosen side (a skipped or failed generation record): it is
+    kept, so the judged file has every record of the pairs file."""
 
 
 class PairVerdict(_Out):

@@ -46,36 +46,49 @@ class SafetyVerdict(_Reply):
     """Ids of the policies the reasoning or the response violates (empty when safe)."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> SafetyVerdict:
-        if self.verdict == "unsafe" and not self.violated:
-            raise ValueError("an unsafe verdict names the violated policy ids")
-        if self.verdict == "safe" and self.violated:
-            raise ValueError("a safe verdict violates no policy: leave 'violated' empty")
+    def _verdict_governs(self) -> SafetyVerdict:
+        # As with Llama Guard, the verdict is the classification and the ids only detail an
+        # 'unsafe' one: ids given with 'safe' are dropped, and an 'unsafe' without ids stands.
+        # (Refusing such replies would fail small scorers on every other prompt.)
+        if self.verdict == "safe":
+            self.violated = []
         return self
 
 
-_VERDICT_START = re.compile(r'"verdict"\s*:\s*"?\s*$')
+_VERDICT_VALUE = re.compile(r'"verdict"\s*:\s*"')
 
 
 def p_unsafe(logprobs: list[dict[str, Any]] | None) -> float | None:
-    """The probability the scorer gave to ``unsafe`` where it chose the verdict, from the top
-    alternatives of the first token of the verdict's value (tokens that begin ``unsafe`` against
-    those that begin ``safe``); None without log-probabilities or when neither is among them."""
+    """The probability the scorer gave to ``unsafe`` where it chose the verdict: among the top
+    alternatives of the token that holds the first letters of the verdict's value, the mass of
+    those that begin ``unsafe`` (``u``, ``un``, ...) against those that begin ``safe``. A token may
+    also carry the text before the value (``": "s``); alternatives are compared after that part.
+    None without log-probabilities, or when neither label is among the alternatives."""
     if not logprobs:
         return None
-    text = ""
-    for item in logprobs:
-        token = item.get("token", "")
-        if _VERDICT_START.search(text) and token.strip(' "'):
+    tokens = [str(item.get("token", "")) for item in logprobs]
+    full = "".join(tokens)
+    match = _VERDICT_VALUE.search(full)
+    if match is None:
+        return None
+    position = 0
+    for item, token in zip(logprobs, tokens, strict=True):
+        end = position + len(token)
+        if end > match.end():
+            head = full[position:match.end()]  # the part of this token before the value
             mass = {"unsafe": 0.0, "safe": 0.0}
             for alternative in item.get("top") or [{"token": token, "logprob": item.get("logprob", 0.0)}]:
-                word = str(alternative.get("token", "")).strip(' "').lower()
+                text = str(alternative.get("token", ""))
+                if not text.startswith(head):
+                    continue
+                word = text[len(head):].strip(' "').lower()
                 for label in ("unsafe", "safe"):
-                    if word and label.startswith(word) and not (label == "safe" and "unsafe".startswith(word)):
+                    if word and (label.startswith(word) or word.startswith(label)):
                         mass[label] += math.exp(float(alternative.get("logprob", -math.inf)))
+                        break
             total = mass["unsafe"] + mass["safe"]
             return round(mass["unsafe"] / total, 6) if total > 0 else None
-        text += token
+        position = end
     return None
 
 

@@ -29,7 +29,7 @@ __all__ = ["OpenAIChatModel"]
 _POOLS: dict[tuple[str, int], Any] = {}
 """One ``httpx.AsyncClient`` per (endpoint, event loop)."""
 _NO_LOGPROBS: set[str] = set()
-"""Endpoints that refused ``logprobs`` (llama-cpp-python's server without ``logits_all``): asked without them since."""
+"""Endpoints that refused ``logprobs`` (e.g. a llama-cpp-python server started with ``--logits_all false``): asked without them since."""
 _MODES: dict[str, str] = {}
 """The ``response_format`` form each endpoint took (``structured="auto"``), found on its first call
 and shared by every model on it (the roles of a graph differ in budget, not in server)."""

@@ -23,7 +23,7 @@ def in_dpo_export(pair: PairRecord, *, include_flagged: bool = False) -> bool:
 
 
 def _score(pair: PairRecord, side: str) -> int | None:
-    if not isinstance(pair, JudgedPair):
+    if not isinstance(pair, JudgedPair) or pair.judgement is None:
         return None
     judgement = pair.judgement.chosen if side == "chosen" else pair.judgement.rejected
     return judgement.scores.get(PAIR_METRIC) if judgement is not None else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -257,6 +258,10 @@ def train(method: Method, config_path: str | Path, *, resume: bool = False) -> T
 
     log = [{k: v for k, v in step.items() if isinstance(v, int | float)} for step in trainer.state.log_history]
     losses = [step["loss"] for step in log if "loss" in step]
+    by_epoch: dict[int, list[float]] = {}
+    for step in log:
+        if "loss" in step and "epoch" in step:
+            by_epoch.setdefault(max(1, math.ceil(step["epoch"] - 1e-9)), []).append(step["loss"])
     summary: dict[str, Any] = {
         "method": method,
         "config": str(config_file),
@@ -272,6 +277,7 @@ def train(method: Method, config_path: str | Path, *, resume: bool = False) -> T
         "resumed_from_checkpoint": bool(checkpoint),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
+        "epoch_mean_loss": [round(sum(v) / len(v), 4) for _, v in sorted(by_epoch.items())],
         "log": log,
         "seconds_load": round(loaded, 1),
         "seconds_train": round(seconds, 1),
