@@ -229,3 +229,36 @@ def test_pairs_through_an_openai_compatible_server(generated, tmp_path, llama_se
         assert (pair.status == "ok") == (pair.tries[-1].verdict == "unsafe")
         if pair.status == "ok":
             assert pair.rejected is not None and pair.chosen_verdict is not None
+
+
+def test_eval_safety_on_the_embedded_model_through_its_server(tmp_path, llama_server):
+    """An inspect task end to end on a real model: SmolLM2 answers through llama-cpp-python's
+    server and grades itself there too (a weak grader: this checks the machinery, not the figure)."""
+    if importlib.util.find_spec("inspect_ai") is None:
+        if os.environ.get("AIDSAFE_REQUIRE_E2E"):
+            raise RuntimeError("AIDSAFE_REQUIRE_E2E is set but the [eval] extra is not installed")
+        pytest.skip("needs the [eval] extra")
+    data = _write_prompts(tmp_path / "harmful.jsonl", PROMPTS[:2])
+    logs = tmp_path / "logs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aidsafe", "eval", "safety", "--data", str(data), "--model", "llama-cpp-python/smollm2",
+         "--model-base-url", llama_server, "--grader", "llama-cpp-python/smollm2", "--grader-base-url", llama_server,
+         "--grader-structured", "json_object", "--max-tokens", "128", "--max-connections", "1", "--log-dir", str(logs), "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 samples of" in proc.stderr
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    (info,) = list_eval_logs(str(logs))
+    log = read_eval_log(info.name)
+    assert log.status == "success" and log.eval.model == "llama-cpp-python/smollm2" and len(log.samples) == 2
+    for sample in log.samples:
+        assert sample.output.completion.strip()  # the model answered
+        score = sample.scores["safe"]
+        assert score.value in (0.0, 1.0), score  # the schema-constrained grade always parses
+        assert score.metadata["verdict"] in ("safe", "unsafe") and score.metadata["attempts"] == 1
+        assert score.metadata["grader"] == "llama-cpp-python/smollm2" and score.metadata["rubric"].startswith("eval_safety.jinja@")
+    report = subprocess.run([sys.executable, "-m", "aidsafe", "eval", "report", str(logs)], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "safety (harmful)" in report.stdout and "llama-cpp-python/smollm2" in report.stdout

@@ -25,6 +25,15 @@ EXPECTED = [
     "aidsafe/_data/prompts/deliberator.jinja",
     "aidsafe/_data/prompts/refiner.jinja",
     "aidsafe/_data/prompts/single.jinja",
+    "aidsafe/_data/graphs/ear_whisperer.yaml",
+    "aidsafe/_data/prompts/whisperer.jinja",
+    "aidsafe/_data/prompts/target.jinja",
+    "aidsafe/_data/prompts/scorer.jinja",
+    "aidsafe/_data/prompts/eval_safety.jinja",
+    "aidsafe/_data/prompts/eval_refusal.jinja",
+    "aidsafe/_data/prompts/eval_strongreject.jinja",
+    "aidsafe/_data/prompts/eval_cot.jinja",
+    "aidsafe/_data/prompts/jailbreaks.yaml",
     "aidsafe/_data/policies/aidsafe5.yaml",
     "aidsafe/_data/policies/llamaguard3.yaml",
 ]
@@ -55,7 +64,9 @@ def test_wheel_contains_package_data(wheel: Path) -> None:
         missing = [name for name in EXPECTED if name not in names]
         assert not missing, f"missing from {wheel.name}: {missing}"
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-        assert "aidsafe = aidsafe.cli:main" in zf.read(entry_points).decode()
+        declared = zf.read(entry_points).decode()
+        assert "aidsafe = aidsafe.cli:main" in declared
+        assert "[inspect_ai]\naidsafe = aidsafe.evals._registry" in declared  # inspect eval aidsafe/<task> finds the tasks
         # the data lives only under aidsafe/_data, not as stray top-level folders
         assert not any(n.split("/")[0] in {"graphs", "prompts", "policies"} for n in names)
 

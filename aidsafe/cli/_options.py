@@ -54,6 +54,8 @@ def env_option(
             if choices is not None and default not in choices:
                 raise _env_error(name, raw, f"choose from {', '.join(map(str, choices))}")
     text = f"{help} [env: {name}]" if help else f"[env: {name}]"
+    if kwargs.get("required") and default is not None:
+        kwargs["required"] = False  # the environment variable gives it
     if action in ("store_true", "append"):
         parser.add_argument(*flags, default=default, help=text, **kwargs)
     else:

@@ -35,7 +35,7 @@ _MODES: dict[str, str] = {}
 and shared by every model on it (the roles of a graph differ in budget, not in server)."""
 
 
-def _response_format(mode: str, schema: dict[str, Any], name: str) -> dict[str, Any]:
+def response_format(mode: str, schema: dict[str, Any], name: str) -> dict[str, Any]:
     if mode == "json_object":  # llama-cpp-python's form; its grammar engine cannot take string bounds
         return {"type": "json_object", "schema": for_llama_cpp(schema)}
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
@@ -166,7 +166,7 @@ class OpenAIChatModel(ChatModel):
             delay = 0.0
             extra = {"logprobs": True, "top_logprobs": 5} if want_logprobs and self.endpoint not in _NO_LOGPROBS else {}
             try:
-                msg = await self._client().ainvoke(messages, response_format=_response_format(mode, schema, schema_name), **extra)
+                msg = await self._client().ainvoke(messages, response_format=response_format(mode, schema, schema_name), **extra)
                 success = True
             except openai.LengthFinishReasonError as exc:
                 # the reply hit max_tokens; the OpenAI client refuses to parse it, but it is a reply:
