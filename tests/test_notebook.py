@@ -70,3 +70,33 @@ def test_notebook_runs_with_fake_backend(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert "round 1" in out  # the deliberation trace
     assert "usage per stage" in out
     assert "S1" in out  # the llamaguard3 policy swap
+
+
+POLICY_NOTEBOOK = NOTEBOOK.parent / "policy_packs.ipynb"
+
+
+def test_policy_pack_notebook_runs_with_fake_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The second notebook: the same prompts under two policy packs, the graph picture, the citations compared."""
+    nb = json.loads(POLICY_NOTEBOOK.read_text(encoding="utf-8"))
+    assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["name"] == "python3"
+    monkeypatch.setenv("AIDSAFE_BACKEND", "fake")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            exec(compile(_source(cell), f"<policy_packs cell {index}>", "exec"), namespace)
+    out = capsys.readouterr().out
+
+    runs = namespace["runs"]
+    prompts = namespace["prompts"]
+    assert set(runs) == {"aidsafe5", "llamaguard3"}
+    assert all([r.prompt for r in records] == prompts for records in runs.values())
+    cited = {name: namespace["cited"](records) for name, records in runs.items()}
+    assert cited["aidsafe5"] and all(p.startswith("P") for p in cited["aidsafe5"])
+    assert cited["llamaguard3"] and all(p.startswith("S") for p in cited["llamaguard3"])
+    assert namespace["picture"].startswith("<svg") and "llamaguard3" in namespace["picture"]
+    assert "nodes" in out and "aidsafe5 | llamaguard3" in out
+    for name in runs:
+        page = (tmp_path / f"policy_{name}.html").read_text(encoding="utf-8")
+        assert page.startswith("<!DOCTYPE html>") and f"policy_{name}.jsonl" in page

@@ -36,6 +36,8 @@ EXPECTED = [
     "aidsafe/_data/prompts/jailbreaks.yaml",
     "aidsafe/_data/policies/aidsafe5.yaml",
     "aidsafe/_data/policies/llamaguard3.yaml",
+    "aidsafe/viewer/assets/report.css",
+    "aidsafe/viewer/assets/report.js",
 ]
 
 
@@ -92,6 +94,8 @@ def test_unzipped_wheel_uses_packaged_data(wheel: Path, tmp_path: Path) -> None:
         assert compiled.policies.name == "llamaguard3"
         assert compiled.policies.ids[0] == "S1"
         print(compiled.mermaid())
+        from aidsafe.viewer.build import _asset
+        assert "aidsafe-data" in _asset("report.js") and ".picture" in _asset("report.css")  # the report page's own files
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIDSAFE_")}

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import AidsafeError, JobInterrupted
-from . import calibrate, compare, eval, export, filter, generate, graph, importer, judge, merge, pairs, render, train, validate
+from . import calibrate, compare, eval, export, filter, generate, graph, importer, judge, merge, pairs, render, report, train, validate
 
 __all__ = ["build_parser", "main"]
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Policy-embedded chain-of-thought safety data by multi-agent deliberation (AIDSAFE).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (generate, graph, render, validate, pairs, export, train, eval, importer, merge, judge, compare, filter, calibrate):
+    for module in (generate, graph, render, validate, pairs, export, train, eval, importer, merge, judge, compare, report, filter, calibrate):
         module.register(sub)
     return parser
 

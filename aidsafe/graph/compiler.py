@@ -174,7 +174,7 @@ class _Wiring:
 def exit_label(loop: LoopSpec, stops: tuple[str, ...] = ()) -> str:
     """Label of a loop's exit edge in pictures: the consensus rule (or the stop reasons its agents
     may give) and the round budget."""
-    budget = f"budget of {loop.max_rounds} rounds"
+    budget = f"budget of {loop.max_rounds} round{'s' if loop.max_rounds != 1 else ''}"
     if loop.consensus is None:
         return " or ".join([*stops, budget])
     rule = {"first_agree": "first agreement", "at_least": f"at least {loop.min_agree} agree"}.get(loop.consensus, loop.consensus)
