@@ -92,16 +92,14 @@ def test_graph_svg_boxes_show_template_and_model(name: str) -> None:
     by_id = {g.get("data-node"): texts(g) for g in groups(root, "node")}
     for node_id, node in compiled.spec.nodes.items():
         if node.role is not None:
-            binding = compiled.bindings[node.role]
             assert compiled.spec.roles[node.role].template in by_id[node_id]
-            assert any(binding.settings.label() in line for line in by_id[node_id])
+            assert any(draw.model_label(compiled, node.role) in line for line in by_id[node_id])
         else:
             assert node.loop is not None
             for agent in node.loop.agent_list():
-                binding = compiled.bindings[f"{node_id}.{agent.name}"]
                 lines = by_id[f"{node_id}_{agent.name}"]
                 assert compiled.spec.roles[agent.role].template in lines
-                assert any(binding.settings.label() in line for line in lines)
+                assert any(draw.model_label(compiled, f"{node_id}.{agent.name}") in line for line in lines)
     title = " ".join(texts(groups(root, "title")[0]))
     assert compiled.spec.name in title and f"{compiled.policies.name}@{compiled.policies.version}" in title
 
@@ -301,8 +299,8 @@ def test_graph_html_is_self_contained(name: str) -> None:
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1
     for role in compiled.spec.roles.values():
         assert f"<td>{role.template}</td>" in page
-    for binding in compiled.bindings.values():
-        assert f"<td>{binding.kind.name}</td>" in page and binding.settings.label() in page
+    for name, binding in compiled.bindings.items():
+        assert f"<td>{binding.kind.name}</td>" in page and f"<td>{draw.model_label(compiled, name).replace(chr(39), '&#x27;')}</td>" in page
     for policy in compiled.policies.policies:
         assert f"<td>{policy.id}</td>" in page and policy.title.replace("'", "&#x27;") in page
     assert f"{compiled.policies.name}@{compiled.policies.version}" in page
@@ -371,3 +369,16 @@ def test_graph_cli_reports_an_unwritable_output(tmp_path: Path, capsys: pytest.C
     target = tmp_path / "no-such-folder" / f"g.{fmt}"
     assert main(["graph", "single", "--format", fmt, "-o", str(target)]) == 2
     assert f"cannot write {target}" in capsys.readouterr().err
+
+
+def test_graph_boxes_name_the_models_a_run_uses() -> None:
+    def intent_lines(svg_text: str) -> list[str]:
+        root = ET.fromstring(svg_text)
+        return next(texts(g) for g in groups(root, "node") if g.get("data-node") == "intent")
+
+    served = compile_graph("aidsafe", "aidsafe5", ModelSettings(backend="openai", base_url="http://127.0.0.1:9/v1", model="mixtral"))
+    assert any("openai:mixtral" in line for line in intent_lines(draw.svg(served)))
+    drawn = draw.compile_to_draw("aidsafe")  # no run yet: the run's --model decides
+    assert any("run's model" in line for line in intent_lines(draw.svg(drawn)))
+    recorded = draw.svg(drawn, models={"intent": "local:SmolLM2"})  # e.g. a record's models
+    assert any("local:SmolLM2" in line for line in intent_lines(recorded))

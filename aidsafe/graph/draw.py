@@ -39,7 +39,7 @@ from __future__ import annotations
 import html as _html
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,24 @@ from typing import Any
 from ..errors import AidsafeError, ConfigError
 from .spec import LoopSpec
 
-__all__ = ["EdgeLine", "Label", "Layout", "LoopBox", "NodeBox", "compile_to_draw", "exit_rule", "html", "layout", "loop_label", "png", "svg"]
+__all__ = ["EdgeLine", "Label", "Layout", "LoopBox", "NodeBox", "compile_to_draw", "exit_rule", "html", "layout", "loop_label", "model_label", "png", "svg"]
 
 
 def _no_model(settings: Any) -> Any:
     raise AidsafeError(f"a graph compiled to be drawn calls no model ({settings.label()})")
+
+
+def model_label(compiled: Any, name: str, models: Mapping[str, str] | None = None) -> str:
+    """The model a picture names for a role or agent (``name`` as in ``compiled.bindings``): the one
+    in ``models`` (e.g. a record's ``models``), else the binding's ``backend:model``; a graph compiled
+    with the fake backend only to be drawn shows the role's own model, or "run's model" when the role
+    names none (the run's ``--model`` decides)."""
+    if models and name in models:
+        return models[name]
+    settings = compiled.bindings[name].settings
+    if settings.backend == "fake":
+        return "run's model" if settings.model in (None, "default") else str(settings.model)
+    return str(settings.label())
 
 
 def compile_to_draw(graph: str | Path, policies: str | Path = "aidsafe5") -> Any:
@@ -280,22 +293,24 @@ def loop_label(loop: LoopSpec, stops: Sequence[str] = ()) -> str:
     return f"deliberation loop: {loop.mode}{exit_on}, budget {loop.max_rounds} round{'s' if loop.max_rounds != 1 else ''}"
 
 
-def _node_box(compiled: Any, node_id: str, loop: _LoopInfo | None) -> NodeBox:
+def _node_box(compiled: Any, node_id: str, loop: _LoopInfo | None, models: Mapping[str, str] | None = None) -> NodeBox:
     spec = compiled.spec
     if node_id in ("__start__", "__end__"):
         kind = "start" if node_id == "__start__" else "end"
         return NodeBox(node_id, kind, 0, 0, 84, 30, 15, ["START" if kind == "start" else "END"], node_id)
     binding = None
+    name = ""
     kind = "role"
     if node_id in spec.nodes and spec.nodes[node_id].role is not None:
-        binding = compiled.bindings.get(spec.nodes[node_id].role)
+        name = str(spec.nodes[node_id].role)
+        binding = compiled.bindings.get(name)
     elif loop is not None and node_id in loop.members:
-        agent = node_id[len(loop.node) + 1 :]
-        binding = compiled.bindings.get(f"{loop.node}.{agent}")
+        name = f"{loop.node}.{node_id[len(loop.node) + 1 :]}"
+        binding = compiled.bindings.get(name)
         kind = "agent" if binding is not None else "vote"
     if binding is not None:
         template = spec.roles[binding.role].template
-        model = binding.settings.label()
+        model = model_label(compiled, name, models)
         lines = [node_id, _shorten(template), _shorten(f"{binding.kind.name} · {model}")]
         tooltip = f"{node_id}: role {binding.role}, template {template}, reply {binding.kind.name}, model {model}"
     elif kind == "vote" and loop is not None:
@@ -451,15 +466,16 @@ def _vote_lane(boxes: dict[str, NodeBox], members: list[str], source: str, targe
     return _rounded([(port_back, vote.y), (port_back, level_back), (x, level_back), (x, agent.bottom)], 6)
 
 
-def layout(compiled: Any) -> Layout:
-    """Compute the picture of a compiled graph (a :class:`~aidsafe.graph.compiler.CompiledAidsafe`)."""
+def layout(compiled: Any, models: Mapping[str, str] | None = None) -> Layout:
+    """Compute the picture of a compiled graph (a :class:`~aidsafe.graph.compiler.CompiledAidsafe`);
+    ``models`` names the model of a role or agent (see :func:`model_label`)."""
     spec = compiled.spec
     drawable = compiled.graph.get_graph()
     node_ids = [str(n) for n in drawable.nodes]
     raw_edges = [(str(e.source), str(e.target), None if e.data is None else str(e.data), bool(e.conditional)) for e in drawable.edges]
     loop = _loop_info(compiled)
     members = loop.members if loop else []
-    boxes = {n: _node_box(compiled, n, loop) for n in node_ids}
+    boxes = {n: _node_box(compiled, n, loop, models) for n in node_ids}
     if loop is not None:  # the loop's agents share one width, so that the column (or row) is tidy
         agents = [m for m in members if boxes[m].kind == "agent"]
         width = max(boxes[m].w for m in agents) if agents else 0.0
@@ -687,11 +703,11 @@ def _svg_text(label: Label, extra_class: str = "") -> str:
     return f'<text class="{cls}" x="{_num(label.x)}" y="{_num(label.y)}" font-size="{_num(label.size)}"{anchor}{weight}>{_esc(label.text)}</text>'
 
 
-def svg(compiled: Any, highlight: Iterable[str] | None = None) -> str:
+def svg(compiled: Any, highlight: Iterable[str] | None = None, models: Mapping[str, str] | None = None) -> str:
     """A standalone SVG picture of a compiled graph; the nodes in ``highlight`` (and the edges
-    between two of them) get the ``visited`` class. The attributes are described in the module
-    docstring."""
-    return _svg(layout(compiled), set(highlight or ()), compiled)
+    between two of them) get the ``visited`` class; ``models`` names the models shown (see
+    :func:`model_label`). The attributes are described in the module docstring."""
+    return _svg(layout(compiled, models), set(highlight or ()), compiled)
 
 
 def _svg(lay: Layout, visited: set[str], compiled: Any) -> str:
@@ -890,11 +906,13 @@ def html(compiled: Any) -> str:
     parts.append("<h2>Roles</h2><table>")
     parts.append(_row(["node", "role", "template", "reply kind", "model", "max tokens", "params"], header=True))
     for node_id in (n.id for n in lay.nodes):
-        binding = None
+        binding, name = None, ""
         if node_id in spec.nodes and spec.nodes[node_id].role is not None:
-            binding = compiled.bindings.get(spec.nodes[node_id].role)
+            name = str(spec.nodes[node_id].role)
+            binding = compiled.bindings.get(name)
         elif loop is not None and node_id in loop.members:
-            binding = compiled.bindings.get(f"{loop.node}.{node_id[len(loop.node) + 1 :]}")
+            name = f"{loop.node}.{node_id[len(loop.node) + 1 :]}"
+            binding = compiled.bindings.get(name)
         if binding is None:
             continue
         params = ", ".join(f"{k}={v}" for k, v in binding.params.items())
@@ -905,7 +923,7 @@ def html(compiled: Any) -> str:
                     binding.role,
                     spec.roles[binding.role].template,
                     binding.kind.name,
-                    binding.settings.label(),
+                    model_label(compiled, name),
                     binding.settings.max_tokens or "",
                     params,
                 ]

@@ -82,7 +82,7 @@ def _judged(paths: Sequence[PathLike], ids: set[str]) -> tuple[list[str], dict[s
     return labels, by_label
 
 
-def _graph_pictures(graphs: Mapping[str, tuple[str, str]], graph_file: PathLike | None
+def _graph_pictures(graphs: Mapping[str, tuple[str, str, dict[str, str]]], graph_file: PathLike | None
                     ) -> tuple[dict[str, str], dict[str, list[str]], dict[str, str], dict[str, str]]:
     """An SVG per graph name (compiled with the fake backend: no model is needed), its node ids,
     why a picture is missing (a graph file that is not shipped: pass ``graph_file``), and the role
@@ -93,7 +93,7 @@ def _graph_pictures(graphs: Mapping[str, tuple[str, str]], graph_file: PathLike 
     nodes: dict[str, list[str]] = {}
     missing: dict[str, str] = {}
     roles: dict[str, str] = {}
-    for name, (spec, policies) in graphs.items():
+    for name, (spec, policies, models) in graphs.items():
         try:
             compiled = compile_to_draw(spec, policies)
         except AidsafeError as exc:
@@ -102,7 +102,7 @@ def _graph_pictures(graphs: Mapping[str, tuple[str, str]], graph_file: PathLike 
         if graph_file is not None and compiled.spec.name != name:
             missing[name] = f"--graph {graph_file} is graph {compiled.spec.name!r}, not {name!r}"
             continue
-        pictures[name] = svg(compiled)
+        pictures[name] = svg(compiled, models=models)  # the models of the run, not the drawing's
         nodes[name] = list(compiled.graph.get_graph().nodes)
         roles.update({node_id: n.role for node_id, n in compiled.spec.nodes.items() if n.role is not None})
     return pictures, nodes, missing, roles
@@ -178,7 +178,9 @@ def build_report(output: PathLike, judged: Sequence[PathLike] = (), *, graph: Pa
         label = _label(Path(output), set(judges))
         judges, judgements = [label, *judges], {label: own, **judgements}
 
-    graphs = {r.graph: (str(graph) if graph is not None else r.graph, r.policy_set.name) for r in records}
+    graphs: dict[str, tuple[str, str, dict[str, str]]] = {}
+    for r in records:
+        graphs.setdefault(r.graph, (str(graph) if graph is not None else r.graph, r.policy_set.name, r.models))
     pictures, nodes, missing, roles = _graph_pictures(graphs, graph)
 
     rows: list[dict[str, Any]] = []
