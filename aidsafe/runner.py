@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from ._concurrency import bounded
 from .errors import AidsafeError, ConfigMismatchError, InputError, JobInterrupted
 from .models import ModelPool, ResponseCache
+from .models.endpoints import all_stats as all_endpoint_stats
 from .outputs import LineModel, OutputLock, OutputState, drop_records, read_sidecar, scan_output, write_sidecar
 
 __all__ = ["FileJob", "JobOptions", "JobRun", "Summary", "run_job"]
@@ -198,11 +199,28 @@ def _check_config(output: Path, sidecar_of: Path, config: dict[str, Any]) -> Non
         )
 
 
-class _Meter:
-    """Progress bar: done, ok, failed, in flight, tokens/s, ETA."""
+def _endpoint_figures(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per endpoint, this run's calls, ok, overloaded, failed and drained (the counts since ``before``)
+    and its limit and health at the end."""
+    out: dict[str, dict[str, Any]] = {}
+    for url, now in after.items():
+        was = before.get(url, {})
+        out[url] = {k: now[k] - was.get(k, 0) for k in ("calls", "ok", "overloaded", "failed", "drained")} | {"limit": now["limit"], "up": now["up"]}
+    return out
 
-    def __init__(self, total: int, enabled: bool, desc: str, unit: str) -> None:
+
+def _endpoint_postfix(stats: Mapping[str, Mapping[str, Any]]) -> str:
+    """In flight per endpoint for the progress bar, ``down`` for a drained one (several endpoints only)."""
+    return " ".join(f"{v['in_flight']}" if v["up"] else "down" for v in stats.values())
+
+
+class _Meter:
+    """Progress bar: done, ok, failed, in flight (per endpoint when there are several), tokens/s, ETA."""
+
+    def __init__(self, total: int, enabled: bool, desc: str, unit: str,
+                 endpoints: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None) -> None:
         self.done = self.failed = self.in_flight = self.tokens = 0
+        self.endpoints = endpoints
         self.started_at = time.monotonic()
         self.bar: Any = None
         if enabled:
@@ -220,9 +238,11 @@ class _Meter:
         self.tokens += tokens
         if self.bar is not None:
             elapsed = max(time.monotonic() - self.started_at, 1e-9)
+            stats = self.endpoints() if self.endpoints is not None else {}
+            per_endpoint = {"endpoints": _endpoint_postfix(stats)} if len(stats) > 1 else {}
             self.bar.set_postfix(
                 ok=self.done - self.failed, failed=self.failed, in_flight=self.in_flight,
-                tok_s=f"{self.tokens / elapsed:.0f}", refresh=False,
+                tok_s=f"{self.tokens / elapsed:.0f}", **per_endpoint, refresh=False,
             )
             self.bar.update(1)
 
@@ -277,7 +297,8 @@ async def run_job(
         run = JobRun(unit=job.unit, skipped=len(skip), repaired_last_line=state.repaired, skipped_input_lines=len(problems))
         cache = ResponseCache(cache_file, read=not options.retry_failed) if options.cache else None
         models = job.models.cached(cache) if cache is not None else job.models
-        meter = _Meter(todo, options.progress, job.name, job.unit)
+        meter = _Meter(todo, options.progress, job.name, job.unit, job.models.endpoint_stats)
+        endpoints_before = all_endpoint_stats()  # routers live as long as the process: count this run only
         started = time.monotonic()
         try:
             # a local append-only file, written in order as records finish: blocking writes are brief
@@ -297,6 +318,9 @@ async def run_job(
                 cache.close()
             await job.models.aclose()
         run.done, run.tokens, run.seconds = meter.done, meter.tokens, time.monotonic() - started
+        endpoints = _endpoint_figures(endpoints_before, job.models.endpoint_stats())
+        if endpoints:
+            run.extra["endpoints"] = endpoints
         summary = job.summarize(output, run)
         write_sidecar(sidecar_owner, {**summary.as_dict(), "complete": True, "config": config})
     return summary

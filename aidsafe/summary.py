@@ -98,11 +98,19 @@ class RunSummary:
             if run
             else ""
         )
+        endpoints = run.get("endpoints") or {} if run else {}
+        by_endpoint = (
+            "; calls by endpoint: " + ", ".join(
+                f"{url} {e['calls']} ({e['overloaded']} backpressure, {e['failed']} failed{', drained ' + str(e['drained']) + 'x' if e['drained'] else ''}"
+                f"{'' if e['up'] else ', down'})" for url, e in endpoints.items())
+            if len(endpoints) > 1 or any(e["overloaded"] or e["failed"] for e in endpoints.values())
+            else ""
+        )
         return (
             f"records: {d['records']} (ok {d['ok']}, failed {d['failed']}); stop reasons: {stops}; "
             f"mean rounds: {d['mean_rounds']}; faults: {d['faults']}; retries: {d['retries']}; "
             f"replies cut at max_tokens: {d['truncated']}; "
-            f"tokens (prompt+completion) by stage: {tokens}{this_run}"
+            f"tokens (prompt+completion) by stage: {tokens}{this_run}{by_endpoint}"
         )
 
 

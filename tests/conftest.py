@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -52,7 +53,7 @@ class Stub:
         self.peak_in_flight = 0
         self.script: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None
         """Per-request fault: called with (request number from 1, body); may return
-        ``{"status": code, "message": text}``, ``{"content": text, "finish_reason": reason}``, ``{"hang": seconds}``
+        ``{"status": code, "message": text, "headers": {...}}``, ``{"content": text, "finish_reason": reason}``, ``{"hang": seconds}``
         (then answer normally) or ``{"drop": True}`` (close the connection without answering)."""
         self.connections: set[int] = set()
         self.sockets: set[Any] = set()
@@ -76,6 +77,20 @@ class Stub:
 @pytest.fixture
 def stub_server() -> Iterator[tuple[Stub, str]]:
     """A real HTTP server on localhost speaking the OpenAI chat-completions format, scripted by ``Stub``."""
+    with running_stub() as served:
+        yield served
+
+
+@pytest.fixture
+def stub_servers() -> Iterator[list[tuple[Stub, str]]]:
+    """Three such servers, each with its own script: replicas of one model."""
+    with running_stub() as a, running_stub() as b, running_stub() as c:
+        yield [a, b, c]
+
+
+@contextlib.contextmanager
+def running_stub() -> Iterator[tuple[Stub, str]]:
+    """One scripted server on a free localhost port, for as long as the ``with`` block runs."""
     stub = Stub()
 
     class Handler(BaseHTTPRequestHandler):
@@ -116,7 +131,7 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
                 if fault and "status" in fault:
                     # echo the request's headers, as a careless server might: a key must survive that
                     detail = fault.get("message") or f"injected fault; request headers: {dict(self.headers)}"
-                    return self._send(fault["status"], {"error": {"message": detail, "type": "server_error"}})
+                    return self._send(fault["status"], {"error": {"message": detail, "type": "server_error"}}, fault.get("headers"))
                 if stub.status is not None:
                     return self._send(stub.status, {"error": {"message": "server says no", "type": "server_error"}})
                 if number <= stub.fail_first:

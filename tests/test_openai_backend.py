@@ -63,9 +63,9 @@ def test_json_object_mode_can_be_forced(stub_server):
 
 def test_a_failing_server_gives_a_failed_record_with_the_error(stub_server, monkeypatch):
     stub, url = stub_server
-    stub.status = 503
+    stub.status = 500
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-456")
     record = _pipe(url, structured="json_schema").run_one("q")
     assert record.status == "failed" and record.error.stage == "intent"
-    assert "503" in record.error.message or "server says no" in record.error.message
+    assert "500" in record.error.message or "server says no" in record.error.message
     assert "sk-secret-456" not in record.model_dump_json()

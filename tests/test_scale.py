@@ -91,18 +91,17 @@ def test_429_backs_off_and_then_succeeds(tmp_path, stub_server):
 def test_adaptive_limit_halves_on_429_and_grows_back():
     import asyncio
 
-    from aidsafe.models.limiter import AdaptiveLimiter
+    from aidsafe.models.endpoints import Endpoint, Router
 
     async def scenario() -> list[float]:
-        limiter = AdaptiveLimiter(maximum=16, cooldown=0.0)
+        router = Router([Endpoint(url="http://one")], 16, cooldown=0.0)
+        (limiter,) = router.states
         seen = [limiter.limit]
         for _ in range(2):
-            await limiter.acquire()
-            await limiter.release(overloaded=True)
+            await router.release(await router.acquire(), "overloaded")
             seen.append(limiter.limit)
         for _ in range(4 + 5):
-            await limiter.acquire()
-            await limiter.release(success=True)
+            await router.release(await router.acquire(), "ok")
         seen.append(limiter.limit)
         return seen
 

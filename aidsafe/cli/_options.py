@@ -7,7 +7,9 @@ import os
 import sys
 from typing import Any
 
+from ..errors import ConfigError
 from ..models import ModelSettings, backend_names
+from ..models.endpoints import endpoints_from_urls, load_endpoints
 
 __all__ = ["add_graph_options", "add_model_options", "env_option", "role_models_from_args", "settings_from_args"]
 
@@ -70,14 +72,20 @@ def add_graph_options(parser: argparse.ArgumentParser) -> None:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     env_option(group, "--backend", choices=backend_names(), help="default: openai when --base-url is given, else local")
-    env_option(group, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM)")
+    env_option(group, "--base-url", action="append", metavar="URL",
+               help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM); repeat it for several replicas of the model "
+                    "(comma-separated in the variable)")
+    env_option(group, "--endpoints", metavar="FILE", help="an endpoints file: several servers with their own model names, weights and limits")
     env_option(group, "--model", help="model name (openai), GGUF path (local; default: embedded SmolLM2-135M) or fake behaviour")
     env_option(group, "--api-key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the API key")
     env_option(group, "--role-model", action="append", metavar="ROLE=MODEL", help="model for one role or agent (repeatable)")
     env_option(group, "--temperature", type=float, help="sampling temperature (default: 0.2 local, server default otherwise)")
     env_option(group, "--max-tokens", type=int, help="max tokens per reply, for every role (default: each role's own, sized for a Mixtral-class model)")
     env_option(group, "--timeout", type=float, default=300.0, help="seconds per model call")
-    env_option(group, "--max-retries", type=int, default=3, help="retries per model call on connection errors, 429 and 5xx")
+    env_option(group, "--max-retries", type=int, default=3, help="retries per model call on connection errors, timeouts and 5xx")
+    env_option(group, "--call-deadline", type=float, default=600.0,
+               help="seconds one model call may wait out 429/503 backpressure (retried, not counted in --max-retries)")
+    env_option(group, "--max-in-flight", type=int, default=256, help="most calls in flight to one endpoint (its adaptive limit starts here)")
     env_option(
         group,
         "--structured-output",
@@ -90,11 +98,20 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> ModelSettings:
-    backend = args.backend or ("openai" if args.base_url else "local")
+    urls: list[str] = list(args.base_url or [])
+    if args.endpoints and urls:
+        raise ConfigError("give either --base-url or --endpoints, not both")
+    endpoints = load_endpoints(args.endpoints) if args.endpoints else endpoints_from_urls(urls) if len(urls) > 1 else ()
+    if args.call_deadline <= 0 or args.max_in_flight < 1:
+        raise ConfigError("--call-deadline must be above 0 and --max-in-flight at least 1")
+    backend = args.backend or ("openai" if urls or endpoints else "local")
     return ModelSettings(
         backend=backend,
         model=args.model,
-        base_url=args.base_url,
+        base_url=endpoints[0].url if endpoints else (urls[0] if urls else None),
+        endpoints=endpoints,
+        call_deadline=args.call_deadline,
+        max_in_flight=args.max_in_flight,
         api_key_env=args.api_key_env,
         temperature=args.temperature,
         max_tokens=args.max_tokens,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from typing import Any
 
 from ..pipeline import Pipeline
 from ._options import add_graph_options, add_model_options, env_option, role_models_from_args, settings_from_args
@@ -30,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     env_option(p, "--no-cache", action="store_true", help="do not keep the response cache that makes resumes free")
     env_option(p, "--no-progress", action="store_true", help="no progress bar")
     env_option(p, "--lenient", action="store_true", help="skip bad input lines (each reported with file:line) and run the valid prompts; default: refuse the whole file before any model call")
+    env_option(p, "--engine", choices=["local", "ray"], default="local", help="local: this process; ray: Ray Data, an actor pool (extra [ray]; RAY_ADDRESS names a cluster)")
+    env_option(p, "--ray-actors", type=int, default=2, help="with --engine ray: actors in the pool, each with --concurrency prompts in flight")
+    env_option(p, "--ray-batch-size", type=int, default=32, help="with --engine ray: prompts per batch (one block file OUTPUT.parts/*.jsonl each)")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -50,8 +55,16 @@ def run(args: argparse.Namespace) -> int:
         print("aidsafe generate: -o/--output is required", file=sys.stderr)
         return 2
     settings = settings_from_args(args)
-    pipe = Pipeline(args.graph, args.policies, settings, role_models=role_models_from_args(args))
-    summary = pipe.generate(
+    if args.engine == "ray":
+        from ..engines.ray_data import RayOptions, generate_ray
+
+        run_file: Any = functools.partial(
+            generate_ray, graph=args.graph, policies=args.policies, settings=settings, role_models=role_models_from_args(args),
+            ray_options=RayOptions(actors=args.ray_actors, batch_size=args.ray_batch_size),
+        )
+    else:
+        run_file = Pipeline(args.graph, args.policies, settings, role_models=role_models_from_args(args)).generate
+    summary = run_file(
         args.input,
         args.output,
         prompt_field=args.prompt_field,

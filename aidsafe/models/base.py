@@ -5,7 +5,10 @@ from __future__ import annotations
 import abc
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .endpoints import Endpoint
 
 __all__ = ["ChatModel", "Completion", "ModelSettings", "StructuredMode"]
 
@@ -53,7 +56,12 @@ class ModelSettings:
     """Reply budget in tokens; None: each role's own (see :attr:`aidsafe.kinds.ReplyKind.max_tokens`)."""
     timeout: float = 300.0
     max_retries: int = 3
-    """Retries of one call after a 429, a 5xx, a timeout or a dropped connection."""
+    """Retries of one call after a 5xx, a timeout or a dropped connection (a 429 or 503 is
+    backpressure: retried until :attr:`call_deadline`, not counted here)."""
+    call_deadline: float = 600.0
+    """Seconds one call may spend waiting out 429/503 backpressure (with its retries) before it fails."""
+    endpoints: tuple[Endpoint, ...] = ()
+    """Several servers of the model (openai backend): calls go to the least loaded one; empty: ``base_url`` alone."""
     max_in_flight: int = 256
     """Most calls in flight to one endpoint; adaptive backoff moves the limit between 1 and this."""
     structured: StructuredMode = "auto"
@@ -80,7 +88,8 @@ class ModelSettings:
         """``backend:model`` as written in records (never the key, never a secret)."""
         if self.backend == "local":
             return f"local:{os.path.basename(self.model) if self.model else 'SmolLM2-135M-Instruct.Q4_1.gguf'}"
-        return f"{self.backend}:{self.model or 'default'}"
+        model = self.model or next((e.model for e in self.endpoints if e.model), None)
+        return f"{self.backend}:{model or 'default'}"
 
 
 class ChatModel(abc.ABC):
@@ -112,6 +121,11 @@ class ChatModel(abc.ABC):
     @property
     def label(self) -> str:
         return self.settings.label()
+
+    def endpoint_stats(self) -> dict[str, dict[str, Any]]:
+        """Per endpoint URL this model calls: calls, ok, overloaded (429/503), failed, drained, in
+        flight, limit, up (:mod:`aidsafe.models.endpoints`); empty for a backend without endpoints."""
+        return {}
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections (optional)."""

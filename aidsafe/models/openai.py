@@ -5,9 +5,10 @@ The JSON Schema travels in the form the server honours: ``json_schema`` (OpenAI,
 call tries ``json_schema`` and, if the server rejects it, the endpoint uses ``json_object`` from
 then on.
 
-All models on one endpoint share one HTTP connection pool and one adaptive limiter
-(:mod:`aidsafe.models.limiter`). A call that fails with a 429, a 5xx, a timeout or a dropped
-connection is retried up to ``max_retries`` times (``Retry-After`` honoured), then raised as
+All models on one endpoint share one HTTP connection pool and one adaptive limit; several
+endpoints serving one model are routed by :mod:`aidsafe.models.endpoints`. A 429 or 503 is
+backpressure, waited out (``Retry-After`` honoured) until the call's deadline; a 5xx, a timeout or a
+dropped connection is retried up to ``max_retries`` times; then the call raises
 :class:`~aidsafe.errors.ModelCallError`. The API key is read from the environment variable named
 in the settings and never appears in errors, logs or records.
 """
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from ..errors import AidsafeError, ModelCallError
 from .base import ChatModel, Completion, ModelSettings
-from .limiter import AdaptiveLimiter, backoff_delay, limiter_for
+from .endpoints import Endpoint, Outcome, Router, router_for
+from .limiter import backoff_delay
 from .registry import register_backend
 from .schema_forms import for_llama_cpp
 
@@ -108,98 +111,123 @@ def _pool(endpoint: str, maximum: int) -> Any:
 
 @register_backend("openai")
 class OpenAIChatModel(ChatModel):
-    """langchain-openai's ``ChatOpenAI`` against one endpoint and model."""
+    """langchain-openai's ``ChatOpenAI`` against one endpoint, or several serving the same model
+    (:mod:`aidsafe.models.endpoints`)."""
 
     default_concurrency = 16
 
     @classmethod
     def check(cls, settings: ModelSettings) -> None:
-        if not settings.model:
+        if not settings.model and not (settings.endpoints and all(e.model for e in settings.endpoints)):
             raise AidsafeError("the openai backend needs --model (the model name the server serves)")
-        if not settings.base_url:
+        if not settings.base_url and not settings.endpoints:
             raise AidsafeError("the openai backend needs --base-url (e.g. http://localhost:8000/v1 for vLLM)")
 
     def __init__(self, settings: ModelSettings) -> None:
-        if not settings.model:
-            raise AidsafeError("the openai backend needs --model (the model name the server serves)")
+        self.check(settings)
         self.settings = settings
-        self.endpoint = settings.base_url or "https://api.openai.com/v1"
+        endpoints = settings.endpoints or (Endpoint(url=settings.base_url or "https://api.openai.com/v1"),)
+        self.endpoint = endpoints[0].url
         self._key = os.environ.get(settings.api_key_env) or None
         # None: not known yet (auto); the first call finds out which form the server takes
         self._forced: str | None = None if settings.structured == "auto" else settings.structured
-        self.limiter: AdaptiveLimiter = limiter_for(self.endpoint, settings.max_in_flight)
-        self._llm: Any = None
+        self.router: Router = router_for(endpoints, settings.max_in_flight)
+        self._llms: dict[str, Any] = {}
         self._llm_loop: int | None = None
 
-    def _client(self) -> Any:
+    def _client(self, endpoint: Endpoint) -> Any:
         loop = id(asyncio.get_running_loop())
-        if self._llm is None or self._llm_loop != loop:
+        if self._llm_loop != loop:
+            self._llms, self._llm_loop = {}, loop
+        llm = self._llms.get(endpoint.url)
+        if llm is None:
             from langchain_openai import ChatOpenAI
 
             s = self.settings
+            maximum = endpoint.max_in_flight or s.max_in_flight
             options: dict[str, Any] = {
-                "model": s.model,
-                "base_url": s.base_url,
+                "model": endpoint.model or s.model,
+                "base_url": endpoint.url,
                 "api_key": self._key or "EMPTY",
                 "max_tokens": s.max_tokens,
                 "timeout": s.timeout,
                 "seed": s.seed,
-                "max_retries": 0,  # retries are ours: they must feed the adaptive limiter
-                "http_async_client": _pool(self.endpoint, s.max_in_flight),
+                "max_retries": 0,  # retries are ours: they must feed the adaptive limits
+                "http_async_client": _pool(endpoint.url, maximum),
             }
             if s.temperature is not None:
                 options["temperature"] = s.temperature
-            self._llm, self._llm_loop = ChatOpenAI(**options), loop
-        return self._llm
+            llm = self._llms[endpoint.url] = ChatOpenAI(**options)
+        return llm
 
     async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str, **options: Any) -> Completion:
+        """One reply. A 429 or 503 is backpressure: waited out (``Retry-After`` honoured) and retried
+        until ``call_deadline``, not counted against ``max_retries``; a timeout, another 5xx or a
+        dropped connection is retried up to ``max_retries`` times, elsewhere when an endpoint dies."""
         import openai
 
-        attempt = 0
+        started = time.monotonic()
+        counted = tries = backpressure = 0
         msg: Any = None
+        mode = ""
         want_logprobs = bool(options.get("logprobs"))
         while True:
-            attempt += 1
-            mode = self._forced or _MODES.get(self.endpoint) or "json_schema"
-            await self.limiter.acquire()
-            overloaded = success = False
+            tries += 1
+            slot = await self.router.acquire()
+            url = slot.endpoint.url
+            mode = self._forced or _MODES.get(url) or "json_schema"
+            outcome: Outcome = "neutral"
             delay = 0.0
-            extra = {"logprobs": True, "top_logprobs": 5} if want_logprobs and self.endpoint not in _NO_LOGPROBS else {}
+            problem: Exception | None = None
+            extra = {"logprobs": True, "top_logprobs": 5} if want_logprobs and url not in _NO_LOGPROBS else {}
             try:
-                msg = await self._client().ainvoke(messages, response_format=response_format(mode, schema, schema_name), **extra)
-                success = True
+                msg = await self._client(slot.endpoint).ainvoke(messages, response_format=response_format(mode, schema, schema_name), **extra)
+                outcome = "ok"
             except openai.LengthFinishReasonError as exc:
                 # the reply hit max_tokens; the OpenAI client refuses to parse it, but it is a reply:
                 # keep it so that validation reports the truncation and the raw text is recorded
-                success = True
-                return _truncated(exc, attempt - 1)
+                outcome = "ok"
+                return _truncated(exc, tries - 1)
             except openai.ContentFilterFinishReasonError as exc:
-                raise self._error(exc, attempt) from None
+                raise self._error(exc, tries) from None
             except openai.APIStatusError as exc:
-                if self._forced is None and self.endpoint not in _MODES and _rejects_json_schema(exc):
-                    _MODES[self.endpoint] = "json_object"  # e.g. llama-cpp-python's server; not a failure of the call
-                    attempt -= 1
+                if self._forced is None and url not in _MODES and _rejects_json_schema(exc):
+                    _MODES[url] = "json_object"  # e.g. llama-cpp-python's server; not a failure of the call
+                    tries -= 1
                     continue
                 if extra and "logprobs" in str(exc):
-                    _NO_LOGPROBS.add(self.endpoint)  # the server cannot give them: ask without, not a failure
-                    attempt -= 1
+                    _NO_LOGPROBS.add(url)  # the server cannot give them: ask without, not a failure
+                    tries -= 1
                     continue
-                retryable = exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408
-                overloaded = exc.status_code in (429, 503)
-                if not retryable or attempt > self.settings.max_retries:
-                    raise self._error(exc, attempt) from None
-                delay = backoff_delay(attempt, _retry_after(exc))
-            except (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError, OSError) as exc:
-                if attempt > self.settings.max_retries:
-                    raise self._error(exc, attempt) from None
-                delay = backoff_delay(attempt, None)
+                if exc.status_code in (429, 503):
+                    outcome, problem = "overloaded", exc
+                elif exc.status_code >= 500 or exc.status_code == 408:
+                    outcome, problem = "failed", exc
+                else:
+                    raise self._error(exc, tries) from None
+            except openai.APIConnectionError as exc:
+                # refused or dropped: the endpoint looks dead (a timeout is a subclass: slow, not dead)
+                outcome, problem = ("failed" if isinstance(exc, openai.APITimeoutError) else "down"), exc
+            except (asyncio.TimeoutError, OSError) as exc:
+                outcome, problem = "failed", exc
             finally:
-                await self.limiter.release(overloaded=overloaded, success=success)
-            if success:
+                rerouted = await self.router.release(slot, outcome)
+            if outcome == "ok":
                 break
+            assert problem is not None
+            if outcome == "overloaded":
+                backpressure += 1
+                delay = backoff_delay(backpressure, _retry_after(problem))
+            elif not rerouted:
+                counted += 1
+                if counted > self.settings.max_retries:
+                    raise self._error(problem, tries) from None
+                delay = backoff_delay(counted, None)
+            if time.monotonic() + delay - started > self.settings.call_deadline:
+                raise self._error(problem, tries, deadline=True) from None
             await asyncio.sleep(delay)
         if self._forced is None:
-            _MODES.setdefault(self.endpoint, mode)
+            _MODES.setdefault(url, mode)
         assert msg is not None  # the loop only breaks after a successful call
         usage = msg.usage_metadata or {}
         content = msg.content if isinstance(msg.content, str) else "".join(
@@ -210,17 +238,22 @@ class OpenAIChatModel(ChatModel):
             prompt_tokens=int(usage.get("input_tokens", 0)),
             completion_tokens=int(usage.get("output_tokens", 0)),
             finish_reason=msg.response_metadata.get("finish_reason"),
-            retries=attempt - 1,
+            retries=tries - 1,
             logprobs=_logprobs(msg.response_metadata.get("logprobs")) if want_logprobs else None,
         )
 
-    def _error(self, exc: Exception, attempts: int) -> ModelCallError:
+    def endpoint_stats(self) -> dict[str, dict[str, Any]]:
+        return self.router.stats()
+
+    def _error(self, exc: Exception, attempts: int, *, deadline: bool = False) -> ModelCallError:
         detail = f"{type(exc).__name__}: {exc}"
-        return ModelCallError(_redact(f"{self.label} call failed after {attempts} attempt(s): {detail}", self._key))
+        why = f" and the call deadline of {self.settings.call_deadline:g} s" if deadline else ""
+        return ModelCallError(_redact(f"{self.label} call failed after {attempts} attempt(s){why}: {detail}", self._key))
 
     async def aclose(self) -> None:
-        key = (self.endpoint, id(asyncio.get_running_loop()))
-        client = _POOLS.pop(key, None)
-        if client is not None:
-            await client.aclose()
-        self._llm = None
+        loop = id(asyncio.get_running_loop())
+        for state in self.router.states:
+            client = _POOLS.pop((state.endpoint.url, loop), None)
+            if client is not None:
+                await client.aclose()
+        self._llms = {}

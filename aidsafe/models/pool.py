@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .base import ChatModel, ModelSettings
 from .cache import CachedChatModel, ResponseCache
@@ -34,6 +35,13 @@ class ModelPool:
     def cached(self, cache: ResponseCache) -> ModelPool:
         """A pool of the same models, each wrapped to answer from ``cache`` first."""
         return ModelPool(lambda settings: CachedChatModel(self.get(settings), cache))
+
+    def endpoint_stats(self) -> dict[str, dict[str, Any]]:
+        """The figures of every endpoint the models built so far call (see :meth:`ChatModel.endpoint_stats`)."""
+        out: dict[str, dict[str, Any]] = {}
+        for model in self._models.values():
+            out.update(model.endpoint_stats())
+        return out
 
     async def aclose(self) -> None:
         """Close the connections of every model built so far."""
