@@ -32,6 +32,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewh
 
 import ceiling  # noqa: E402
 import efficiency  # noqa: E402
+import endpoints  # noqa: E402
 import memory  # noqa: E402
 import overhead  # noqa: E402
 import prefix  # noqa: E402
@@ -42,7 +43,7 @@ from report import table  # noqa: E402
 
 BENCHMARKS: dict[str, ModuleType] = {
     "overhead": overhead, "ceiling": ceiling, "efficiency": efficiency,
-    "speedup": speedup, "memory": memory, "prefix": prefix,
+    "speedup": speedup, "memory": memory, "prefix": prefix, "endpoints": endpoints,
 }
 """Each benchmark's module (``measure`` and ``rows``), in the fixed order they run in: efficiency
 before speedup, so speedup can reuse its runs."""
@@ -66,6 +67,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="repeats of memory (default 1: 6,000 prompts take ~4.5 min on 2 cores; peak RSS varies by ~1 MB between runs)",
     )
     parser.add_argument("--prefix-prompts", type=int, default=50)
+    parser.add_argument("--endpoint-count", type=int, default=8, help="endpoints: simulated servers, each its own process (8)")
+    parser.add_argument("--endpoint-concurrency", default="64,256", help="endpoints: comma-separated prompts in flight (64,256)")
     parser.add_argument("--profile", metavar="FILE", help="overhead: also profile one aidsafe run (cProfile) into FILE and print its top")
     parser.add_argument("--results", default=str(BENCH_DIR / "results.json"), help="JSON file the medians are merged into")
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch the results file")
