@@ -22,7 +22,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from .errors import ConfigError
 from .kinds import ReplyKind, get_kind
 
-__all__ = ["BLOCKS", "COPY_WORDS", "MIN_COPY", "TURN_BLOCKS", "RoleTemplate", "load_template", "normalize", "word_runs", "words"]
+__all__ = ["BLOCKS", "COPY_WORDS", "MIN_COPY", "TURN_BLOCKS", "RoleTemplate", "load_rubric", "load_template", "normalize", "word_runs", "words"]
 
 BLOCKS = ("system", "user")
 """The blocks every role template defines: one system and one user message."""
@@ -158,3 +158,16 @@ def load_template(path: Path, *, reply: str | ReplyKind, role: str, params: froz
 def word_runs(tokens: list[str], size: int = COPY_WORDS) -> set[tuple[str, ...]]:
     """Every run of ``size`` consecutive words."""
     return {tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)}
+
+
+def load_rubric(name_or_path: str | Path, kind: str, role: str) -> RoleTemplate:
+    """A grader's rubric: a template file, else one shipped in ``prompts/`` by that name."""
+    from .resources import builtin_dir
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        shipped = builtin_dir("prompts") / str(name_or_path)
+        if not shipped.is_file():
+            raise ConfigError(f"rubric template {str(name_or_path)!r} not found (neither a file nor a shipped template)")
+        path = shipped
+    return load_template(path, reply=kind, role=role)

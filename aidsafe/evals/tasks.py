@@ -44,7 +44,7 @@ from ..models.openai import response_format
 from ..policies import PolicySet, load_policy_set
 from ..resources import builtin_dir
 from ..structured import parse_reply
-from ..templates import RoleTemplate, _environment, load_template
+from ..templates import _environment, load_rubric
 from .data import LETTERS, EvalItem, read_mmlu, read_prompts, read_xstest
 from .kinds import COT, REFUSAL, SAFETY, STRONGREJECT
 
@@ -83,16 +83,6 @@ def split_reasoning(message: ChatMessageAssistant | None, tag: str | None = "thi
 # --- the grader -------------------------------------------------------------------------------
 
 
-def _rubric(name_or_path: str | Path, kind: str) -> RoleTemplate:
-    path = Path(name_or_path)
-    if not path.is_file():
-        shipped = builtin_dir("prompts") / str(name_or_path)
-        if not shipped.is_file():
-            raise ConfigError(f"rubric template {str(name_or_path)!r} not found (neither a file nor a shipped template)")
-        path = shipped
-    return load_template(path, reply=kind, role=f"grader ({kind})")
-
-
 def _grader_model(name: str | None) -> Model:
     """The model role ``grader`` (``--model-role grader=M``), else the task's ``grader`` parameter."""
     try:
@@ -121,7 +111,7 @@ class Grader:
         if structured not in STRUCTURED:
             raise ConfigError(f"grader_structured must be one of {', '.join(STRUCTURED)}, got {structured!r}")
         self.kind = kind
-        self.template = _rubric(rubric, kind)
+        self.template = load_rubric(rubric, kind, role=f"grader ({kind})")
         self.policies: PolicySet = load_policy_set(policies)
         self.max_tokens = max_tokens
         self.structured = structured

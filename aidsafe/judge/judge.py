@@ -23,10 +23,9 @@ from ..outputs import read_records
 from ..pairs.schema import PairRecord, Side
 from ..policies import PolicySet, load_policy_set
 from ..records import Intents, Record, Usage
-from ..resources import builtin_dir
 from ..runner import JobOptions, JobRun, run_job
 from ..structured import call_structured
-from ..templates import RoleTemplate, load_template
+from ..templates import RoleTemplate, load_rubric
 from .kinds import PAIRWISE, SCORES, json_object
 from .schema import METRICS, Citations, JudgedPair, JudgedRecord, Judgement, PairJudgement, PairVerdict
 from .stats import reconcile, win_rates
@@ -81,16 +80,6 @@ def parse_winner(text: str) -> str | None:
     return winner if winner in ("first", "second", "tie") else None
 
 
-def _template(name_or_path: str | Path, kind: str) -> RoleTemplate:
-    path = Path(name_or_path)
-    if not path.is_file():
-        shipped = builtin_dir("prompts") / str(name_or_path)
-        if not shipped.is_file():
-            raise ConfigError(f"rubric template {str(name_or_path)!r} not found (neither a file nor a shipped template)")
-        path = shipped
-    return load_template(path, reply=kind, role=f"judge ({kind})")
-
-
 def _judged_text(record: Record) -> str:
     """What the judge is shown of a record: quoting it in a rationale is not copying the rubric."""
     return "\n".join([record.prompt, *(t.text for t in record.thoughts), record.response])
@@ -120,8 +109,8 @@ class Judge:
         if model_factory is make_model:
             check_settings(settings)
         self.settings = settings
-        self.rubric = _template(rubric, SCORES.name)
-        self.pairwise_rubric = _template(pairwise_rubric, PAIRWISE.name)
+        self.rubric = load_rubric(rubric, SCORES.name, role=f"judge ({SCORES.name})")
+        self.pairwise_rubric = load_rubric(pairwise_rubric, PAIRWISE.name, role=f"judge ({PAIRWISE.name})")
         self._override = load_policy_set(policies) if policies is not None else None
         self._packs: dict[str, PolicySet] = {}
         self.models = ModelPool(model_factory)
