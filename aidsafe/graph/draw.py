@@ -293,20 +293,27 @@ def loop_label(loop: LoopSpec, stops: Sequence[str] = ()) -> str:
     return f"deliberation loop: {loop.mode}{exit_on}, budget {loop.max_rounds} round{'s' if loop.max_rounds != 1 else ''}"
 
 
+def _binding_of(compiled: Any, node_id: str, loop: _LoopInfo | None) -> tuple[str, Any]:
+    """The binding name (``role`` or ``loop.agent``) of a LangGraph node, and its binding (None for
+    the start, the end and a vote)."""
+    spec = compiled.spec
+    if node_id in spec.nodes and spec.nodes[node_id].role is not None:
+        name = str(spec.nodes[node_id].role)
+    elif loop is not None and node_id in loop.members:
+        name = f"{loop.node}.{node_id[len(loop.node) + 1 :]}"
+    else:
+        return "", None
+    return name, compiled.bindings.get(name)
+
+
 def _node_box(compiled: Any, node_id: str, loop: _LoopInfo | None, models: Mapping[str, str] | None = None) -> NodeBox:
     spec = compiled.spec
     if node_id in ("__start__", "__end__"):
         kind = "start" if node_id == "__start__" else "end"
         return NodeBox(node_id, kind, 0, 0, 84, 30, 15, ["START" if kind == "start" else "END"], node_id)
-    binding = None
-    name = ""
+    name, binding = _binding_of(compiled, node_id, loop)
     kind = "role"
-    if node_id in spec.nodes and spec.nodes[node_id].role is not None:
-        name = str(spec.nodes[node_id].role)
-        binding = compiled.bindings.get(name)
-    elif loop is not None and node_id in loop.members:
-        name = f"{loop.node}.{node_id[len(loop.node) + 1 :]}"
-        binding = compiled.bindings.get(name)
+    if node_id not in spec.nodes and loop is not None and node_id in loop.members:
         kind = "agent" if binding is not None else "vote"
     if binding is not None:
         template = spec.roles[binding.role].template
@@ -906,13 +913,7 @@ def html(compiled: Any) -> str:
     parts.append("<h2>Roles</h2><table>")
     parts.append(_row(["node", "role", "template", "reply kind", "model", "max tokens", "params"], header=True))
     for node_id in (n.id for n in lay.nodes):
-        binding, name = None, ""
-        if node_id in spec.nodes and spec.nodes[node_id].role is not None:
-            name = str(spec.nodes[node_id].role)
-            binding = compiled.bindings.get(name)
-        elif loop is not None and node_id in loop.members:
-            name = f"{loop.node}.{node_id[len(loop.node) + 1 :]}"
-            binding = compiled.bindings.get(name)
+        name, binding = _binding_of(compiled, node_id, loop)
         if binding is None:
             continue
         params = ", ".join(f"{k}={v}" for k, v in binding.params.items())
