@@ -598,3 +598,24 @@ def test_cli_lenient_runs_valid_prompts_and_names_bad_lines(
     assert f"{src}:1:" not in err and f"{src}:6:" not in err
     sidecar = json.loads((tmp_path / "out.jsonl.summary.json").read_text(encoding="utf-8"))
     assert sidecar["run"]["skipped_input_lines"] == 4
+
+
+def test_parquet_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aidsafe.errors import InputError
+    from aidsafe.inputs import read_prompts
+
+    with_ids = tmp_path / "with_ids.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["first", "second"], "other": [1, 2]}), with_ids)
+    assert [(i.id, i.prompt, i.line) for i in read_prompts(with_ids)] == [("a", "first", 1), ("b", "second", 2)]
+    rows = tmp_path / "rows.pq"
+    pq.write_table(pa.table({"question": ["x", "y", "z"]}), rows)
+    assert [i.id for i in read_prompts(rows, prompt_field="question")] == ["0", "1", "2"]  # row numbers, as a saved dataset's
+    with pytest.raises(InputError, match=r"rows.pq.*no prompt column 'prompt'.*'question'"):
+        list(read_prompts(rows))
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not parquet", encoding="utf-8")
+    with pytest.raises(InputError, match="broken.parquet.*not a Parquet file"):
+        list(read_prompts(broken))

@@ -47,13 +47,12 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AidsafeError, ConfigError, ConfigMismatchError, InputError, JobInterrupted
 from ..inputs import PromptItem, read_prompts, report_problems
-from ..inputs._common import PROMPT_FIELD_HINT, Result, Spec, checked_item, dedup
 from ..models import ModelFactory, ModelSettings, ResponseCache, make_model
 from ..outputs import OUTPUT_FORMATS, OutputLock, atomic_text, convert_output, read_record_lines, read_sidecar, scan_output, write_sidecar
 from ..pipeline import Pipeline
@@ -75,9 +74,8 @@ except ImportError as exc:  # pragma: no cover - the [ray] extra is missing
 if TYPE_CHECKING:
     from ray.data.context import DataContext
 
-__all__ = ["PARQUET_SUFFIXES", "RayOptions", "generate_ray", "merge_parts", "parts_dir", "read_input", "read_parquet"]
+__all__ = ["RayOptions", "generate_ray", "merge_parts", "parts_dir", "read_input"]
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
 """Input files read as Parquet (aidsafe's own readers take every other format)."""
 
 _PART = re.compile(r"^r(\d+)-[0-9a-f]+\.jsonl$")
@@ -104,57 +102,6 @@ def parts_dir(records_path: str | os.PathLike[str]) -> Path:
 # --- input ---------------------------------------------------------------------------------
 
 
-def read_parquet(path: Path, spec: Spec) -> Iterator[Result]:
-    """A Parquet file, in the shape of aidsafe's format readers: row ``i`` has line ``i + 1`` and
-    default id ``"i"`` (as a row of a saved Hugging Face dataset). Streams row groups."""
-    import pyarrow.parquet as pq
-
-    spec = replace(spec, unit="row")
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise InputError(f"not a Parquet file: {exc}", file=spec.source) from None
-    columns = list(parquet.schema_arrow.names)
-    if spec.prompt_field not in columns:
-        found = ", ".join(repr(name) for name in columns)
-        raise InputError(
-            f"Parquet file has no prompt column {spec.prompt_field!r}; columns: [{found}]; {PROMPT_FIELD_HINT}",
-            file=spec.source, field=spec.prompt_field,
-        )
-    wanted = [name for name in (spec.prompt_field, spec.id_field) if name in columns]
-    index = 0
-    for batch in parquet.iter_batches(batch_size=1024, columns=wanted):
-        for row in batch.to_pylist():
-            yield checked_item(row, spec, index + 1, str(index))
-            index += 1
-
-
-def _read_parquet_checked(
-    path: Path, source: str, prompt_field: str, id_field: str, limit: int | None, lenient: bool, problems: list[InputError] | None
-) -> Iterator[PromptItem]:
-    """What :func:`aidsafe.inputs.read_prompts` does around a format reader, for Parquet."""
-    if limit == 0:
-        return
-    count = skipped = 0
-    first: InputError | None = None
-    for result in dedup(read_parquet(path, Spec(source, prompt_field, id_field, lenient=lenient)), id_field):
-        if isinstance(result, InputError):
-            if not lenient:
-                raise result
-            skipped += 1
-            first = first or result
-            if problems is not None:
-                problems.append(result)
-            continue
-        count += 1
-        yield result
-        if limit is not None and count >= limit:
-            return
-    if count == 0:
-        why = f"all {skipped} rows were bad and skipped; the first: {first}" if first else "the file has no rows"
-        raise InputError(f"no valid prompts: {why}", file=source)
-
-
 def read_input(
     path: str | os.PathLike[str],
     *,
@@ -166,15 +113,10 @@ def read_input(
     shard: tuple[int, int] | None = None,
 ) -> Iterator[PromptItem]:
     """The prompts ``aidsafe generate`` runs, streamed: aidsafe's readers (JSONL, CSV, text, a
-    saved Hugging Face dataset folder: the local engine's ids) or :func:`read_parquet`; then the
+    saved Hugging Face dataset folder, Parquet: the local engine's ids); then the
     shard, as the local engine takes it (every n-th prompt starting at i)."""
     source = os.fspath(path)
-    if Path(source).suffix.lower() in PARQUET_SUFFIXES and Path(source).is_file():
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit!r}")
-        items = _read_parquet_checked(Path(source), source, prompt_field, id_field, limit, lenient, problems)
-    else:
-        items = read_prompts(source, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient, problems=problems)
+    items = read_prompts(source, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient, problems=problems)
     for index, item in enumerate(items):
         if shard is None or index % shard[1] == shard[0]:
             yield item

@@ -18,6 +18,7 @@ from ._common import PromptItem, Result, Spec, dedup
 from ._csv import read_csv
 from ._dataset import read_dataset
 from ._jsonl import read_jsonl
+from ._parquet import read_parquet
 from ._text import read_text
 
 Reader: TypeAlias = Callable[[Path, Spec], Iterator[Result]]
@@ -28,6 +29,8 @@ READERS: Mapping[str, Reader] = {
     ".ndjson": read_jsonl,
     ".json": read_jsonl,
     ".csv": read_csv,
+    ".parquet": read_parquet,
+    ".pq": read_parquet,
 }
 """The reader of each file suffix (lower case, with the dot)."""
 

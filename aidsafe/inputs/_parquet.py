@@ -1,0 +1,37 @@
+"""Parquet: row ``i`` has line ``i + 1`` and default id ``"i"`` (as a row of a saved Hugging Face
+dataset); the file is streamed by row groups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import InputError
+from ._common import PROMPT_FIELD_HINT, Result, Spec, checked_item
+
+
+def read_parquet(path: Path, spec: Spec) -> Iterator[Result]:
+    """A Parquet file, in the shape of aidsafe's format readers: row ``i`` has line ``i + 1`` and
+    default id ``"i"`` (as a row of a saved Hugging Face dataset). Streams row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = replace(spec, unit="row")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise InputError(f"not a Parquet file: {exc}", file=spec.source) from None
+    columns = list(parquet.schema_arrow.names)
+    if spec.prompt_field not in columns:
+        found = ", ".join(repr(name) for name in columns)
+        raise InputError(
+            f"Parquet file has no prompt column {spec.prompt_field!r}; columns: [{found}]; {PROMPT_FIELD_HINT}",
+            file=spec.source, field=spec.prompt_field,
+        )
+    wanted = [name for name in (spec.prompt_field, spec.id_field) if name in columns]
+    index = 0
+    for batch in parquet.iter_batches(batch_size=1024, columns=wanted):
+        for row in batch.to_pylist():
+            yield checked_item(row, spec, index + 1, str(index))
+            index += 1
