@@ -157,3 +157,25 @@ def test_base_url_and_endpoints_together_are_refused(tmp_path: Path, capsys: pyt
     src = _prompts(tmp_path / "in.jsonl", 1)
     assert main(["generate", str(src), "-o", str(tmp_path / "o.jsonl"), "--model", "m", "--endpoints", str(spec), "--base-url", "http://b"]) == 2
     assert "either --base-url or --endpoints" in capsys.readouterr().err
+
+
+def test_an_endpoint_spreads_its_calls_over_small_http_pools() -> None:
+    """One httpcore pool scans all its connections per request placed, so one endpoint's calls use
+    pools of POOL_CONNECTIONS connections, packed: a light load opens one pool, a heavy one more."""
+    from aidsafe.models.openai import POOL_CONNECTIONS, _Pools
+
+    async def scenario() -> None:
+        pools = _Pools(maximum=3 * POOL_CONNECTIONS - 1)
+        assert len(pools.clients) == 3 and pools.clients == [None] * 3  # built on first use
+        taken = [pools.take() for _ in range(POOL_CONNECTIONS)]
+        assert {i for i, _ in taken} == {0} and pools.clients[1] is None
+        assert pools.take()[0] == 1  # pool 0 is full: the next pool
+        pools.give(0)
+        assert pools.take()[0] == 0  # a free connection in the first pool is used first
+        for _ in range(3 * POOL_CONNECTIONS):
+            pools.take()
+        assert max(pools.busy) - min(pools.busy) <= 1  # all full: the least busy
+        await pools.aclose()
+        assert pools.closed
+
+    asyncio.run(scenario())

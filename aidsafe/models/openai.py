@@ -29,8 +29,8 @@ from .schema_forms import for_llama_cpp
 
 __all__ = ["OpenAIChatModel"]
 
-_POOLS: dict[tuple[str, int], Any] = {}
-"""One ``httpx.AsyncClient`` per (endpoint, event loop)."""
+_POOLS: dict[tuple[str, int], _Pools] = {}
+"""The HTTP pools of each (endpoint, event loop)."""
 _NO_LOGPROBS: set[str] = set()
 """Endpoints that refused ``logprobs`` (e.g. a llama-cpp-python server started with ``--logits_all false``): asked without them since."""
 _MODES: dict[str, str] = {}
@@ -85,15 +85,57 @@ def _logprobs(raw: Any) -> list[dict[str, Any]] | None:
     ]
 
 
-def _pool(endpoint: str, maximum: int) -> Any:
-    import httpx
+POOL_CONNECTIONS = 32
+"""Connections per HTTP pool. An endpoint with a higher limit gets several pools, each call taking
+the least busy: httpcore's pool scans all its connections for every request it places, so the
+client's CPU per call grows with the connections of one pool (fivefold at 256 in flight, see
+bench/README.md, "Several endpoints")."""
 
+
+class _Pools:
+    """The HTTP pools of one endpoint (in one event loop), shared by every model that calls it;
+    ``busy`` counts each pool's calls in flight. A pool's client is built when a call first needs
+    it (building one costs milliseconds: an SSL context)."""
+
+    def __init__(self, maximum: int) -> None:
+        count = max(1, -(-maximum // POOL_CONNECTIONS))
+        self.size = min(maximum, POOL_CONNECTIONS)
+        self.clients: list[Any] = [None] * count
+        self.busy = [0] * count
+
+    def take(self) -> tuple[int, Any]:
+        """The first pool with a free connection (calls are packed, so a light load opens few
+        connections and pools), else the least busy; its index and client."""
+        index = next((i for i, n in enumerate(self.busy) if n < self.size), None)
+        if index is None:
+            index = self.busy.index(min(self.busy))
+        self.busy[index] += 1
+        if self.clients[index] is None:
+            import httpx
+
+            limits = httpx.Limits(max_connections=self.size, max_keepalive_connections=self.size)
+            self.clients[index] = httpx.AsyncClient(limits=limits, timeout=None)
+        return index, self.clients[index]
+
+    def give(self, index: int) -> None:
+        self.busy[index] -= 1
+
+    @property
+    def closed(self) -> bool:
+        return any(c is not None and c.is_closed for c in self.clients)
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            if client is not None:
+                await client.aclose()
+
+
+def _pools(endpoint: str, maximum: int) -> _Pools:
     key = (endpoint, id(asyncio.get_running_loop()))
-    client = _POOLS.get(key)
-    if client is None or client.is_closed:
-        limits = httpx.Limits(max_connections=maximum, max_keepalive_connections=maximum)
-        client = _POOLS[key] = httpx.AsyncClient(limits=limits, timeout=None)
-    return client
+    pools = _POOLS.get(key)
+    if pools is None or pools.closed:
+        pools = _POOLS[key] = _Pools(maximum)
+    return pools
 
 
 @register_backend("openai")
@@ -119,19 +161,22 @@ class OpenAIChatModel(ChatModel):
         # None: not known yet (auto); the first call finds out which form the server takes
         self._forced: str | None = None if settings.structured == "auto" else settings.structured
         self.router: Router = router_for(endpoints, settings.max_in_flight)
-        self._llms: dict[str, Any] = {}
+        self._llms: dict[tuple[str, int], Any] = {}
         self._llm_loop: int | None = None
 
-    def _client(self, endpoint: Endpoint) -> Any:
+    def _client(self, endpoint: Endpoint) -> tuple[Any, _Pools, int]:
+        """A ``ChatOpenAI`` on the least busy HTTP pool of ``endpoint``; give the pool's index back
+        to ``pools.give`` when the call ends."""
         loop = id(asyncio.get_running_loop())
         if self._llm_loop != loop:
             self._llms, self._llm_loop = {}, loop
-        llm = self._llms.get(endpoint.url)
+        s = self.settings
+        pools = _pools(endpoint.url, endpoint.max_in_flight or s.max_in_flight)
+        index, client = pools.take()
+        llm = self._llms.get((endpoint.url, index))
         if llm is None:
             from langchain_openai import ChatOpenAI
 
-            s = self.settings
-            maximum = endpoint.max_in_flight or s.max_in_flight
             options: dict[str, Any] = {
                 "model": endpoint.model or s.model,
                 "base_url": endpoint.url,
@@ -140,12 +185,12 @@ class OpenAIChatModel(ChatModel):
                 "timeout": s.timeout,
                 "seed": s.seed,
                 "max_retries": 0,  # retries are ours: they must feed the adaptive limits
-                "http_async_client": _pool(endpoint.url, maximum),
+                "http_async_client": client,
             }
             if s.temperature is not None:
                 options["temperature"] = s.temperature
-            llm = self._llms[endpoint.url] = ChatOpenAI(**options)
-        return llm
+            llm = self._llms[(endpoint.url, index)] = ChatOpenAI(**options)
+        return llm, pools, index
 
     async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str, **options: Any) -> Completion:
         """One reply. A 429 or 503 is backpressure: waited out (``Retry-After`` honoured) and retried
@@ -170,8 +215,11 @@ class OpenAIChatModel(ChatModel):
             try:
                 # response_format travels in extra_body: as a typed parameter the openai client would walk
                 # the whole JSON Schema on every call (a fifth of the client's CPU) and parse the reply twice
-                msg = await self._client(slot.endpoint).ainvoke(messages, extra_body={"response_format": response_format(mode, schema, schema_name)},
-                                                                **extra)
+                llm, pools, index = self._client(slot.endpoint)
+                try:
+                    msg = await llm.ainvoke(messages, extra_body={"response_format": response_format(mode, schema, schema_name)}, **extra)
+                finally:
+                    pools.give(index)
                 outcome = "ok"
             except openai.APIStatusError as exc:
                 if self._forced is None and url not in _MODES and _rejects_json_schema(exc):
@@ -236,7 +284,7 @@ class OpenAIChatModel(ChatModel):
     async def aclose(self) -> None:
         loop = id(asyncio.get_running_loop())
         for state in self.router.states:
-            client = _POOLS.pop((state.endpoint.url, loop), None)
-            if client is not None:
-                await client.aclose()
+            pools = _POOLS.pop((state.endpoint.url, loop), None)
+            if pools is not None:
+                await pools.aclose()
         self._llms = {}
