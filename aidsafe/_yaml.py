@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError
 
-__all__ = ["load_yaml_model"]
+__all__ = ["check_schema_version", "load_yaml_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -140,3 +141,15 @@ def _unwrap_optional(ann: Any) -> Any:
         if len(args) == 1:
             return args[0]
     return ann
+
+
+def check_schema_version(value: str, schema: str) -> str:
+    """A file's ``schema:`` field checked against this version's ``schema`` (``aidsafe.KIND/vN``):
+    the same kind, and a version no newer than the one this aidsafe reads."""
+    kind, _, _ = schema.rpartition("/v")
+    match = re.fullmatch(re.escape(kind) + r"/v(\d+)", value)
+    if not match:
+        raise ValueError(f"expected {schema!r}, got {value!r}")
+    if int(match.group(1)) > int(schema.rpartition("/v")[2]):
+        raise ValueError(f"this file is {value!r}, written for a newer aidsafe; this version reads {schema!r}")
+    return value

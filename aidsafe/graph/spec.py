@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .._yaml import load_yaml_model
+from .._yaml import check_schema_version, load_yaml_model
 from ..errors import ConfigError
 from ..kinds import AGENT_INPUTS, COMMON_INPUTS, STEP_INPUTS, ReplyKind, get_kind, kind_names
 from ..resources import resolve
@@ -24,7 +24,6 @@ from ..resources import resolve
 __all__ = ["SCHEMA", "AgentSpec", "GraphSpec", "LoopSpec", "NodeSpec", "RoleSpec", "load_graph_spec"]
 
 SCHEMA = "aidsafe.graph/v1"
-_SCHEMA_RE = re.compile(r"^aidsafe\.graph/v(\d+)$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 Consensus = Literal["first_agree", "majority", "unanimous", "at_least"]
@@ -218,12 +217,7 @@ class GraphSpec(_Spec):
     @field_validator("schema_")
     @classmethod
     def _schema(cls, value: str) -> str:
-        match = _SCHEMA_RE.match(value)
-        if not match:
-            raise ValueError(f"expected {SCHEMA!r}, got {value!r}")
-        if int(match.group(1)) > 1:
-            raise ValueError(f"this file is {value!r}, written for a newer aidsafe; this version reads {SCHEMA!r}")
-        return value
+        return check_schema_version(value, SCHEMA)
 
     @model_validator(mode="after")
     def _references(self) -> GraphSpec:

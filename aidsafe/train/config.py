@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .._yaml import load_yaml_model
+from .._yaml import check_schema_version, load_yaml_model
 from ..errors import ConfigError
 
 __all__ = ["SCHEMA", "LoraSettings", "TrainConfig", "check_training_keys", "line_of", "load_train_config", "resolve"]
 
 SCHEMA = "aidsafe.train/v1"
-_SCHEMA_RE = re.compile(r"^aidsafe\.train/v(\d+)$")
 
 Method = Literal["sft", "dpo"]
 
@@ -85,12 +83,7 @@ class TrainConfig(_Spec):
     @field_validator("schema_")
     @classmethod
     def _schema(cls, value: str) -> str:
-        match = _SCHEMA_RE.match(value)
-        if not match:
-            raise ValueError(f"expected {SCHEMA!r}, got {value!r}")
-        if int(match.group(1)) > 1:
-            raise ValueError(f"this file is {value!r}, written for a newer aidsafe; this version reads {SCHEMA!r}")
-        return value
+        return check_schema_version(value, SCHEMA)
 
     @field_validator("model", "data", "output_dir")
     @classmethod
