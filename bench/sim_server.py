@@ -2,7 +2,8 @@
 
 It answers ``POST /v1/chat/completions`` with JSON that is valid against the schema of the reply
 kind the request asks for (``response_format.json_schema.name``: ``intents``, ``draft``,
-``deliberation``, ``refinement``; the ``json_object`` + ``schema`` form is recognised too), after
+``deliberation``, ``refinement``; the ``json_object`` + ``schema`` form is recognised too; any other
+schema gets a small valid instance, see ``minimal_instance``), after
 ``--latency`` seconds (``asyncio.sleep``, so thousands of requests can wait at once). Deliberators
 agree in round ``--rounds-to-consensus`` (default 1: the first agent agrees at once, so one prompt
 through ``graphs/aidsafe.yaml`` costs 4 calls: intent, init, agent_1, refine) and disagree, with one
@@ -68,6 +69,29 @@ def _kind_of(fmt: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     if "removed" in props:
         return "refinement", schema
     return None, schema
+
+
+def minimal_instance(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
+    """A small value valid against ``schema`` (objects with their required properties, ``$ref`` into ``$defs``).
+
+    The answer to a schema that is no aidsafe reply kind, e.g. the probe a client sends to learn
+    whether the server supports structured output.
+    """
+    defs = schema.get("$defs", defs or {})
+    if "$ref" in schema:
+        return minimal_instance(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs)
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return minimal_instance(schema[key][0], defs)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: minimal_instance(props[name], defs) for name in schema.get("required", list(props)) if name in props}
+    return {"array": [], "string": "x", "integer": 0, "number": 0, "boolean": False}.get(kind)
 
 
 def _policy_id(schema: dict[str, Any]) -> str:
@@ -149,7 +173,15 @@ class _State:
         except (ValueError, AttributeError):
             return 400, b'{"error": {"message": "body is not JSON", "type": "invalid_request_error"}}'
         if kind is None:
-            return 400, b'{"error": {"message": "response_format names no known reply kind", "type": "invalid_request_error"}}'
+            if not schema:
+                return 400, b'{"error": {"message": "response_format carries no JSON schema", "type": "invalid_request_error"}}'
+            self.counts["other"] += 1
+            content = json.dumps(minimal_instance(schema))
+            return 200, json.dumps({
+                "id": "chatcmpl-sim", "object": "chat.completion", "created": int(time.time()), "model": str(req.get("model", "sim")),
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }).encode()
         agree = True
         pid = "P1"
         if kind in ("draft", "deliberation"):
