@@ -17,12 +17,13 @@ import csv
 import os
 from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .schema import METRICS, JudgedRecord
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the CLI starts without it
+    import numpy as np
 
 __all__ = ["CATEGORIES", "agreement", "calibrate", "cohen_kappa", "read_labels", "weighted_kappa"]
 
@@ -35,6 +36,8 @@ LABEL_COLUMNS = ("id", "metric", "score")
 
 def _confusion(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], categories: Sequence[Hashable] = CATEGORIES) -> np.ndarray:
     """``O``: the K x K matrix of pair shares (rows ``rater_a``, columns ``rater_b``)."""
+    import numpy as np
+
     if len(rater_a) != len(rater_b):
         raise ValueError(f"raters scored different numbers of items: {len(rater_a)} and {len(rater_b)}")
     index = {category: position for position, category in enumerate(categories)}
@@ -48,6 +51,8 @@ def _confusion(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], categor
 
 def _kappa(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], weights: np.ndarray, categories: Sequence[Hashable] = CATEGORIES) -> float | None:
     """``1 - sum(w * O) / sum(w * E)``: Cohen's kappa for the disagreement weights ``w``."""
+    import numpy as np
+
     if not rater_a:
         return None
     observed = _confusion(rater_a, rater_b, categories)
@@ -67,6 +72,8 @@ def cohen_kappa(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], catego
     kappa is undefined there). ``categories`` are the possible ratings (default: scores 1-5; a
     pairwise verdict is one of ``a``, ``b``, ``tie``).
     """
+    import numpy as np
+
     size = len(categories)
     return _kappa(rater_a, rater_b, 1.0 - np.eye(size), categories)
 
@@ -77,6 +84,8 @@ def weighted_kappa(rater_a: Sequence[int], rater_b: Sequence[int]) -> float | No
 
     ``None`` with no pairs, or when ``sum w E == 0`` (undefined, as above).
     """
+    import numpy as np
+
     grid = np.arange(len(CATEGORIES), dtype=float)
     weights = (grid[:, None] - grid[None, :]) ** 2 / (len(CATEGORIES) - 1) ** 2
     return _kappa(rater_a, rater_b, weights)

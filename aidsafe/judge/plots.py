@@ -9,8 +9,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import AidsafeError
 from .schema import JudgedRecord
 from .stats import SCORE_RANGE, metric_names
@@ -50,6 +48,8 @@ def plot_distributions(tables_source: Mapping[str, Sequence[JudgedRecord]], path
     per input label. Uses matplotlib's Agg canvas directly (no pyplot, no global backend
     change); the file is written to a temporary name and moved into place with ``os.replace``.
     """
+    import numpy as np
+
     Figure, FigureCanvasAgg = _matplotlib()
     from matplotlib.ticker import MaxNLocator
 

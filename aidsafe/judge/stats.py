@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, cast, get_args
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from .calibration import cohen_kappa
 from .schema import METRICS, JudgedRecord, PairVerdict
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the CLI starts without it
+    import numpy as np
 
 __all__ = [
     "SCORE_RANGE",
@@ -60,6 +61,8 @@ def bootstrap_ci(
 
     Returns ``None`` for fewer than 2 values, and ``(v, v)`` when every value is ``v``.
     """
+    import numpy as np
+
     if not 0 < level < 1:
         raise ValueError(f"level must be between 0 and 1, got {level}")
     if resamples < 1:
@@ -77,6 +80,8 @@ def bootstrap_ci(
 
 def _bootstrap_means(data: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """Means of ``resamples`` bootstrap samples of ``data``, drawn in bounded chunks."""
+    import numpy as np
+
     distinct, counts = np.unique(data, return_counts=True)
     probabilities = counts / data.size
     chunk = max(1, _CHUNK_CELLS // distinct.size)
