@@ -135,6 +135,9 @@ class JobRun:
     """Items that already had a record (resumed)."""
     repaired_last_line: bool = False
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU time of this process (all its threads) over the run: near ``seconds``, the client is the
+    limit. With ``--engine ray`` the driver's alone."""
     tokens: int = 0
     cache_hits: int = 0
     skipped_input_lines: int = 0
@@ -148,6 +151,7 @@ class JobRun:
             "skipped": self.skipped,
             "repaired_last_line": self.repaired_last_line,
             "seconds": round(seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
             f"{self.unit}s_per_s": round(self.done / seconds, 3) if seconds else 0.0,
             "tokens_per_s": round(self.tokens / seconds, 1) if seconds else 0.0,
             "cache_hits": self.cache_hits,
@@ -299,7 +303,7 @@ async def run_job(
         models = job.models.cached(cache) if cache is not None else job.models
         meter = _Meter(todo, options.progress, job.name, job.unit, job.models.endpoint_stats)
         endpoints_before = all_endpoint_stats()  # routers live as long as the process: count this run only
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         try:
             # a local append-only file, written in order as records finish: blocking writes are brief
             with output.open("a", encoding="utf-8") as sink:  # noqa: ASYNC230
@@ -318,6 +322,7 @@ async def run_job(
                 cache.close()
             await job.models.aclose()
         run.done, run.tokens, run.seconds = meter.done, meter.tokens, time.monotonic() - started
+        run.cpu_seconds = time.process_time() - cpu_started
         endpoints = _endpoint_figures(endpoints_before, job.models.endpoint_stats())
         if endpoints:
             run.extra["endpoints"] = endpoints

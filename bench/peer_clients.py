@@ -90,7 +90,7 @@ def run_curator(rows: list[dict[str, Any]], out: Path, url: str, concurrency: in
 
     spec = importlib.util.find_spec("litellm")
     if spec is not None and spec.submodule_search_locations:
-        bundled = Path(list(spec.submodule_search_locations)[0]) / "litellm_core_utils" / "tokenizers"
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
         os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(bundled))
     from bespokelabs import curator
     from pydantic import BaseModel

@@ -39,8 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_DIR, MODEL, log, make_pipeline, make_prompts, median  # noqa: E402
-from sim_server import SimServer  # noqa: E402
+from common import BENCH_DIR, MODEL, log, make_prompts, median
+from sim_server import SimServer
 
 CLIENT_SCRIPT = BENCH_DIR / "peer_clients.py"
 CALLS_PER_PROMPT = {"single": 1, "aidsafe": 4}

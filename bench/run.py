@@ -31,6 +31,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewh
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling  # noqa: E402
+import clients  # noqa: E402
 import efficiency  # noqa: E402
 import endpoints  # noqa: E402
 import memory  # noqa: E402
@@ -44,6 +45,7 @@ from report import table  # noqa: E402
 BENCHMARKS: dict[str, ModuleType] = {
     "overhead": overhead, "ceiling": ceiling, "efficiency": efficiency,
     "speedup": speedup, "memory": memory, "prefix": prefix, "endpoints": endpoints,
+    "clients": clients,
 }
 """Each benchmark's module (``measure`` and ``rows``), in the fixed order they run in: efficiency
 before speedup, so speedup can reuse its runs."""
@@ -69,6 +71,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefix-prompts", type=int, default=50)
     parser.add_argument("--endpoint-count", type=int, default=8, help="endpoints: simulated servers, each its own process (8)")
     parser.add_argument("--endpoint-concurrency", default="64,256", help="endpoints: comma-separated prompts in flight (64,256)")
+    parser.add_argument("--clients-levels", default="64,512", help="clients: comma-separated prompts in flight in all (64,512)")
+    parser.add_argument("--client-processes", default="1,2", help="clients: comma-separated numbers of client processes (1,2)")
     parser.add_argument("--profile", metavar="FILE", help="overhead: also profile one aidsafe run (cProfile) into FILE and print its top")
     parser.add_argument("--results", default=str(BENCH_DIR / "results.json"), help="JSON file the medians are merged into")
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch the results file")

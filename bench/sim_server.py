@@ -146,6 +146,10 @@ class _State:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.connections = 0
+        self.first_request: float | None = None
+        """Wall clock (``time.time()``) of the first chat request since the start or the last reset."""
+        self.last_reply: float | None = None
+        """Wall clock of the last chat reply sent."""
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         if method == "GET" and path.rstrip("/").endswith("/stats"):
@@ -157,11 +161,14 @@ class _State:
                 "connections": self.connections,
                 "latency": self.latency,
                 "rounds_to_consensus": self.rounds_to_consensus,
+                "first_request_t": self.first_request,
+                "last_reply_t": self.last_reply,
             }
             return 200, json.dumps(payload).encode()
         if method == "POST" and path.rstrip("/").endswith("/reset"):
             self.counts.clear()
             self.peak_in_flight = self.in_flight
+            self.first_request = self.last_reply = None
             return 200, b'{"ok": true}'
         if method == "GET" and path.rstrip("/").endswith("/models"):
             return 200, b'{"object": "list", "data": [{"id": "sim", "object": "model", "owned_by": "bench"}]}'
@@ -172,6 +179,8 @@ class _State:
             kind, schema = _kind_of(req.get("response_format") or {})
         except (ValueError, AttributeError):
             return 400, b'{"error": {"message": "body is not JSON", "type": "invalid_request_error"}}'
+        if self.first_request is None:
+            self.first_request = time.time()
         if kind is None:
             if not schema:
                 return 400, b'{"error": {"message": "response_format carries no JSON schema", "type": "invalid_request_error"}}'
@@ -281,12 +290,15 @@ class _Conn(asyncio.Protocol):
             body = bytes(self.buf[end + 4 : end + 4 + length])
             del self.buf[: end + 4 + length]
             status, payload = self.state.answer(method, path, body)
+            chat = method == "POST" and path.rstrip("/").endswith("/chat/completions")
             delayed = status == 200 and method == "POST" and self.state.latency > 0 and path.rstrip("/").endswith("/chat/completions")
             if delayed:
                 self.busy = True
                 asyncio.get_running_loop().create_task(self._later(status, payload, keep_alive))
                 return
             self._write(status, payload, keep_alive)
+            if chat:
+                self.state.last_reply = time.time()
             if not keep_alive:
                 return
 
@@ -299,6 +311,7 @@ class _Conn(asyncio.Protocol):
         finally:
             st.in_flight -= 1
         self._write(status, payload, keep_alive)
+        st.last_reply = time.time()
         self.busy = False
         if keep_alive:
             self._drain()

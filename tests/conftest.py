@@ -167,8 +167,11 @@ def running_stub() -> Iterator[tuple[Stub, str]]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client was killed (the crash tests do that on purpose)
 
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256  # the default listen backlog of 5 refuses connections when many open at once
+
     def serve(port: int) -> ThreadingHTTPServer:
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server = Server(("127.0.0.1", port), Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server

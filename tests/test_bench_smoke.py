@@ -60,3 +60,51 @@ def test_the_baselines_send_the_same_requests_as_aidsafe():
     refine = formats["refiner"]["json_schema"]["schema"]["properties"]["removed"]
     assert refine["items"]["properties"]["index"]["enum"] == [1] and refine["maxItems"] == 0
     assert messages[0]["intent"] == make_pipeline().messages("intent", make_prompts(2)[0])
+
+
+def test_sim_server_answers_any_other_schema_with_a_valid_instance():
+    from sim_server import minimal_instance
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "pet": {"$ref": "#/$defs/Pet"},
+                       "tags": {"type": "array", "items": {"type": "string"}}, "note": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+        "required": ["name", "age", "pet", "tags"],
+        "$defs": {"Pet": {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "ok": {"type": "boolean"}}}},
+    }
+    assert minimal_instance(schema) == {"name": "x", "age": 0, "pet": {"kind": "cat", "ok": False}, "tags": []}
+
+
+def test_peer_benchmark_runs_whole_processes_and_loses_no_record(tmp_path):
+    """The bare client and aidsafe's CLI as whole processes, two sizes: the figures the table is built from."""
+    import peers
+
+    result = peers.bench(sizes=[4, 12], graphs=["single"], clients=["bare", "aidsafe"], concurrency=4, latency=0.05,
+                         repeats=1, peers_python=sys.executable)
+    runs = result["runs"]
+    assert {(r["client"], r["prompts"]) for r in runs} == {("bare", 4), ("bare", 12), ("aidsafe", 4), ("aidsafe", 12)}
+    for r in runs:
+        assert r["rc"] == 0, r.get("stderr_tail")
+        assert r["records"] == r["prompts"] == r["calls"]  # one structured call per prompt, one record each
+        assert r["wall_s"] > 0 and r["cpu_s"] > 0 and 0 < r["efficiency"] < 1
+    rows = {row["client"]: row for row in result["summary"]}
+    assert rows["bare"]["cpu_vs_bare"] == 1.0 and rows["aidsafe"]["marginal_between"] == [4, 12]
+    assert rows["aidsafe"]["sizes"][12]["lost"] == 0
+    assert "| single | aidsafe | 12 |" in peers.table(result)
+
+
+def test_clients_benchmark_splits_one_job_over_processes_and_endpoints(tmp_path):
+    """Two shard processes over two simulated endpoints: every prompt once, the figures from the servers' window."""
+    import argparse
+
+    import clients
+
+    args = argparse.Namespace(clients_levels="4", client_processes="1,2", endpoint_count=2, latency=0.05, repeats=1)
+    result = clients.measure(args, tmp_path, {})
+    level = result["levels"]["4"]
+    assert set(level) == {"1", "2"}
+    for p, fig in level.items():
+        run = fig["runs"][0]
+        assert run["records"] == 8 and run["calls"] == 32, p  # 2 x 4 prompts, 4 calls each, nothing lost or run twice
+        assert min(run["per_endpoint_calls"]) > 0 and 0 < fig["efficiency"] <= 1.05 and fig["cpu_ms_per_call"] > 0
+    assert len(clients.rows(result)) == 2

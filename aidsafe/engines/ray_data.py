@@ -502,7 +502,7 @@ def generate_ray(
         write_sidecar(destination, {"output": str(destination), "complete": False, "config": config})
         run = JobRun(unit="prompt", skipped=len(skip), repaired_last_line=bool(state and state.repaired), skipped_input_lines=len(problems))
         meter = _Meter(todo, progress)
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         if todo:
             folder.mkdir(parents=True, exist_ok=True)
             if cache:  # made here, so that the actors open a cache that is there (schema, WAL mode)
@@ -539,6 +539,7 @@ def generate_ray(
         # prompts run this time: counted in the output (a batch Ray ran twice may reach the meter twice)
         run.done = len((selected - skip) & merged.ids)
         run.tokens, run.cache_hits, run.seconds = meter.tokens, meter.cached, time.monotonic() - started
+        run.cpu_seconds = time.process_time() - cpu_started  # the driver's: the actors' CPU is Ray's to report
         run.extra.update(
             {"shard": f"{shard[0]}/{shard[1]}" if shard else None, "engine": "ray", "actors": options.actors,
              "batch_size": options.batch_size, "blocks_merged": merged.parts, "duplicates_dropped": merged.duplicates}
