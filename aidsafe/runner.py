@@ -226,6 +226,7 @@ class _Meter:
         self.done = self.failed = self.in_flight = self.tokens = 0
         self.endpoints = endpoints
         self.started_at = time.monotonic()
+        self.shown_at = 0.0
         self.bar: Any = None
         if enabled:
             from tqdm.auto import tqdm
@@ -241,17 +242,23 @@ class _Meter:
         self.failed += failed
         self.tokens += tokens
         if self.bar is not None:
-            elapsed = max(time.monotonic() - self.started_at, 1e-9)
-            stats = self.endpoints() if self.endpoints is not None else {}
-            per_endpoint = {"endpoints": _endpoint_postfix(stats)} if len(stats) > 1 else {}
-            self.bar.set_postfix(
-                ok=self.done - self.failed, failed=self.failed, in_flight=self.in_flight,
-                tok_s=f"{self.tokens / elapsed:.0f}", **per_endpoint, refresh=False,
-            )
+            now = time.monotonic()
+            if now - self.shown_at >= 0.2:  # the figures at most 5 times a second: they cost more than the count
+                self._figures(now)
             self.bar.update(1)
+
+    def _figures(self, now: float) -> None:
+        self.shown_at = now
+        stats = self.endpoints() if self.endpoints is not None else {}
+        per_endpoint = {"endpoints": _endpoint_postfix(stats)} if len(stats) > 1 else {}
+        self.bar.set_postfix(
+            ok=self.done - self.failed, failed=self.failed, in_flight=self.in_flight,
+            tok_s=f"{self.tokens / max(now - self.started_at, 1e-9):.0f}", **per_endpoint, refresh=False,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
+            self._figures(time.monotonic())
             self.bar.close()
 
 

@@ -108,3 +108,4 @@ def test_clients_benchmark_splits_one_job_over_processes_and_endpoints(tmp_path)
         assert run["records"] == 8 and run["calls"] == 32, p  # 2 x 4 prompts, 4 calls each, nothing lost or run twice
         assert min(run["per_endpoint_calls"]) > 0 and 0 < fig["efficiency"] <= 1.05 and fig["cpu_ms_per_call"] > 0
     assert len(clients.rows(result)) == 2
+

@@ -581,3 +581,21 @@ def test_bug_shared_output_env_var_clobbers_records(tmp_path: Path, prompts_file
     assert main(["graph", "aidsafe"]) == 0
     assert records.read_text(encoding="utf-8") == before
     assert "graph TD" in capsys.readouterr().out
+
+
+def test_generate_tunes_the_gc_only_as_its_own_process(tmp_path):
+    import gc
+
+    from aidsafe.cli.generate import tune_gc
+
+    before = gc.get_threshold()
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "How do I bake bread?"}\n', encoding="utf-8")
+    assert main(["generate", str(src), "-o", str(tmp_path / "out.jsonl"), "--backend", "fake", "--no-progress"]) == 0
+    assert gc.get_threshold() == before  # main([...]) from a program leaves the GC alone
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (10_000, 20, 20) and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a bad option or environment variable exits with 2
+    args.own_process = argv is None  # the command line of this process: a long run may tune it (see generate.tune_gc)
     try:
         return int(args.func(args))
     except JobInterrupted as exc:
