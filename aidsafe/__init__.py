@@ -8,25 +8,30 @@ then run prompts (:meth:`Pipeline.run_one`, :meth:`Pipeline.run`) or whole files
 
 from __future__ import annotations
 
-from .errors import (
-    AidsafeError,
-    ConfigError,
-    ConfigMismatchError,
-    InputError,
-    JobInterrupted,
-    ModelCallError,
-    OutputInUseError,
-)
-from .graph import CompiledAidsafe, GraphContext, GraphSpec, compile_graph, load_graph_spec
-from .inputs import PromptItem, count_prompts, read_prompts
-from .kinds import ReplyKind, register_kind
-from .models import ChatModel, Completion, FakeChatModel, ModelPool, ModelSettings, make_model, register_backend
-from .pairs import PairMaker, PairRecord
-from .pipeline import Pipeline
-from .policies import Policy, PolicySet, load_policy_set
-from .records import Record
-from .runner import FileJob, JobOptions, run_job
-from .summary import RunSummary
+from . import _startup  # the collector off while the package imports (see aidsafe/_startup.py)
+
+try:
+    from .errors import (
+        AidsafeError,
+        ConfigError,
+        ConfigMismatchError,
+        InputError,
+        JobInterrupted,
+        ModelCallError,
+        OutputInUseError,
+    )
+    from .graph import CompiledAidsafe, GraphContext, GraphSpec, compile_graph, load_graph_spec
+    from .inputs import PromptItem, count_prompts, read_prompts
+    from .kinds import ReplyKind, register_kind
+    from .models import ChatModel, Completion, FakeChatModel, ModelPool, ModelSettings, make_model, register_backend
+    from .pairs import PairMaker, PairRecord
+    from .pipeline import Pipeline
+    from .policies import Policy, PolicySet, load_policy_set
+    from .records import Record
+    from .runner import FileJob, JobOptions, run_job
+    from .summary import RunSummary
+finally:
+    _startup.done()
 
 __version__ = "0.1.0"
 
