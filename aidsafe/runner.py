@@ -187,13 +187,12 @@ def config_differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     ]
 
 
-def _check_config(output: Path, sidecar_of: Path, config: dict[str, Any]) -> None:
-    """Refuse to resume ``output`` with a configuration other than the one it was written with."""
-    if not output.exists() or output.stat().st_size == 0:
-        return  # no record to protect
+def refuse_other_config(output: Path, sidecar_of: Path, config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigMismatchError` when the sidecar of ``sidecar_of`` records a configuration
+    other than ``config``; nothing when it records none (written before outputs remembered it)."""
     previous = (read_sidecar(sidecar_of) or {}).get("config")
     if not isinstance(previous, dict):
-        return  # written before outputs remembered their configuration
+        return
     differences = config_differences(previous, config)
     if differences:
         listed = "\n".join(f"  {line}" for line in differences)
@@ -201,6 +200,12 @@ def _check_config(output: Path, sidecar_of: Path, config: dict[str, Any]) -> Non
             f"{output} was written with another configuration; resuming would mix records of both:\n{listed}\n"
             "use the same settings to continue, --overwrite to start over, or write to a new output"
         )
+
+
+def _check_config(output: Path, sidecar_of: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume ``output`` with a configuration other than the one it was written with."""
+    if output.exists() and output.stat().st_size > 0:  # else no record to protect
+        refuse_other_config(output, sidecar_of, config)
 
 
 def _endpoint_figures(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

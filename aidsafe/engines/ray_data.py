@@ -51,14 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AidsafeError, ConfigError, ConfigMismatchError, InputError, JobInterrupted
+from ..errors import AidsafeError, ConfigError, InputError, JobInterrupted
 from ..inputs import PromptItem, read_prompts, report_problems
 from ..models import ModelFactory, ModelSettings, ResponseCache, make_model
-from ..outputs import OUTPUT_FORMATS, OutputLock, atomic_text, convert_output, read_record_lines, read_sidecar, scan_output, write_sidecar
+from ..outputs import OUTPUT_FORMATS, OutputLock, atomic_text, convert_output, read_record_lines, scan_output, write_sidecar
 from ..pipeline import Pipeline
 from ..policies import PolicySet
 from ..records import Record
-from ..runner import JobRun, cache_path, config_differences
+from ..runner import JobRun, cache_path, config_differences, refuse_other_config
 from ..summary import RunSummary, total_tokens
 
 try:
@@ -334,18 +334,8 @@ class _PromptWorker:
 
 def _check_config(destination: Path, config: dict[str, Any], has_records: bool) -> None:
     """Refuse to resume an output (its records or blocks) written with another configuration."""
-    if not has_records:
-        return
-    previous = (read_sidecar(destination) or {}).get("config")
-    if not isinstance(previous, dict):
-        return
-    differences = config_differences(previous, config)
-    if differences:
-        listed = "\n".join(f"  {line}" for line in differences)
-        raise ConfigMismatchError(
-            f"{destination} was written with another configuration; resuming would mix records of both:\n{listed}\n"
-            "use the same settings to continue, --overwrite to start over, or write to a new output"
-        )
+    if has_records:
+        refuse_other_config(destination, destination, config)
 
 
 def _portable(graph: str | Path, pipe: Pipeline) -> str:
