@@ -13,6 +13,9 @@ side within each repeat (in turn, rotated per repeat) and the figures are median
 - peak RSS of the client process (with its children, the largest one), started from a small
   launcher so that it is its own.
 
+aidsafe's bytecode is written first (``compileall``), as a wheel install does: the peers, installed
+by pip, have theirs.
+
 Clients: ``aidsafe`` (its CLI, ``python -m aidsafe generate``), ``bare`` (``peer_clients.py``:
 ``asyncio`` + ``openai.AsyncOpenAI`` making the same calls), and, for the single-call graph only,
 ``curator`` and ``distilabel`` (``peer_clients.py`` under ``--peers-python``, a Python whose
@@ -40,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_DIR, MODEL, log, make_prompts, median
+from common import BENCH_DIR, MODEL, compile_aidsafe, log, make_prompts, median
 from sim_server import SimServer
 
 CLIENT_SCRIPT = BENCH_DIR / "peer_clients.py"
@@ -148,6 +151,7 @@ def versions() -> dict[str, str]:
 def bench(sizes: list[int], graphs: list[str], clients: list[str], concurrency: int, latency: float, repeats: int,
           peers_python: str) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
+    compile_aidsafe()
     with tempfile.TemporaryDirectory(prefix="aidsafe-peers-") as tmp, SimServer(latency=latency) as server:
         root = Path(tmp)
         for size in sizes:
