@@ -25,14 +25,20 @@ _was_enabled = gc.isenabled()
 gc.disable()
 
 
-def launched_as_cli(argv0: str | None = None) -> bool:
-    """Whether this import is the start of the ``aidsafe`` command: ``python -m aidsafe`` (while
-    Python imports the package it is about to run, ``sys.argv[0]`` is ``"-m"``) or the ``aidsafe``
-    console script."""
+def launched_as_cli(argv0: str | None = None, orig_argv: list[str] | None = None) -> bool:
+    """Whether this import is the start of the ``aidsafe`` command: ``python -m aidsafe`` (or a
+    module of it; while Python imports the packages of the module it is about to run,
+    ``sys.argv[0]`` is ``"-m"`` and ``sys.orig_argv`` names the module) or the ``aidsafe`` console
+    script. ``python -m another_program`` that imports aidsafe is a program, not the command."""
     if argv0 is None:
         argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 == "-m":
+        orig = sys.orig_argv if orig_argv is None else orig_argv
+        at = orig.index("-m") + 1 if "-m" in orig else len(orig)
+        module = orig[at] if at < len(orig) else ""
+        return module == "aidsafe" or module.startswith("aidsafe.")
     name = argv0.replace("\\", "/").rsplit("/", 1)[-1].lower()  # either separator: a Windows script path too
-    return argv0 == "-m" or name in ("aidsafe", "aidsafe.exe")
+    return name in ("aidsafe", "aidsafe.exe")
 
 
 def done() -> None:

@@ -607,10 +607,15 @@ def test_import_freezes_its_objects_only_as_the_aidsafe_command():
 
     from aidsafe._startup import launched_as_cli
 
-    assert launched_as_cli("-m") and launched_as_cli("/usr/local/bin/aidsafe") and launched_as_cli(r"C:\venv\Scripts\aidsafe.exe")
+    assert launched_as_cli("-m", ["python", "-X", "importtime", "-m", "aidsafe", "generate"])
+    assert launched_as_cli("-m", ["python", "-m", "aidsafe.cli"])
+    assert launched_as_cli("/usr/local/bin/aidsafe") and launched_as_cli(r"C:\venv\Scripts\aidsafe.exe")
+    assert not launched_as_cli("-m", ["python", "-m", "myjob", "aidsafe"])  # another program run with -m
+    assert not launched_as_cli("-m", ["python", "-m", "aidsafe_extras"])
     assert not launched_as_cli("-c") and not launched_as_cli("/usr/bin/pytest") and not launched_as_cli("") and not launched_as_cli("aidsafe.py")
     probe = "import gc, sys; {} import aidsafe; print(gc.get_freeze_count(), gc.isenabled())"
-    as_command = subprocess.run([sys.executable, "-c", probe.format("sys.argv[0] = '-m';")], capture_output=True, text=True, check=True)
+    as_command = subprocess.run([sys.executable, "-c", probe.format("sys.argv[0] = '-m'; sys.orig_argv[1:] = ['-m', 'aidsafe'];")],
+                                capture_output=True, text=True, check=True)
     frozen, enabled = as_command.stdout.split()
     assert int(frozen) > 10_000 and enabled == "True"  # python -m aidsafe: the import's objects are frozen, the collector back on
     as_library = subprocess.run([sys.executable, "-c", probe.format("")], capture_output=True, text=True, check=True)
