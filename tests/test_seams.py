@@ -357,7 +357,10 @@ def test_ctrl_c_says_how_many_records_are_safe_and_the_same_command_continues(tm
     stub.latency = 0.05
     src, out = _prompts(tmp_path / "in.jsonl", 40), tmp_path / "out.jsonl"
     cli = ["generate", str(src), "-o", str(out), "--base-url", url, "--model", "m", "--no-progress", "--concurrency", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "aidsafe", *cli], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it: a test run started in the background (``cmd &`` without job
+    # control) inherits SIGINT ignored, and Python then keeps ignoring it in the child
+    proc = subprocess.Popen([sys.executable, "-m", "aidsafe", *cli], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
         time.sleep(0.02)
