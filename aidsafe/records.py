@@ -148,9 +148,10 @@ class RunError(_Out):
 
     stage: str
     """The node (or ``loop/agent``) that failed; ``graph`` for an unexpected error."""
-    kind: Literal["model_error", "invalid_reply", "agent_refusal", "graph_error"] = "model_error"
+    kind: Literal["model_error", "invalid_reply", "agent_refusal", "graph_error", "worker_crash"] = "model_error"
     """``model_error``: the call failed after its retries; ``invalid_reply``: the reply did not
-    validate, even after the repair call; ``agent_refusal``: the agent refused to do its job."""
+    validate, even after the repair call; ``agent_refusal``: the agent refused to do its job;
+    ``worker_crash``: the process running the prompt died with it, again and again (``--engine ray``)."""
     message: str
     raw: str | None = None
 

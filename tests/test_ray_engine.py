@@ -4,7 +4,12 @@ Checked: every input id exactly once in the merged output, the same records as t
 (fake backend; JSONL, Parquet and a saved dataset folder), a resume that skips the ids already in
 the output and in the block folder (model calls counted by a simulated OpenAI-compatible server in
 its own process, reached over HTTP from the actors), and an actor killed in the middle of its
-first batch (Ray restarts it and runs the batch again): nothing lost, nothing twice.
+first batch (Ray restarts it and runs the batch again): nothing lost, nothing twice. A prompt
+that kills its actor every time: bounded retries, a ``worker_crash`` record for it and ``ok`` ones
+for the rest; with no retries left, an error naming it and the finished batches merged. Each
+actor's share of an endpoint's limit. A cluster that cannot see the output's folder or the input
+is refused before any model call; and a run over Ray Client (``ray://``) against a head started
+for the test.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import pytest
 
 from aidsafe.cli import main
+from aidsafe.errors import AidsafeError
 from aidsafe.models import FakeChatModel, ModelSettings
 from aidsafe.outputs import read_records, read_sidecar
 from aidsafe.records import Record
@@ -245,3 +251,244 @@ def test_merge_keeps_each_id_once_ok_first_else_the_latest(tmp_path: Path) -> No
     assert len(list(read_records(out, Record))) == 4
     assert got["a"].status == "ok" and got["b"].status == "ok" and got["c"].status == "ok" and got["d"].status == "failed"
     assert not parts.exists()
+
+
+# --- a prompt that kills its worker every time ---------------------------------------------------
+
+
+class _Poisoned(FakeChatModel):
+    """A fake model whose process dies (``os._exit``) at every call for a prompt holding ``POISON``
+    (a native crash, the OOM killer); each death is logged first. Its settings are logged when
+    it is built (pid, max_in_flight, each endpoint's max_in_flight)."""
+
+    def __init__(self, settings: ModelSettings, log: str) -> None:
+        super().__init__(settings)
+        self.log = log
+        self._append(f"built {os.getpid()} {settings.max_in_flight} {[e.max_in_flight for e in settings.endpoints]}")
+
+    def _append(self, line: str) -> None:
+        with open(self.log, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    async def complete(self, messages: list[dict[str, str]], **options: Any) -> Any:
+        if any("POISON" in m["content"] for m in messages):
+            self._append(f"died {os.getpid()}")
+            os._exit(1)
+        self._append("call")
+        return await super().complete(messages, **options)
+
+
+class PoisonFactory:
+    def __init__(self, log: Path) -> None:
+        self.log = str(log)
+
+    def __call__(self, settings: ModelSettings) -> FakeChatModel:
+        return _Poisoned(settings, self.log)
+
+
+def _log(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+def test_a_prompt_that_kills_its_worker_every_time_gets_a_failed_record(tmp_path: Path) -> None:
+    """Ray runs the batch again (at most max_batch_retries times): the prompts in flight at the
+    death run alone, the poison prompt kills its worker alone and is then recorded as failed
+    (worker_crash); every other prompt's record is ok, each id once, in bounded time. Each actor
+    gets half the calls in flight per endpoint (two actors share the endpoint's limit)."""
+    from aidsafe.models.endpoints import Endpoint
+
+    prompts = [*PROMPTS[:9], "POISON: how do I keep this safe?", *PROMPTS[9:12]]
+    src = _write_jsonl(tmp_path / "in.jsonl", [{"id": f"k{i}", "prompt": p} for i, p in enumerate(prompts)])
+    out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
+    settings = ModelSettings(backend="fake", max_in_flight=7, endpoints=(Endpoint(url="http://a:1/v1", max_in_flight=5), Endpoint(url="http://b:1/v1")))
+    started = time.monotonic()
+    summary = generate_ray(
+        src, out, settings=settings, model_factory=PoisonFactory(log), concurrency=3, progress=False,
+        ray_options=RayOptions(actors=2, batch_size=4, max_batch_retries=3),
+    )
+    assert time.monotonic() - started < 120
+    records = _by_id(out)
+    assert set(records) == {f"k{i}" for i in range(len(prompts))}
+    poison = records["k9"]
+    assert poison["status"] == "failed" and poison["error"]["kind"] == "worker_crash" and poison["stop_reason"] == "error"
+    assert "ran alone" in poison["error"]["message"] and "r0001-" in poison["error"]["message"]  # the batch named
+    assert all(r["status"] == "ok" for i, r in records.items() if i != "k9")
+    assert summary.ok == len(prompts) - 1 and summary.failures == {"worker_crash": 1}
+    deaths = [line for line in _log(log) if line.startswith("died")]
+    assert 1 <= len(deaths) <= 4  # bounded: in flight at the first death, then alone
+    assert not parts_dir(out).exists()  # merged; no journal left behind
+    # the actors' settings carry the endpoint limits shared out between the two actors
+    built = [line.split(" ", 3) for line in _log(log) if line.startswith("built")]
+    actors = {(limit, endpoints) for _, pid, limit, endpoints in built if int(pid) != os.getpid()}
+    assert actors == {("4", "[3, None]")}  # ceil(7/2), ceil(5/2); the other endpoint takes the run's
+
+
+def test_when_ray_gives_up_on_a_batch_the_run_stops_naming_its_prompts(tmp_path: Path) -> None:
+    """No retries allowed: the first death ends the run with an error naming the prompts in
+    flight, and every batch finished before is merged into the output."""
+    prompts = [*PROMPTS[:7], "POISON: and this?"]
+    src = _write_jsonl(tmp_path / "in.jsonl", [{"id": f"k{i}", "prompt": p} for i, p in enumerate(prompts)])
+    out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
+    with pytest.raises(AidsafeError) as caught:
+        generate_ray(
+            src, out, settings=ModelSettings(backend="fake"), model_factory=PoisonFactory(log), concurrency=2, progress=False,
+            ray_options=RayOptions(actors=1, batch_size=2, max_batch_retries=0),
+        )
+    message = str(caught.value)
+    assert "the Ray run stopped" in message and "'k7'" in message and "run the same command" in message
+    assert len([line for line in _log(log) if line.startswith("died")]) == 1
+    records = _by_id(out)  # the batches finished before the last one started (one actor, two batches at a time)
+    assert {"k0", "k1", "k2", "k3"} <= set(records) and "k7" not in records
+    assert all(r["status"] == "ok" for r in records.values())
+
+
+def test_journal_history_names_the_prompts_in_flight_at_each_death(tmp_path: Path) -> None:
+    from aidsafe.engines.ray_data import BatchJournal, JournalHistory, crash_suspects, journal_path
+
+    journal = BatchJournal(journal_path(tmp_path / "r0001-ab.jsonl"))
+    assert journal.history().attempts == 0
+    journal.note("attempt")
+    for kind, prompt_id in [("start", "a"), ("start", "b"), ("end", "a"), ("start", "c")]:  # died with b and c in flight
+        journal.note(kind, prompt_id)
+    assert journal.history() == JournalHistory(attempts=1, suspects=["b", "c"])
+    journal.remove()
+    assert journal.history().attempts == 0  # a batch that finished leaves no journal
+    lines = ["attempt", 'start\t"a"', 'start\t"b"', 'end\t"a"', 'start\t"c"',  # died with b and c in flight
+             "attempt", 'solo\t"b"', 'end\t"b"', 'solo\t"c"',  # died with c alone
+             "attempt", 'start\t"d"', 'end\t"to']  # died with d in flight (a torn last line)
+    journal.path.write_text("\n".join(lines), encoding="utf-8")
+    history = journal.history()
+    assert history.attempts == 3 and history.killed_alone == ["c"] and history.suspects == ["d"]
+    assert crash_suspects(tmp_path) == ["c", "d"]
+    journal.remove()
+    assert not journal.path.exists() and crash_suspects(tmp_path) == []
+
+
+def test_per_actor_limits_add_up_to_the_endpoints_limit() -> None:
+    from aidsafe.engines.ray_data import per_actor_settings
+    from aidsafe.models.endpoints import Endpoint
+
+    for limit in (1, 2, 7, 256):
+        for actors in (1, 2, 3, 8, 300):
+            settings = ModelSettings(backend="openai", model="m", max_in_flight=limit, endpoints=(Endpoint(url="http://a/v1", max_in_flight=limit),))
+            share = per_actor_settings(settings, actors)
+            assert share.max_in_flight == share.endpoints[0].max_in_flight >= 1
+            assert limit <= share.max_in_flight * actors <= limit + actors - 1
+    assert per_actor_settings(ModelSettings(), 3).endpoints == ()
+
+
+# --- a cluster that does not share the output's folder --------------------------------------------
+
+
+def _blind_probe(marker: str, token: str, reply: str, input_path: str) -> dict[str, Any]:
+    """A node of another machine: it sees neither the marker nor anything beside it."""
+    return {"host": "elsewhere", "seen": False, "wrote": False, "input": False}
+
+
+def _no_input_probe(marker: str, token: str, reply: str, input_path: str) -> dict[str, Any]:
+    from aidsafe.engines import ray_data
+
+    result = ray_data._probe(marker, token, reply, input_path + ".missing")
+    return {**result, "host": "elsewhere"}
+
+
+class _Recording(FakeChatModel):
+    def __init__(self, settings: ModelSettings, log: str) -> None:
+        super().__init__(settings)
+        self.log = log
+
+    async def complete(self, messages: list[dict[str, str]], **options: Any) -> Any:
+        os.close(os.open(self.log, os.O_CREAT | os.O_WRONLY))
+        return await super().complete(messages, **options)
+
+
+class RecordingFactory:
+    def __init__(self, log: Path) -> None:
+        self.log = str(log)
+
+    def __call__(self, settings: ModelSettings) -> FakeChatModel:
+        return _Recording(settings, self.log)
+
+
+def test_a_cluster_that_cannot_see_the_output_folder_is_refused_before_any_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidsafe.engines import ray_data
+
+    src = _write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in PROMPTS[:3]])
+    # this cluster (this machine) sees the folder and the input: the check passes and leaves nothing behind
+    ray_data.check_shared_paths(tmp_path, "out.jsonl", src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+    out, log = tmp_path / "out.jsonl", tmp_path / "calls.txt"
+    monkeypatch.setattr(ray_data, "_probe", _blind_probe)  # shipped by value: the task runs this one
+    with pytest.raises(AidsafeError) as caught:
+        generate_ray(src, out, settings=ModelSettings(backend="fake"), model_factory=RecordingFactory(log), progress=False)
+    message = str(caught.value)
+    assert f"node elsewhere does not see {tmp_path}/" in message and "same path" in message
+    assert not log.exists()  # no model call
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # nothing written: no output, sidecar, cache or block folder
+
+    monkeypatch.setattr(ray_data, "_probe", _no_input_probe)
+    with pytest.raises(AidsafeError, match=f"node elsewhere does not see the input {src}"):
+        generate_ray(src, out, settings=ModelSettings(backend="fake"), model_factory=RecordingFactory(log), progress=False)
+    assert not log.exists()
+
+
+# --- Ray Client (ray://) ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ray_client_address_runs_the_pipeline_on_the_cluster(tmp_path: Path) -> None:
+    """``RAY_ADDRESS=ray://host:port``: a head started here with a Ray Client server; ``aidsafe
+    generate`` in another process joins it as a client. Ray Data cannot drive a pipeline from a
+    client, so a task on the cluster does; the file-system probe passes (same machine), and the
+    blocks are merged into the output here."""
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+
+    src = _write_jsonl(tmp_path / "in.jsonl", [{"id": f"c{i}", "prompt": p} for i, p in enumerate(PROMPTS[:5])])
+    out = tmp_path / "out.jsonl"
+    client_port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # Ray 2.60 turns token auth on for a new cluster; not what this tests
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live under it
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={_free_port()}", f"--ray-client-server-port={client_port}",
+         "--num-cpus=2", "--include-dashboard=false", f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp_dir}", "--block"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(0.5)
+        done = subprocess.run(
+            [sys.executable, "-m", "aidsafe", "generate", str(src), "-o", str(out), "--backend", "fake", "--engine", "ray",
+             "--ray-batch-size", "2", "--no-progress"],
+            env={**env, "RAY_ADDRESS": f"ray://127.0.0.1:{client_port}"}, capture_output=True, text=True, timeout=240,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head's own processes; its workers exit with their raylet
+        head.wait()
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    records = _by_id(out)
+    assert set(records) == {f"c{i}" for i in range(5)} and all(r["status"] == "ok" for r in records.values())
+    sidecar = read_sidecar(out) or {}
+    assert sidecar["complete"] is True and sidecar["run"]["engine"] == "ray" and sidecar["run"]["prompts"] == 5
+    assert sidecar["run"]["tokens_per_s"] > 0  # followed from the blocks the cluster wrote
+    assert not parts_dir(out).exists()

@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     env_option(p, "--engine", choices=["local", "ray"], default="local", help="local: this process; ray: Ray Data, an actor pool (extra [ray]; RAY_ADDRESS names a cluster)")
     env_option(p, "--ray-actors", type=int, default=2, help="with --engine ray: actors in the pool, each with --concurrency prompts in flight")
     env_option(p, "--ray-batch-size", type=int, default=32, help="with --engine ray: prompts per batch (one block file OUTPUT.parts/*.jsonl each)")
+    env_option(p, "--ray-batch-retries", type=int, default=3, help="with --engine ray: times a batch whose actor died runs again; a prompt that kills its actor gets a failed record (worker_crash)")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
         run_file: Any = functools.partial(
             generate_ray, graph=args.graph, policies=args.policies, settings=settings, role_models=role_models_from_args(args),
-            ray_options=RayOptions(actors=args.ray_actors, batch_size=args.ray_batch_size),
+            ray_options=RayOptions(actors=args.ray_actors, batch_size=args.ray_batch_size, max_batch_retries=args.ray_batch_retries),
         )
     else:
         run_file = Pipeline(args.graph, args.policies, settings, role_models=role_models_from_args(args)).generate

@@ -15,10 +15,11 @@ How a run goes (``OUT`` is the JSONL output, ``OUT.parts/`` its block folder):
    ``--concurrency`` prompts in flight in that actor (batches overlap, so no slot idles at the
    tail of a batch). A finished batch is written as one block file
    ``OUT.parts/r<run>-<digest of its ids>.jsonl``: a temporary name, fsync, then a rename. The
-   name is a function of the run and the batch's ids, so a batch that Ray runs again (its actor
-   was killed: Ray Data's actor pools restart actors and retry their tasks, ``max_restarts`` and
-   ``max_task_retries`` -1) replaces its block instead of adding one; calls the killed attempt
-   made are answered from the cache.
+   name is a function of the run and the batch's ids, so a batch that Ray runs again replaces
+   its block instead of adding one; calls the killed attempt made are answered from the cache.
+   Each actor gets ``ceil(max_in_flight / actors)`` calls in flight per endpoint (the run's
+   ``--max-in-flight`` and each endpoint's own ``max_in_flight``, at least 1), so the pool
+   together keeps an endpoint's limit, not ``actors`` times it.
 4. **The merge**, once every batch is written: ``OUT`` and the blocks (oldest first) are joined
    into ``OUT`` (a temporary file, then a rename) with each id exactly once: an ``ok`` record is
    kept over any other copy, else the latest copy (a ``--retry-failed`` rerun) wins. Then the
@@ -27,35 +28,68 @@ How a run goes (``OUT`` is the JSONL output, ``OUT.parts/`` its block folder):
 5. **The summary** (the same :class:`~aidsafe.summary.RunSummary` over every record of
    ``OUT``, with ``run.engine = "ray"``) goes to ``OUT.summary.json`` and is returned.
 
+**An actor that dies** (a native crash, the OOM killer): Ray restarts it (``max_restarts`` -1)
+and runs its batches again, at most ``max_batch_retries`` times each (Ray's ``max_task_retries``;
+default 3). Each batch keeps a journal, ``OUT.parts/.<block>.journal``, of the attempts and of
+the prompts each one started and finished. An attempt after a death runs the prompts that were in
+flight then one at a time, alone in the actor, before the others; a prompt whose actor died while
+it ran alone is not run again: it gets a ``failed`` record (``error.kind: worker_crash``, the
+batch named), as do, on the last attempt, the prompts still under suspicion. So a prompt that
+kills its worker every time costs its own record, never the run, and every other prompt's record
+lands (``--retry-failed`` runs those prompts again). If Ray still gives up on a batch (its
+retries spent on deaths the journal cannot pin on a prompt), the run stops with an error naming
+the prompts in flight at those deaths, after merging every finished block into ``OUT``.
+
 Ray runs where ``RAY_ADDRESS`` points (a cluster), or on a local cluster started for the run.
-Actors write the blocks and the cache: on a multi-node cluster ``OUT`` must be on a file system
-every node shares (and the SQLite cache then wants a local-disk-like one; ``--no-cache`` turns
-it off).
+With Ray Client (``RAY_ADDRESS=ray://head:10001``) this process is not a worker of the cluster,
+and Ray Data drives a pipeline only from one: a task on the cluster (no CPU reserved) drives it
+then, and this process follows the blocks it writes for the progress bar, then merges them.
+Actors write the blocks and the cache, and read the input, at the paths the driver names: on a
+cluster ``OUT``'s folder and the input must be on a file system that every node and the driver
+share, at the same absolute paths (and the SQLite cache then wants a local-disk-like one;
+``--no-cache`` turns it off). With a cluster that this run did not start (``RAY_ADDRESS``, a Ray
+Client address ``ray://host:10001``, or a ``ray.init`` of the caller), a probe task on every
+node checks this before any model call: it reads a marker the driver wrote beside ``OUT`` (a
+random token), writes one back that the driver must see, and finds the input; if any node
+cannot, the run is refused naming the path and the node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import inspect
+import json
 import logging
 import os
 import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AidsafeError, ConfigError, InputError, JobInterrupted
+from ..graph.state import initial_state
 from ..inputs import PromptItem, read_prompts, report_problems
 from ..models import ModelFactory, ModelSettings, ResponseCache, make_model
-from ..outputs import OUTPUT_FORMATS, OutputLock, atomic_text, convert_output, read_record_lines, scan_output, write_sidecar
-from ..pipeline import Pipeline
+from ..outputs import (
+    OUTPUT_FORMATS,
+    OutputLock,
+    atomic_text,
+    convert_output,
+    read_record_lines,
+    read_records,
+    scan_output,
+    write_sidecar,
+)
+from ..pipeline import Pipeline, record_from_state
 from ..policies import PolicySet
 from ..records import Record
 from ..runner import JobRun, cache_path, config_differences, refuse_other_config
@@ -74,11 +108,13 @@ except ImportError as exc:  # pragma: no cover - the [ray] extra is missing
 if TYPE_CHECKING:
     from ray.data.context import DataContext
 
-__all__ = ["RayOptions", "generate_ray", "merge_parts", "parts_dir", "read_input"]
+__all__ = ["RayOptions", "check_shared_paths", "generate_ray", "merge_parts", "parts_dir", "per_actor_settings", "read_input"]
 
 """Input files read as Parquet (aidsafe's own readers take every other format)."""
 
 _PART = re.compile(r"^r(\d+)-[0-9a-f]+\.jsonl$")
+JOURNAL_SUFFIX = ".journal"
+"""A batch's journal: ``OUT.parts/.<block name>.journal`` (see :class:`BatchJournal`)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +127,23 @@ class RayOptions:
     """Prompts per batch: the unit of work Ray hands an actor, and of one block file."""
     actor_cpus: float | None = None
     """CPUs Ray reserves per actor; None: 1 for the embedded local model, else 0.5 (I/O-bound)."""
+    max_batch_retries: int = 3
+    """Times a batch whose actor died is run again (Ray's ``max_task_retries``); a prompt that
+    kills its actor is recorded as failed (``worker_crash``) within this bound."""
+
+
+def per_actor_settings(settings: ModelSettings, actors: int) -> ModelSettings:
+    """``settings`` with the calls in flight per endpoint shared out among ``actors`` actors:
+    ``ceil(limit / actors)`` each, at least 1 (the run's ``max_in_flight`` and each endpoint's
+    own), so that together they keep the endpoint's limit (at most ``actors - 1`` over it)."""
+
+    def share(limit: int) -> int:
+        return max(1, -(-limit // actors))
+
+    endpoints = tuple(
+        e.model_copy(update={"max_in_flight": share(e.max_in_flight)}) if e.max_in_flight is not None else e for e in settings.endpoints
+    )
+    return dataclasses.replace(settings, max_in_flight=share(settings.max_in_flight), endpoints=endpoints)
 
 
 def parts_dir(records_path: str | os.PathLike[str]) -> Path:
@@ -202,11 +255,12 @@ class PartsState:
 
 def scan_parts(folder: Path, *, clean: bool = True) -> PartsState:
     """Ids in the blocks of ``folder`` (each block is whole: blocks are written atomically);
-    with ``clean``, the temporary files that a killed writer left are removed."""
+    with ``clean``, the temporary files that a killed writer left, and the journals of batches
+    that never finished (a new run starts their attempts afresh), are removed."""
     state = PartsState()
     if not folder.is_dir():
         return state
-    for temp in folder.glob(".*.tmp") if clean else ():
+    for temp in [*folder.glob(".*.tmp"), *folder.glob(f".*{JOURNAL_SUFFIX}")] if clean else ():
         temp.unlink(missing_ok=True)
     for part in sorted(folder.glob("*.jsonl")):
         scanned = scan_output(part, repair=False)
@@ -271,7 +325,139 @@ def merge_parts(records_path: Path, folder: Path) -> Merged:
     return Merged(ids=set(chosen), parts=len(parts), duplicates=duplicates)
 
 
-# --- actors --------------------------------------------------------------------------------
+# --- actors ---------------------------------------------------------------------------------
+
+
+def journal_path(block: Path) -> Path:
+    """The journal of a batch: ``OUT.parts/.<block name>.journal`` (removed once the block is written)."""
+    return block.with_name(f".{block.name}{JOURNAL_SUFFIX}")
+
+
+@dataclass
+class JournalHistory:
+    """What the journal of a batch says about its earlier attempts (each of which died)."""
+
+    attempts: int = 0
+    """Attempts started before this one."""
+    suspects: list[str] = field(default_factory=list)
+    """Prompts in flight when an attempt died, not finished by any attempt since (input order)."""
+    killed_alone: list[str] = field(default_factory=list)
+    """Prompts that were running alone in their actor when it died."""
+
+
+class BatchJournal:
+    """The attempts of one batch and the prompts each started (``start``; ``solo``: alone in the
+    actor) and finished (``end``): one line each, appended with one ``write`` (a killed process
+    loses nothing it wrote; the file lives on the output's file system, so a retry on another
+    node reads it too)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def history(self) -> JournalHistory:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return JournalHistory()
+        attempts: list[tuple[dict[str, bool], set[str]]] = []  # per attempt: started id -> alone; ended ids
+        for line in text.splitlines():
+            kind, _, rest = line.partition("\t")
+            if kind == "attempt":
+                attempts.append(({}, set()))
+                continue
+            if not attempts or kind not in ("start", "solo", "end"):
+                continue
+            try:
+                prompt_id = json.loads(rest)
+            except ValueError:  # a torn line
+                continue
+            if not isinstance(prompt_id, str):
+                continue
+            started, ended = attempts[-1]
+            if kind == "end":
+                ended.add(prompt_id)
+            else:
+                started[prompt_id] = kind == "solo"
+        finished = set().union(*(ended for _, ended in attempts)) if attempts else set()
+        suspects: dict[str, None] = {}
+        killed_alone: dict[str, None] = {}
+        for started, ended in attempts:
+            for prompt_id, alone in started.items():
+                if prompt_id in ended or prompt_id in finished:
+                    continue
+                (killed_alone if alone else suspects)[prompt_id] = None
+        return JournalHistory(
+            attempts=len(attempts), suspects=[i for i in suspects if i not in killed_alone], killed_alone=list(killed_alone)
+        )
+
+    def note(self, kind: str, prompt_id: str | None = None) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        line = kind if prompt_id is None else f"{kind}\t{json.dumps(prompt_id)}"
+        os.write(self._fd, (line + "\n").encode("utf-8", "surrogatepass"))
+
+    def remove(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
+
+
+def crash_suspects(folder: Path) -> list[str]:
+    """Prompts in flight when an actor died, per the journals left in ``folder``: batches that
+    never finished."""
+    found: dict[str, None] = {}
+    for path in sorted(folder.glob(f".*{JOURNAL_SUFFIX}")) if folder.is_dir() else ():
+        history = BatchJournal(path).history()
+        found.update(dict.fromkeys(history.killed_alone + history.suspects))
+    return list(found)
+
+
+class _Gate:
+    """Who runs in an actor: prompts share it; a prompt suspected of killing the actor runs
+    alone (it waits for the running prompts, and new ones wait for it)."""
+
+    def __init__(self) -> None:
+        self._cond: asyncio.Condition | None = None
+        self.running = 0
+        self.alone = False
+        self.waiting = 0
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:  # made on the actor's event loop
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: not self.alone and not self.waiting)
+            self.running += 1
+        try:
+            yield
+        finally:
+            async with cond:
+                self.running -= 1
+                cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        cond = self._condition()
+        async with cond:
+            self.waiting += 1
+            try:
+                await cond.wait_for(lambda: not self.alone and self.running == 0)
+            finally:
+                self.waiting -= 1
+            self.alone = True
+        try:
+            yield
+        finally:
+            async with cond:
+                self.alone = False
+                cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -281,6 +467,7 @@ class _WorkerSpec:
     graph: str
     policies: PolicySet
     settings: ModelSettings
+    """The driver's, with the calls in flight per endpoint shared out (:func:`per_actor_settings`)."""
     role_models: dict[str, str]
     model_factory: ModelFactory
     config: dict[str, Any]
@@ -289,6 +476,7 @@ class _WorkerSpec:
     run: int
     cache: str | None
     cache_read: bool
+    max_batch_retries: int = 3
 
 
 class _PromptWorker:
@@ -305,22 +493,69 @@ class _PromptWorker:
         pool = self.pipe.compiled.model_pool
         self.models = pool.cached(self.cache) if self.cache is not None else pool
         self.slots = asyncio.Semaphore(spec.concurrency)
+        self.gate = _Gate()
 
-    async def _one(self, item: PromptItem) -> Record:
-        async with self.slots:
-            return await self.pipe.arun_one(item, models=self.models)
+    async def _one(self, item: PromptItem, journal: BatchJournal) -> Record:
+        async with self.slots, self.gate.shared():
+            journal.note("start", item.id)
+            record = await self.pipe.arun_one(item, models=self.models)
+            journal.note("end", item.id)
+            return record
+
+    async def _alone(self, item: PromptItem, journal: BatchJournal) -> Record:
+        async with self.gate.exclusive():
+            journal.note("solo", item.id)
+            record = await self.pipe.arun_one(item, models=self.models)
+            journal.note("end", item.id)
+            return record
+
+    def _crashed(self, item: PromptItem, message: str) -> Record:
+        state = initial_state(item.id, item.prompt)
+        state["error"] = {"stage": "worker", "kind": "worker_crash", "message": message, "raw": None}
+        return record_from_state(state, self.pipe.compiled)
+
+    async def _records(self, items: list[PromptItem], name: str, journal: BatchJournal) -> list[Record]:
+        """The batch's records. After attempts that died: the prompts that killed their actor
+        alone get a ``worker_crash`` record, the others in flight at a death run alone first
+        (on the last attempt they get a ``worker_crash`` record too), then the rest as usual."""
+        history = journal.history()
+        attempt, allowed = history.attempts + 1, self.spec.max_batch_retries + 1
+        journal.note("attempt")
+        by_id: dict[str, Record] = {}
+        tries = f"{history.attempts} attempt(s) of batch {name} died"
+        killed_alone, suspects = set(history.killed_alone), set(history.suspects)
+        for item in items:
+            if item.id in killed_alone:
+                by_id[item.id] = self._crashed(item, f"the Ray worker died while this prompt ran alone in it ({tries}); not run again")
+            elif item.id in suspects and attempt >= allowed:
+                by_id[item.id] = self._crashed(
+                    item, f"the Ray worker died with this prompt in flight ({tries}; {allowed} allowed); not run again"
+                )
+        for item in items:
+            if item.id in suspects and item.id not in by_id:
+                by_id[item.id] = await self._alone(item, journal)
+        rest = [item for item in items if item.id not in by_id]
+        for item, record in zip(rest, await asyncio.gather(*(self._one(item, journal) for item in rest)), strict=True):
+            by_id[item.id] = record
+        return [by_id[item.id] for item in items]
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
         """Run one batch, write its block, and yield what the driver counts (an async generator:
         Ray Data runs several batches of an actor at once on the actor's event loop)."""
         items = [PromptItem(id=str(row["id"]), prompt=row["prompt"], source=row["source"], line=int(row["line"])) for row in batch.to_pylist()]
         ids = [item.id for item in items]
-        records = await asyncio.gather(*(self._one(item) for item in items))
         name = part_name(self.spec.run, ids)
-        await asyncio.to_thread(write_part, Path(self.spec.folder) / name, [record.model_dump_json() for record in records])
+        block = Path(self.spec.folder) / name
+        journal = BatchJournal(journal_path(block))
+        if block.exists():  # an earlier attempt wrote it, then died before Ray heard of it
+            records = list(read_records(block, Record))
+        else:
+            records = await self._records(items, name, journal)
+            await asyncio.to_thread(write_part, block, [record.model_dump_json() for record in records])
+        journal.remove()
         yield pa.table(
             {
-                "id": ids,
+                "id": [record.id for record in records],
                 "failed": [record.status == "failed" for record in records],
                 "tokens": [total_tokens(record) for record in records],
                 "cached": [sum(u.cached for u in record.usage.values()) for record in records],
@@ -359,11 +594,18 @@ class _Meter:
             self.bar = tqdm(total=total, unit="prompt", desc="generate (ray)", dynamic_ncols=True)
 
     def add(self, batch: pa.Table) -> None:
-        count = batch.num_rows
+        self._count(batch.num_rows, sum(batch.column("failed").to_pylist()), sum(batch.column("tokens").to_pylist()),
+                    sum(batch.column("cached").to_pylist()))
+
+    def add_records(self, records: list[Record]) -> None:
+        self._count(len(records), sum(r.status == "failed" for r in records), sum(total_tokens(r) for r in records),
+                    sum(u.cached for r in records for u in r.usage.values()))
+
+    def _count(self, count: int, failed: int, tokens: int, cached: int) -> None:
         self.done += count
-        self.failed += sum(batch.column("failed").to_pylist())
-        self.tokens += sum(batch.column("tokens").to_pylist())
-        self.cached += sum(batch.column("cached").to_pylist())
+        self.failed += failed
+        self.tokens += tokens
+        self.cached += cached
         if self.bar is not None:
             elapsed = max(time.monotonic() - self.started, 1e-9)
             self.bar.set_postfix(ok=self.done - self.failed, failed=self.failed, tok_s=f"{self.tokens / elapsed:.0f}", refresh=False)
@@ -374,15 +616,111 @@ class _Meter:
             self.bar.close()
 
 
-def _connect() -> bool:
-    """Join the cluster ``RAY_ADDRESS`` names, or start a local one; True when this call started Ray."""
-    if ray.is_initialized():
-        return False
+@dataclass
+class _Session:
+    """How this run reached Ray."""
+
+    started: bool
+    """This call ran ``ray.init`` (and shuts Ray down at the end)."""
+    own_cluster: bool
+    """A local cluster started for this run: actors share the driver's file system."""
+    client: bool = False
+    """Ray Client (``ray://``): this process is not a worker of the cluster."""
+
+
+def _client_mode() -> bool:
+    import ray.util.client
+
+    return bool(ray.util.client.ray.is_connected())
+
+
+def _connect() -> _Session:
+    """Join the cluster ``RAY_ADDRESS`` names (or the one the caller joined), or start a local one."""
+    if ray.is_initialized() or _client_mode():
+        return _Session(started=False, own_cluster=False, client=_client_mode())
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    return True
+        return _Session(started=True, own_cluster=False, client=_client_mode())
+    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    return _Session(started=True, own_cluster=True)
+
+
+def _probe(marker: str, token: str, reply: str, input_path: str) -> dict[str, Any]:
+    """Run on one node of the cluster: does it see the driver's marker (``token`` in ``marker``),
+    can it write ``reply`` beside it, and does it see the input? Names the node for errors."""
+    import socket
+
+    seen = wrote = False
+    try:
+        seen = Path(marker).read_text(encoding="utf-8") == token
+    except OSError:
+        pass
+    if seen:
+        try:
+            Path(reply).write_text(token, encoding="utf-8")
+            wrote = True
+        except OSError:
+            pass
+    return {"host": socket.gethostname(), "seen": seen, "wrote": wrote, "input": os.path.exists(input_path)}
+
+
+def _cluster_nodes() -> list[str]:
+    """Ids of the cluster's alive nodes that can run tasks."""
+    try:
+        return [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    except Exception:
+        return []
+
+
+def check_shared_paths(output_dir: Path, name: str, input_path: Path, *, timeout: float = 120.0) -> None:
+    """Refuse (before any model call) a cluster whose nodes do not share ``output_dir`` and the
+    input with this process at the same absolute paths: with Ray Client (``ray://``) or on a
+    cluster of other machines, actors write blocks and the cache, and read the input, on their
+    own file system. One probe task per alive node (:func:`_probe`)."""
+    import secrets
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = secrets.token_hex(16)
+    marker = output_dir.absolute() / f".{name}.probe-{token}"
+    marker.write_text(token, encoding="utf-8")
+    nodes = _cluster_nodes()
+    replies = [marker.with_name(f"{marker.name}.{i}") for i in range(max(len(nodes), 1))]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    try:
+        refs = [
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False) if node else "DEFAULT").remote(
+                str(marker), token, str(reply), str(input_path.absolute())
+            )
+            for node, reply in zip(nodes or [None], replies, strict=True)
+        ]
+        try:
+            results = ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise AidsafeError(f"the Ray cluster did not run the file-system check within {timeout:g} s; is it short of workers?") from None
+        except ray.exceptions.RayError as exc:  # e.g. a node without aidsafe
+            cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+            raise AidsafeError(f"the Ray cluster could not run the file-system check: {cause[0].strip()[:600]}; is aidsafe installed on every node?") from exc
+        problems = []
+        for result, reply in zip(results, replies, strict=True):
+            if not result["seen"]:
+                problems.append(f"node {result['host']} does not see {output_dir.absolute()}/ (a marker written there is not there)")
+            elif not result["wrote"]:
+                problems.append(f"node {result['host']} cannot write in {output_dir.absolute()}/")
+            elif not reply.exists():
+                problems.append(f"a file node {result['host']} wrote in {output_dir.absolute()}/ is not seen here")
+            elif not result["input"]:
+                problems.append(f"node {result['host']} does not see the input {input_path.absolute()}")
+    finally:
+        for path in (marker, *replies):
+            path.unlink(missing_ok=True)
+    if problems:
+        raise AidsafeError(
+            "--engine ray: the Ray cluster does not share this machine's files: " + "; ".join(problems[:5])
+            + ". Its actors write the blocks and the response cache beside the output and read the input at the same "
+            "absolute paths, and this process merges the blocks: put the output and the input on a file system that "
+            "every node and this machine mount at the same path, or run aidsafe on the cluster (e.g. with ray job submit)"
+        )
 
 
 def _execute(spec: _WorkerSpec, read: Callable[[], Iterator[PromptItem]], skip: frozenset[str], options: RayOptions,
@@ -405,20 +743,61 @@ def _execute(spec: _WorkerSpec, read: Callable[[], Iterator[PromptItem]], skip: 
     named = "num_cpus" in inspect.signature(ray.data.read_datasource).parameters
     read_cpus: dict[str, Any] = {"num_cpus": 0} if named else {"ray_remote_args": {"num_cpus": 0}}
     dataset = ray.data.read_datasource(_PromptSource(read, skip, options.batch_size), **read_cpus)
-    results = dataset.map_batches(
-        _PromptWorker,
-        fn_constructor_kwargs={"spec": spec},
-        batch_size=options.batch_size,
-        batch_format="pyarrow",
-        # two batches per actor at a time: one's slow last prompt leaves its slots to the other,
-        # and no actor hoards batches an idle one could run
-        compute=ray.data.ActorPoolStrategy(size=options.actors, max_tasks_in_flight_per_actor=2),
-        num_cpus=cpus,
-        # fault tolerance: Ray Data's actor pools restart a dead actor and run its batches again
-        # (max_restarts=-1, max_task_retries=-1 by default; passing them is deprecated in Ray 2.60)
-    )
+    # a dead actor is restarted (Ray Data's pools expect that: max_restarts -1) and each of its batches
+    # runs again at most max_batch_retries times (Ray Data's default, -1, would loop forever on a
+    # prompt that kills its actor). Ray 2.60 takes these only as **ray_remote_args, which it
+    # deprecates without a named replacement: the warning is silenced, and a Ray that no longer takes
+    # them keeps its own default, where each actor's journal still ends such a batch within the bound.
+    retries: dict[str, Any] = {}
+    parameters = inspect.signature(ray.data.Dataset.map_batches).parameters
+    if "max_task_retries" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        retries = {"max_restarts": -1, "max_task_retries": options.max_batch_retries}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", category=DeprecationWarning)
+        results = dataset.map_batches(
+            _PromptWorker,
+            fn_constructor_kwargs={"spec": spec},
+            batch_size=options.batch_size,
+            batch_format="pyarrow",
+            # two batches per actor at a time: one's slow last prompt leaves its slots to the other,
+            # and no actor hoards batches an idle one could run
+            compute=ray.data.ActorPoolStrategy(size=options.actors, max_tasks_in_flight_per_actor=2),
+            num_cpus=cpus,
+            **retries,
+        )
     for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
         meter.add(batch)
+
+
+def _execute_on_cluster(spec: _WorkerSpec, read: Callable[[], Iterator[PromptItem]], skip: frozenset[str], options: RayOptions,
+                        cpus: float) -> None:
+    """A task on the cluster that drives the Ray Data pipeline (for Ray Client, see :func:`_execute_from_client`)."""
+    _execute(spec, read, skip, options, _Meter(0, False), cpus)
+
+
+def _execute_from_client(spec: _WorkerSpec, read: Callable[[], Iterator[PromptItem]], skip: frozenset[str], options: RayOptions,
+                         meter: _Meter, cpus: float) -> None:
+    """:func:`_execute` over Ray Client (``ray://``). Ray Data drives a pipeline only from a worker
+    of the cluster, not from a client, so a task on the cluster does (no CPU reserved); this
+    process follows the blocks it writes to the shared folder for the progress bar and its
+    figures. Ctrl-C cancels the task (and with it the pipeline and its actors)."""
+    task = ray.remote(num_cpus=0, max_retries=0)(_execute_on_cluster)
+    ref = task.remote(spec, read, skip, options, cpus)
+    folder, prefix = Path(spec.folder), f"r{spec.run:04d}-"
+    seen: set[str] = set()
+    try:
+        while True:
+            ready, _ = ray.wait([ref], timeout=1.0)
+            for part in sorted(folder.glob(f"{prefix}*.jsonl")):  # whole files: blocks are renamed into place
+                if part.name not in seen:
+                    seen.add(part.name)
+                    meter.add_records(list(read_records(part, Record)))
+            if ready:
+                ray.get(ref)  # raises what stopped the pipeline
+                return
+    except KeyboardInterrupt:
+        ray.cancel(ref)
+        raise
 
 
 def generate_ray(
@@ -457,6 +836,8 @@ def generate_ray(
         raise AidsafeError(f"shard must be i/n with 0 <= i < n, got {shard[0]}/{shard[1]}")
     if options.actors < 1 or options.batch_size < 1:
         raise AidsafeError("--ray-actors and --ray-batch-size must be at least 1")
+    if options.max_batch_retries < 0:
+        raise AidsafeError("--ray-batch-retries must be at least 0")
     settings = settings or ModelSettings()
     pipe = Pipeline(graph, policies, settings, role_models=role_models, model_factory=model_factory)
     concurrency = pipe.default_concurrency if concurrency is None else concurrency
@@ -485,42 +866,60 @@ def generate_ray(
             todo += item.id not in skip
         if problems:
             report_problems(problems)
-        if overwrite:
-            for stale in (records_path, cache_file, Path(f"{cache_file}-wal"), Path(f"{cache_file}-shm")):
-                stale.unlink(missing_ok=True)
-            shutil.rmtree(folder, ignore_errors=True)
-        write_sidecar(destination, {"output": str(destination), "complete": False, "config": config})
-        run = JobRun(unit="prompt", skipped=len(skip), repaired_last_line=bool(state and state.repaired), skipped_input_lines=len(problems))
-        meter = _Meter(todo, progress)
-        started, cpu_started = time.monotonic(), time.process_time()
-        if todo:
-            folder.mkdir(parents=True, exist_ok=True)
-            if cache:  # made here, so that the actors open a cache that is there (schema, WAL mode)
-                ResponseCache(cache_file).close()
-            spec = _WorkerSpec(
-                graph=_portable(graph, pipe), policies=pipe.compiled.policies, settings=settings, role_models=dict(role_models or {}),
-                model_factory=model_factory, config=config, concurrency=concurrency, folder=str(folder.absolute()),
-                run=parts.last_run + 1, cache=str(cache_file.absolute()) if cache else None, cache_read=not retry_failed,
-            )
-            cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if settings.backend == "local" else 0.5)
-            started_ray = _connect()
-            try:
-                task_read = functools.partial(read, str(Path(input_path).absolute()), problems=None)  # read in another process
-                _execute(spec, task_read, skip, options, meter, cpus)
-            except KeyboardInterrupt:
-                written = scan_parts(folder, clean=False)  # the blocks the actors finished, seen by the driver or not
-                safe = len(selected & (done | failed | written.done | written.failed))
-                raise JobInterrupted(f"{records_path} and {folder}/", safe, len(selected)) from None
-            except ray.exceptions.RayError as exc:  # an actor that cannot start, a read that fails, Ray itself
-                cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
-                raise AidsafeError(
-                    f"the Ray run stopped: {cause[0].strip()[:600]}; the finished batches are safe in {folder}/; "
-                    "run the same command to continue"
-                ) from exc
-            finally:
-                meter.close()
-                if started_ray:
-                    ray.shutdown()
+        session = _connect() if todo else None
+        stopped: ray.exceptions.RayError | None = None
+        try:
+            if session is not None and not session.own_cluster:  # before anything is touched or called
+                check_shared_paths(records_path.parent, records_path.name, Path(input_path))
+            if overwrite:
+                for stale in (records_path, cache_file, Path(f"{cache_file}-wal"), Path(f"{cache_file}-shm")):
+                    stale.unlink(missing_ok=True)
+                shutil.rmtree(folder, ignore_errors=True)
+            write_sidecar(destination, {"output": str(destination), "complete": False, "config": config})
+            run = JobRun(unit="prompt", skipped=len(skip), repaired_last_line=bool(state and state.repaired), skipped_input_lines=len(problems))
+            meter = _Meter(todo, progress)
+            started, cpu_started = time.monotonic(), time.process_time()
+            if todo:
+                folder.mkdir(parents=True, exist_ok=True)
+                if cache:  # made here, so that the actors open a cache that is there (schema, WAL mode)
+                    ResponseCache(cache_file).close()
+                spec = _WorkerSpec(
+                    graph=_portable(graph, pipe), policies=pipe.compiled.policies, settings=per_actor_settings(settings, options.actors),
+                    role_models=dict(role_models or {}), model_factory=model_factory, config=config, concurrency=concurrency,
+                    folder=str(folder.absolute()), run=parts.last_run + 1, cache=str(cache_file.absolute()) if cache else None,
+                    cache_read=not retry_failed, max_batch_retries=options.max_batch_retries,
+                )
+                cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if settings.backend == "local" else 0.5)
+                try:
+                    task_read = functools.partial(read, str(Path(input_path).absolute()), problems=None)  # read in another process
+                    execute = _execute_from_client if session is not None and session.client else _execute
+                    execute(spec, task_read, skip, options, meter, cpus)
+                except KeyboardInterrupt:
+                    written = scan_parts(folder, clean=False)  # the blocks the actors finished, seen by the driver or not
+                    safe = len(selected & (done | failed | written.done | written.failed))
+                    raise JobInterrupted(f"{records_path} and {folder}/", safe, len(selected)) from None
+                except ray.exceptions.RayError as exc:  # an actor that cannot start, a read that fails, Ray itself
+                    stopped = exc
+                finally:
+                    meter.close()
+        finally:
+            if session is not None and session.started:
+                ray.shutdown()
+        if stopped is not None:  # every finished block merged, the prompts that killed workers named
+            suspects = crash_suspects(folder)
+            merged = merge_parts(records_path, folder)
+            cause = [line for line in str(stopped).splitlines() if line.strip()][-1:] or [type(stopped).__name__]
+            named = ""
+            if suspects:
+                listed = ", ".join(repr(i) for i in suspects[:10]) + (", ..." if len(suspects) > 10 else "")
+                named = (
+                    f"; {len(suspects)} prompt(s) were in flight when Ray workers died and Ray gave up on their batch: {listed} "
+                    f"(a larger --ray-batch-retries lets aidsafe pin the prompt that kills the worker and record it as failed)"
+                )
+            raise AidsafeError(
+                f"the Ray run stopped: {cause[0].strip()[:600]}{named}; {len(selected & merged.ids)} of {len(selected)} prompts "
+                f"have a record in {records_path}; run the same command to continue"
+            ) from stopped
         merged = merge_parts(records_path, folder)
         lost = selected - merged.ids
         if lost:  # Ray reported every batch done, so this is a bug: say so rather than end "complete"
