@@ -223,13 +223,27 @@ def _endpoint_postfix(stats: Mapping[str, Mapping[str, Any]]) -> str:
     return " ".join(f"{v['in_flight']}" if v["up"] else "down" for v in stats.values())
 
 
+def _wire_postfix(notes: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """``system=merged`` and ``schema=json_object`` on the progress bar where some server needs them."""
+    out: dict[str, str] = {}
+    merged = notes.get("system_role") or {}
+    if merged:
+        out["system"] = f"merged({len(merged)})" if len(merged) > 1 else "merged"
+    modes = {n.get("mode") for n in (notes.get("structured_output") or {}).values()}
+    if "json_object" in modes:
+        out["schema"] = "json_object"
+    return out
+
+
 class _Meter:
     """Progress bar: done, ok, failed, in flight (per endpoint when there are several), tokens/s, ETA."""
 
     def __init__(self, total: int, enabled: bool, desc: str, unit: str,
-                 endpoints: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None) -> None:
+                 endpoints: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+                 notes: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None) -> None:
         self.done = self.failed = self.in_flight = self.tokens = 0
         self.endpoints = endpoints
+        self.notes = notes
         self.started_at = time.monotonic()
         self.shown_at = 0.0
         self.bar: Any = None
@@ -256,9 +270,11 @@ class _Meter:
         self.shown_at = now
         stats = self.endpoints() if self.endpoints is not None else {}
         per_endpoint = {"endpoints": _endpoint_postfix(stats)} if len(stats) > 1 else {}
+        notes = self.notes() if self.notes is not None else {}
+        wire = _wire_postfix(notes)
         self.bar.set_postfix(
             ok=self.done - self.failed, failed=self.failed, in_flight=self.in_flight,
-            tok_s=f"{self.tokens / max(now - self.started_at, 1e-9):.0f}", **per_endpoint, refresh=False,
+            tok_s=f"{self.tokens / max(now - self.started_at, 1e-9):.0f}", **per_endpoint, **wire, refresh=False,
         )
 
     def close(self) -> None:
@@ -313,7 +329,7 @@ async def run_job(
         run = JobRun(unit=job.unit, skipped=len(skip), repaired_last_line=state.repaired, skipped_input_lines=len(problems))
         cache = ResponseCache(cache_file, read=not options.retry_failed) if options.cache else None
         models = job.models.cached(cache) if cache is not None else job.models
-        meter = _Meter(todo, options.progress, job.name, job.unit, job.models.endpoint_stats)
+        meter = _Meter(todo, options.progress, job.name, job.unit, job.models.endpoint_stats, job.models.wire_notes)
         endpoints_before = all_endpoint_stats()  # routers live as long as the process: count this run only
         started, cpu_started = time.monotonic(), time.process_time()
         try:
@@ -338,6 +354,7 @@ async def run_job(
         endpoints = _endpoint_figures(endpoints_before, job.models.endpoint_stats())
         if endpoints:
             run.extra["endpoints"] = endpoints
+        run.extra.update({key: notes for key, notes in job.models.wire_notes().items() if notes})
         summary = job.summarize(output, run)
         write_sidecar(sidecar_owner, {**summary.as_dict(), "complete": True, "config": config})
     return summary

@@ -20,7 +20,7 @@ seed           sampling seed
 role_models    ``{"role or agent": "model"}``, like ``--role-model ROLE=MODEL``
 ============== =================================================================================
 
-``api_key_env``, ``timeout``, ``max_retries``, ``structured_output`` and ``n_ctx`` come from
+``api_key_env``, ``timeout``, ``max_retries``, ``structured_output``, ``system_role`` and ``n_ctx`` come from
 the environment only (``AIDSAFE_API_KEY_ENV``, ...), as for the CLI; a run cannot pick which
 environment variable is sent as the API key.
 
@@ -57,7 +57,7 @@ from pydantic import ConfigDict, Field, TypeAdapter
 from .errors import AidsafeError, ConfigError
 from .graph.compiler import CompiledAidsafe, compile_graph
 from .graph.state import PromptState
-from .models import ChatModel, ModelPool, ModelSettings, StructuredMode, backend_names, make_model
+from .models import ChatModel, ModelPool, ModelSettings, StructuredMode, SystemRole, backend_names, make_model
 
 __all__ = [
     "SHIPPED_GRAPHS",
@@ -184,6 +184,9 @@ def settings_from_config(config: RunnableConfig | Mapping[str, Any] | None, env:
     structured = _env_text(environ, "AIDSAFE_STRUCTURED_OUTPUT") or "auto"
     if structured not in ("auto", "json_schema", "json_object"):
         raise ConfigError(f"environment variable AIDSAFE_STRUCTURED_OUTPUT: choose auto, json_schema or json_object, got {structured!r}")
+    system_role = _env_text(environ, "AIDSAFE_SYSTEM_ROLE") or "auto"
+    if system_role not in ("auto", "native", "merge"):
+        raise ConfigError(f"environment variable AIDSAFE_SYSTEM_ROLE: choose auto, native or merge, got {system_role!r}")
     settings = ModelSettings(
         backend=backend,
         model=text("model"),
@@ -194,6 +197,7 @@ def settings_from_config(config: RunnableConfig | Mapping[str, Any] | None, env:
         timeout=_env_number(environ, "AIDSAFE_TIMEOUT", float, 300.0),
         max_retries=_env_number(environ, "AIDSAFE_MAX_RETRIES", int, 3),
         structured=cast("StructuredMode", structured),
+        system_role=cast("SystemRole", system_role),
         n_ctx=_env_number(environ, "AIDSAFE_N_CTX", int, 8192),
         seed=number("seed", int),
     )

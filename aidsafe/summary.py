@@ -106,11 +106,17 @@ class RunSummary:
             if len(endpoints) > 1 or any(e["overloaded"] or e["failed"] for e in endpoints.values())
             else ""
         )
+        wire = ""
+        for url, note in (run.get("structured_output") or {}).items() if run else ():
+            if note.get("mode") == "json_object":
+                wire += f"; {url} takes json_object + schema ({note.get('source')})"
+        for where, note in (run.get("system_role") or {}).items() if run else ():
+            wire += f"; {where}: system text merged into the user turn ({note.get('source')})"
         return (
             f"records: {d['records']} (ok {d['ok']}, failed {d['failed']}); stop reasons: {stops}; "
             f"mean rounds: {d['mean_rounds']}; faults: {d['faults']}; retries: {d['retries']}; "
             f"replies cut at max_tokens: {d['truncated']}; "
-            f"tokens (prompt+completion) by stage: {tokens}{this_run}{by_endpoint}"
+            f"tokens (prompt+completion) by stage: {tokens}{this_run}{by_endpoint}{wire}"
         )
 
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from aidsafe.models.local import default_gguf_path
 
     port = _port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()), "--model_alias", "smollm2",
+    server = subprocess.Popen([sys.executable, "-m", "aidsafe.models.llama_server", "--model", str(default_gguf_path()), "--model_alias", "smollm2",
                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"

@@ -39,6 +39,14 @@ class Stub:
 
     def __init__(self) -> None:
         self.reject_json_schema = False
+        self.chat_template: str | None = None
+        """A Jinja chat template the server renders each request's messages with, as vLLM does
+        (``raise_exception`` included): a template error is answered ``template_status`` with its message."""
+        self.template_status = 400
+        self.owned_by = "stub"
+        """``owned_by`` of the model in ``GET /v1/models`` (vLLM says ``vllm``)."""
+        self.rendered: list[str] = []
+        """The prompts the chat template produced."""
         self.status: int | None = None
         """Answer every request with this HTTP status (an always-failing server)."""
         self.fail_first: int = 0
@@ -72,6 +80,27 @@ class Stub:
             critique = {"intents": "handled", "policies": "applied", "flaws": "no flaw found", "refusal": "neither"}
             return json.dumps({"critique": critique, "agree": True, "superseded": [], "thoughts": [], "response": ""})
         return json.dumps({"removed": [], "response": "final"})
+
+
+class TemplateRaised(Exception):
+    """A chat template called ``raise_exception``."""
+
+
+MIXTRAL_CHAT_TEMPLATE = (Path(__file__).parent / "data" / "mixtral_chat_template.jinja").read_text(encoding="utf-8")
+"""Mixtral-8x7B-Instruct-v0.1's chat template (its ``tokenizer_config.json``): no system role."""
+
+
+def render_chat_template(template: str, messages: list[dict[str, Any]]) -> str:
+    """Render ``messages`` as transformers' ``apply_chat_template`` does (a sandboxed Jinja
+    environment with ``raise_exception``), the way vLLM builds a prompt."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateRaised(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages, bos_token="<s>", eos_token="</s>", add_generation_prompt=True)
 
 
 @pytest.fixture
@@ -109,6 +138,11 @@ def running_stub() -> Iterator[tuple[Stub, str]]:
                 stub.sockets.discard(self.connection)
             super().finish()
 
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.rstrip("/").endswith("/models"):
+                return self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": stub.owned_by}]})
+            return self._send(404, {"error": {"message": "not found"}})
+
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with stub.lock:
@@ -137,6 +171,14 @@ def running_stub() -> Iterator[tuple[Stub, str]]:
                 if number <= stub.fail_first:
                     headers = {"Retry-After": stub.retry_after} if stub.retry_after else {}
                     return self._send(stub.fail_status, {"error": {"message": "slow down", "type": "rate_limit"}}, headers)
+                if stub.chat_template is not None:
+                    try:
+                        prompt = render_chat_template(stub.chat_template, body["messages"])
+                    except TemplateRaised as exc:  # vLLM: 400 BadRequestError with the template's message
+                        return self._send(stub.template_status, {"error": {"message": str(exc), "type": "BadRequestError",
+                                                                           "param": None, "code": stub.template_status}})
+                    with stub.lock:
+                        stub.rendered.append(prompt)
                 if stub.reject_json_schema and body.get("response_format", {}).get("type") == "json_schema":
                     # what llama-cpp-python's server does
                     return self._send(500, {"error": {"message": "Input should be 'text' or 'json_object' (response_format.type)"}})

@@ -55,7 +55,7 @@ def _check_records(out: Path, rows: list[dict[str, str]], graph: str, model_labe
     assert len(lines) == len(rows)
     records = [Record.model_validate_json(line) for line in lines]
     assert sorted(r.id for r in records) == sorted(r["id"] for r in rows)
-    for line, record in zip(lines, records):
+    for line, record in zip(lines, records, strict=False):
         assert FIELDS <= set(json.loads(line))
         assert record.graph == graph
         assert set(record.models.values()) == {model_label}
@@ -82,7 +82,7 @@ def generated(tmp_path_factory):
 
 
 def test_generate_with_the_embedded_model(generated):
-    src, out, proc = generated
+    _src, out, proc = generated
     assert proc.returncode == 0, proc.stderr
     records = _check_records(out, PROMPTS, "aidsafe", "local:SmolLM2-135M-Instruct.Q4_1.gguf")
     ok = [r for r in records if r.status == "ok"]
@@ -96,9 +96,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    """llama-cpp-python's OpenAI-compatible server with SmolLM2-135M on a free localhost port."""
+def _start_server(folder: Path, *extra: str):
+    """``python -m aidsafe.models.llama_server`` (llama-cpp-python's server, extra buffer types off)
+    with SmolLM2-135M on a free localhost port: (process, URL, log path)."""
     if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
         if os.environ.get("AIDSAFE_REQUIRE_E2E"):
             raise RuntimeError("AIDSAFE_REQUIRE_E2E is set but the [server] extra is not installed")
@@ -106,13 +106,14 @@ def llama_server(tmp_path_factory):
     from aidsafe.models.local import default_gguf_path
 
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "llama_server.log"
+    log_path = folder / "llama_server.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
+        [sys.executable, "-m", "aidsafe.models.llama_server", "--model", str(default_gguf_path()), "--model_alias", "smollm2",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", *extra],
         stdout=log, stderr=subprocess.STDOUT, text=True,
     )
+    log.close()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -125,13 +126,23 @@ def llama_server(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError(f"llama_cpp.server did not start within 120 s: {log_path.read_text()[-2000:]}")
-    yield f"http://127.0.0.1:{port}/v1"
+    return proc, f"http://127.0.0.1:{port}/v1", log_path
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server with SmolLM2-135M on a free localhost port."""
+    proc, url, _ = _start_server(tmp_path_factory.mktemp("server"))
+    yield url
+    _stop(proc)
 
 
 def test_generate_through_an_openai_compatible_server(tmp_path, llama_server):
@@ -147,6 +158,11 @@ def test_generate_through_an_openai_compatible_server(tmp_path, llama_server):
     assert proc.returncode == 0, proc.stderr
     _check_records(out, rows, "aidsafe", "openai:smollm2")
     assert secret not in out.read_text() and secret not in proc.stderr
+    # llama-cpp-python's server refuses json_schema with a request-validation error (status 500): the
+    # one reply that switches an endpoint to json_object + schema, and the summary says so
+    structured = json.loads(Path(f"{out}.summary.json").read_text())["run"]["structured_output"][llama_server]
+    assert structured["mode"] == "json_object" and structured["source"] == "fallback", structured
+    assert "json_object" in structured["reason"]
 
 
 def test_a_prompt_longer_than_the_local_context_fails_alone():
@@ -262,3 +278,102 @@ def test_eval_safety_on_the_embedded_model_through_its_server(tmp_path, llama_se
     report = subprocess.run([sys.executable, "-m", "aidsafe", "eval", "report", str(logs)], capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     assert "safety (harmful)" in report.stdout and "llama-cpp-python/smollm2" in report.stdout
+
+
+# --- every CPU: llama.cpp's extra buffer types off, and a crash that says what to do ----------------
+
+
+def test_the_local_backend_loads_its_model_with_extra_buffer_types_off():
+    """The setting itself, so that this fails wherever the guard is missing, AMX or not."""
+    from llama_cpp import llama_cpp as low
+
+    from aidsafe.models.local import _load, default_gguf_path
+
+    assert low.llama_model_default_params().use_extra_bufts is True  # llama.cpp's default, which crashes on AMX
+    llama, _ = _load(default_gguf_path(), 512, 7)
+    assert llama.model_params.use_extra_bufts is False
+    assert low.llama_model_default_params().use_extra_bufts is True  # the guard is scoped to aidsafe's loads
+
+
+def test_the_server_module_loads_with_extra_buffer_types_off_and_the_given_chat_template():
+    from llama_cpp.server.model import LlamaProxy
+    from llama_cpp.server.settings import ModelSettings as ServerModelSettings
+
+    from aidsafe.models.base import merge_system
+    from aidsafe.models.llama_server import customize_loader
+    from aidsafe.models.local import default_gguf_path
+
+    template = (Path(__file__).parent / "data" / "mixtral_chat_template.jinja").read_text()
+    original = LlamaProxy.load_llama_from_model_settings
+    try:
+        customize_loader(template)
+        llama = LlamaProxy.load_llama_from_model_settings(ServerModelSettings(model=str(default_gguf_path()), n_ctx=512, verbose=False))
+    finally:
+        LlamaProxy.load_llama_from_model_settings = staticmethod(original)  # type: ignore[method-assign]
+    assert llama.model_params.use_extra_bufts is False
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]
+    with pytest.raises(ValueError, match="Conversation roles must alternate"):
+        llama.create_chat_completion(messages=messages, max_tokens=2)
+    out = llama.create_chat_completion(messages=merge_system(messages), max_tokens=2)
+    assert out["usage"]["prompt_tokens"] > 5
+
+
+def test_a_native_crash_of_the_model_is_an_error_that_says_what_to_do(tmp_path, monkeypatch):
+    from aidsafe.errors import AidsafeError
+    from aidsafe.models import local
+    from aidsafe.models.local import default_gguf_path, probe_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(local, "_PROBED", set())  # what this process probed before
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    with pytest.raises(AidsafeError) as caught:
+        probe_model(default_gguf_path(), code=crash)
+    message = str(caught.value)
+    assert "crashed inside llama.cpp (SIGSEGV)" in message and "SmolLM2-135M-Instruct.Q4_1.gguf" in message
+    assert "GGML_NATIVE=OFF" in message and "--backend openai --base-url URL" in message
+    assert not (tmp_path / "aidsafe" / "local-probe.json").exists()  # a failure is not remembered
+    probe_model(default_gguf_path())  # the real model decodes here, and that is remembered
+    remembered = json.loads((tmp_path / "aidsafe" / "local-probe.json").read_text())
+    assert list(remembered.values()) == ["ok"]
+    probe_model(default_gguf_path(), code=crash)  # remembered: no second child process
+
+
+def test_a_gguf_that_cannot_be_loaded_stops_the_run_before_any_record(tmp_path):
+    from aidsafe.models.local import default_gguf_path
+
+    broken = tmp_path / "broken.gguf"
+    with default_gguf_path().open("rb") as src:
+        broken.write_bytes(src.read(3_000_000))  # a download cut short
+    prompts = _write_prompts(tmp_path / "prompts.jsonl", PROMPTS[:1])
+    out = tmp_path / "out.jsonl"
+    proc = _generate([str(prompts), "-o", str(out), "--model", str(broken)], env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode not in (0, -11, 139), proc.stderr
+    assert "cannot be loaded by llama.cpp" in proc.stderr and "broken.gguf" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or out.read_text() == ""
+
+
+@pytest.fixture(scope="module")
+def mixtral_template_server(tmp_path_factory):
+    """The same server rendering Mixtral-8x7B-Instruct's chat template, which refuses a system message."""
+    template = Path(__file__).parent / "data" / "mixtral_chat_template.jinja"
+    proc, url, log = _start_server(tmp_path_factory.mktemp("mixtral_server"), "--chat-template", str(template))
+    yield url, log
+    _stop(proc)
+
+
+def test_a_real_template_without_a_system_role_is_detected_and_merged(tmp_path, mixtral_template_server):
+    url, log = mixtral_template_server
+    src = _write_prompts(tmp_path / "prompts.jsonl", PROMPTS[:1])
+    out = tmp_path / "out.jsonl"
+    proc = _generate([str(src), "-o", str(out), "--graph", "single", "--base-url", url, "--model", "smollm2", "--max-tokens", "128",
+                      "--seed", "1"])
+    assert proc.returncode == 0, proc.stderr
+    record = Record.model_validate_json(out.read_text().splitlines()[0])
+    assert record.status == "ok" or (record.error is not None and "roles must alternate" not in record.error.message)
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    note = summary["run"]["system_role"][f"{url} smollm2"]
+    assert note["source"] == "detected" and "Conversation roles must alternate" in note["reason"]
+    assert "Conversation roles must alternate" in log.read_text()  # the server's template said so
+    assert "system text merged into the user turn (detected)" in proc.stderr
+    assert summary["run"]["structured_output"][url]["source"] == "fallback"  # and json_schema was refused, as above

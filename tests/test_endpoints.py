@@ -182,3 +182,207 @@ def test_an_endpoint_spreads_its_calls_over_small_http_pools() -> None:
         assert pools.closed
 
     asyncio.run(scenario())
+
+
+# -- the adaptive limit: latency, timeouts, regrowth (a fake clock, synthetic replies) -------------
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_queue_seen_in_the_latency_cuts_the_limit_before_calls_time_out_and_once_per_window() -> None:
+    """32 calls sent at once to a server that serves 4 at a time, 0.5 s each (vLLM queues the rest):
+    the replies come 4 by 4, each having waited behind those before it."""
+    from aidsafe.models.endpoints import QUEUE_HIGH
+
+    clock = _Clock()
+
+    async def scenario() -> None:
+        router = Router([Endpoint(url="http://a")], 256, clock=clock)
+        (state,) = router.states
+        sent = [await router.acquire() for _ in range(32)]
+        cut_at, cut_to = None, 0.0
+        for wave in range(1, 9):
+            clock.t = 0.5 * wave
+            for _ in range(4):
+                await router.release(sent.pop(), "ok", latency=clock.t, tokens=20)
+            if cut_at is None and state.limit < 256:
+                cut_at, cut_to = clock.t, state.limit
+        assert cut_at is not None and cut_at <= 0.5 * QUEUE_HIGH + 0.5  # well before a 3 s timeout
+        assert 4 <= cut_to <= 12  # the 4 the server serves at once, and a queue about as long
+        # the replies still queued were sent before the cut: they do not cut it again (nor grow it)
+        assert state.limit == cut_to and state.in_flight == 0
+
+        async def window(latency: float) -> None:
+            slots = [await router.acquire() for _ in range(int(state.limit))]
+            clock.t += latency
+            for slot in slots:
+                await router.release(slot, "ok", latency=latency, tokens=20)
+
+        clock.t += 1.0
+        await window(1.0)  # twice the no-load latency: a queue as long as what is served, held
+        assert state.limit == cut_to
+        await window(0.5)
+        await window(0.5)  # no queue: it grows
+        assert state.limit > cut_to
+        grown = state.limit
+        await window(2.5)
+        await window(2.5)  # a queue again, seen by calls sent after the cut: cut again
+        assert state.limit < grown
+
+    asyncio.run(scenario())
+
+
+def test_latency_is_compared_per_completion_token_so_long_replies_are_not_a_queue() -> None:
+    """Roles differ in reply length: a 400-token draft takes 20 times a 20-token intent list."""
+    clock = _Clock()
+
+    async def scenario(with_tokens: bool) -> float:
+        router = Router([Endpoint(url="http://a")], 64, clock=clock)
+        (state,) = router.states
+        for i in range(200):
+            slot = await router.acquire()
+            tokens, latency = (20, 0.5) if i % 2 else (400, 10.0)
+            clock.t += latency
+            await router.release(slot, "ok", latency=latency, tokens=tokens if with_tokens else 0)
+        return state.limit
+
+    assert asyncio.run(scenario(True)) == 64
+    assert asyncio.run(scenario(False)) < 64  # compared as they are, the long ones look queued
+
+
+@pytest.mark.parametrize("latency", [0.05, 1.0])
+def test_a_limit_cut_to_1_grows_back_within_seconds(latency: float) -> None:
+    """After a cut, the limit grows by one per round trip for ``recover`` seconds (3), then doubles
+    per round trip (slow start): 1 to 256 in about 3 s plus 8 round trips, not 256 round trips."""
+    clock = _Clock()
+
+    async def scenario() -> float:
+        router = Router([Endpoint(url="http://a")], 256, cooldown=0.0, clock=clock)
+        (state,) = router.states
+        for _ in range(9):
+            await router.release(await router.acquire(), "overloaded")
+        assert state.limit == 1
+        started = clock.t
+        while state.limit < 256 and clock.t - started < 600:
+            slots = [await router.acquire() for _ in range(int(state.limit))]
+            clock.t += latency
+            for slot in slots:
+                await router.release(slot, "ok", latency=latency, tokens=20)
+        return clock.t - started
+
+    assert asyncio.run(scenario()) <= 3.0 + 10 * latency
+
+
+def test_a_drained_endpoint_slow_starts_back_to_its_limit() -> None:
+    clock = _Clock()
+
+    async def scenario() -> None:
+        router = Router([Endpoint(url="http://a"), Endpoint(url="http://b")], 64, drain_base=0.2, clock=clock)
+        a, _ = router.states
+        slot = await router.acquire()
+        assert slot is a
+        await router.release(slot, "down")
+        clock.t += 0.3
+        assert a.limit == 1
+        rounds = 0
+        while a.limit < 64:
+            slots = [await router.acquire() for _ in range(int(a.limit) + int(router.states[1].limit))]
+            clock.t += 0.05
+            for s in slots:
+                await router.release(s, "ok", latency=0.05, tokens=20)
+            rounds += 1
+        assert rounds <= 8  # doubling: 1, 2, 4, ... 64
+
+    asyncio.run(scenario())
+
+
+def test_a_timeout_in_a_queue_halves_the_limit_and_is_told_apart_from_a_hang() -> None:
+    clock = _Clock()
+
+    async def scenario() -> None:
+        router = Router([Endpoint(url="http://a")], 256, clock=clock)
+        (state,) = router.states
+        slots = [await router.acquire() for _ in range(16)]
+        for _ in range(2):  # replies at the no-load pace
+            clock.t += 0.5
+            await router.release(slots.pop(), "ok", latency=0.5, tokens=20)
+        # a request that hangs while the others are answered at their usual pace: a failure, not a queue
+        sent = clock.t
+        clock.t += 3.0
+        await router.release(slots.pop(), "ok", latency=0.5, tokens=20)
+        assert not router.queueing(state, sent)
+        await router.release(slots.pop(), "timeout", latency=3.0)
+        assert state.limit == 256 and state.failed == 1 and state._failures_in_row == 1
+        # replies now wait (twice the no-load latency and more): a timeout meanwhile is the queue's
+        for latency in (1.0, 1.5, 2.0):
+            clock.t += 0.1
+            await router.release(slots.pop(), "ok", latency=latency, tokens=20)
+        assert state.limit == 256
+        sent = clock.t - 3.0
+        assert router.queueing(state, sent)
+        in_flight = state.in_flight
+        await router.release(slots.pop(), "timeout", latency=3.0)
+        # halved from what was in use, not from 256 (or lower: the server's pace, 0.75 replies/s, by Little's law)
+        assert 1 <= state.limit <= in_flight / 2 and state._failures_in_row == 0 and state.failed == 2
+        # nothing answered for long: a dead server, whatever the latency said before
+        clock.t += 60.0
+        assert not router.queueing(state, clock.t - 3.0)
+
+    asyncio.run(scenario())
+
+
+def test_retry_after_0_waits_the_least_backoff_not_zero() -> None:
+    from aidsafe.models.limiter import backoff_delay
+
+    for attempt in (1, 5):
+        waits = [backoff_delay(attempt, 0.0) for _ in range(500)]
+        assert min(waits) >= 0.25 and max(waits) <= 0.5  # the first step of the schedule, with jitter
+    assert min(backoff_delay(1, 0.01) for _ in range(100)) >= 0.25
+    assert backoff_delay(1, 2.0) == 2.0 and backoff_delay(1, 1e6) == 120.0  # a real Retry-After is honoured
+    assert 0.25 <= backoff_delay(1, None) <= 0.5 and 2.0 <= backoff_delay(4, None) <= 4.0
+
+
+# -- a server that queues, over real HTTP --------------------------------------------------------
+
+
+def _queueing(stub: Any, slots: int, seconds: float) -> None:
+    """Make ``stub`` serve ``slots`` requests at a time, ``seconds`` each, the others waiting (as vLLM
+    queues beyond ``--max-num-seqs``). A request whose client timed out is still served."""
+    gate = threading.BoundedSemaphore(slots)
+
+    def script(number: int, body: dict[str, Any]) -> None:
+        with gate:
+            threading.Event().wait(seconds)
+
+    stub.script = script
+
+
+def test_a_queueing_server_loses_no_prompt_and_its_timeouts_spend_no_retry(tmp_path: Path, stub_server: tuple[Any, str]) -> None:
+    """32 prompts in flight against 4 slots of 0.1 s: sent at once, the last wait 0.8 s, past the
+    0.5 s timeout. The limit comes down to what the server serves; the calls that timed out in its
+    queue meanwhile are sent again without counting against ``--max-retries 0``."""
+    stub, url = stub_server
+    _queueing(stub, 4, 0.1)
+    code, records, summary = _generate(tmp_path, 40, "--base-url", url, "--graph", "single", "--concurrency", "32",
+                                       "--timeout", "0.5", "--max-retries", "0")
+    assert code == 0 and len(records) == 40 and all(r.status == "ok" for r in records), [r.error for r in records if r.error]
+    figures = summary["run"]["endpoints"][url]
+    assert figures["ok"] == 40 and figures["limit"] < 32, figures  # the limit came down (it stayed at 256)
+    assert summary["retries"] == figures["failed"]  # the calls that timed out in the queue were sent again, uncounted
+
+
+def test_an_endpoint_that_never_answers_still_fails_after_max_retries(tmp_path: Path, stub_server: tuple[Any, str]) -> None:
+    stub, url = stub_server
+    stub.script = lambda number, body: {"hang": 1.0}
+    code, records, _ = _generate(tmp_path, 2, "--base-url", url, "--timeout", "0.3", "--max-retries", "1")
+    assert code == 1 and all(r.status == "failed" for r in records)
+    assert all(r.error and "after 2 attempt(s)" in r.error.message for r in records), [r.error for r in records]
+    assert len(stub.requests) == 2 * 2  # each prompt's first call, tried twice

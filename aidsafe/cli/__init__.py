@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import sys
 
 from ..errors import AidsafeError, JobInterrupted
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a bad option or environment variable exits with 2
     args.own_process = argv is None  # the command line of this process: a long run may tune it (see generate.tune_gc)
+    if args.own_process and not faulthandler.is_enabled():
+        faulthandler.enable()  # a native crash (llama.cpp) prints where it happened, not only "Segmentation fault"
     try:
         return int(args.func(args))
     except JobInterrupted as exc:

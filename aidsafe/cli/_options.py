@@ -93,6 +93,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="how the JSON Schema is sent to an openai endpoint (auto: json_schema, else json_object + schema)",
     )
+    env_option(
+        group,
+        "--system-role",
+        choices=["auto", "native", "merge"],
+        default="auto",
+        help="how the system text is sent: native (a system message), merge (joined to the first user turn, for chat templates "
+             "without a system role: Mixtral-8x7B-Instruct, Gemma) or auto (native until the server refuses it, then merged for that "
+             "endpoint and model); a role's system_role in the graph file and an endpoint's in the endpoints file take precedence over auto",
+    )
     env_option(group, "--n-ctx", type=int, default=8192, help="context window of the local model")
     env_option(group, "--seed", type=int, help="sampling seed")
 
@@ -118,6 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> ModelSettings:
         timeout=args.timeout,
         max_retries=args.max_retries,
         structured=args.structured_output,
+        system_role=args.system_role,
         n_ctx=args.n_ctx,
         seed=args.seed,
     )

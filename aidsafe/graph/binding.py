@@ -47,7 +47,8 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
 
     The model of a binding is, first match wins: ``role_models[agent or role]``, the agent's
     ``model:``, ``role_models[role]``, the role's ``model:``, ``settings.model``. Its reply budget
-    is ``settings.max_tokens`` when set, else the role's ``max_tokens:``, else the reply kind's.
+    is ``settings.max_tokens`` when set, else the role's ``max_tokens:``, else the reply kind's. Its
+    ``system_role`` is the role's ``system_role:`` when set, else ``settings.system_role``.
     """
     agent_names = {a.name for n in spec.nodes.values() if n.loop for a in n.loop.agent_list()}
     unknown = set(role_models) - set(spec.roles) - agent_names
@@ -68,7 +69,7 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
             kind=kind,
             template=templates[role_name],
             schema=reply_schema(kind, policies.ids),
-            settings=replace(settings.with_model(chosen), max_tokens=budget),
+            settings=replace(settings.with_model(chosen), max_tokens=budget, system_role=role.system_role or settings.system_role),
             params=dict(role.params),
         )
 

@@ -56,6 +56,10 @@ class RoleSpec(_Spec):
     max_tokens: int | None = Field(default=None, ge=16, le=131072)
     """Reply budget for this role in tokens; default: the reply kind's (sized for a Mixtral-class
     model). ``--max-tokens`` overrides it for every role."""
+    system_role: Literal["native", "merge"] | None = None
+    """``merge``: this role's system text joins the first user turn (for a model whose chat template
+    refuses a system message, e.g. Mixtral-8x7B-Instruct or Gemma); ``native``: always a system
+    message. Default: the run's ``--system-role`` (``auto``: detected per endpoint and model)."""
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     """Plain values handed to this role's template as variables (e.g. ``belief_placement: user``):
     data, never code."""

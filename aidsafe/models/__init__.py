@@ -4,7 +4,7 @@ response cache that wraps any of them."""
 
 from __future__ import annotations
 
-from .base import ChatModel, Completion, ModelSettings, StructuredMode
+from .base import ChatModel, Completion, ModelSettings, StructuredMode, SystemRole
 from .cache import CachedChatModel, ResponseCache, request_key
 from .fake import BEHAVIOURS, FakeChatModel
 from .local import LocalChatModel
@@ -33,6 +33,7 @@ __all__ = [
     "OpenAIChatModel",
     "ResponseCache",
     "StructuredMode",
+    "SystemRole",
     "backend_class",
     "backend_names",
     "check_settings",

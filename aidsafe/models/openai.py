@@ -1,9 +1,17 @@
 """Any OpenAI-compatible endpoint (vLLM, llama-cpp-python's server, OpenAI, ...) via langchain-openai.
 
 The JSON Schema travels in the form the server honours: ``json_schema`` (OpenAI, vLLM) or
-``json_object`` with a ``schema`` key (llama-cpp-python). With ``structured="auto"`` the first
-call tries ``json_schema`` and, if the server rejects it, the endpoint uses ``json_object`` from
-then on.
+``json_object`` with a ``schema`` key (llama-cpp-python). With ``structured="auto"`` calls send
+``json_schema``; an endpoint switches to ``json_object`` only when the server says it does not take
+``json_schema`` (a 4xx naming it, or llama-cpp-python's request-validation reply "Input should be
+'text' or 'json_object'"), never on a 5xx or a timeout (those are retried), and never on a vLLM
+server (it serves ``json_object`` without the schema: the call fails with what to do instead).
+Every change is logged once and reported by :meth:`OpenAIChatModel.wire_notes`.
+
+The system text travels as a system message unless the role or the endpoint says ``merge``
+(:data:`~aidsafe.models.base.SystemRole`); with ``auto``, a server whose chat template refuses a
+system role (:func:`~aidsafe.models.base.rejects_system_role`) gets that call again with the system
+text merged into the first user turn, and every later call to that endpoint and model merged.
 
 All models on one endpoint share one HTTP connection pool and one adaptive limit; several
 endpoints serving one model are routed by :mod:`aidsafe.models.endpoints`. A 429 or 503 is
@@ -16,12 +24,14 @@ in the settings and never appears in errors, logs or records.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
+import weakref
 from typing import Any
 
 from ..errors import AidsafeError, ModelCallError
-from .base import ChatModel, Completion, ModelSettings
+from .base import ChatModel, Completion, ModelSettings, merge_system, rejects_system_role
 from .endpoints import Endpoint, Outcome, Router, router_for
 from .limiter import backoff_delay
 from .registry import register_backend
@@ -29,13 +39,21 @@ from .schema_forms import for_llama_cpp
 
 __all__ = ["OpenAIChatModel"]
 
-_POOLS: dict[tuple[str, int], _Pools] = {}
-"""The HTTP pools of each (endpoint, event loop)."""
+_log = logging.getLogger("aidsafe.models")
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pools]] = weakref.WeakKeyDictionary()
+"""The HTTP pools of each event loop, by endpoint; a loop's pools go with the loop."""
 _NO_LOGPROBS: set[str] = set()
 """Endpoints that refused ``logprobs`` (e.g. a llama-cpp-python server started with ``--logits_all false``): asked without them since."""
-_MODES: dict[str, str] = {}
-"""The ``response_format`` form each endpoint took (``structured="auto"``), found on its first call
-and shared by every model on it (the roles of a graph differ in budget, not in server)."""
+_MODES: dict[str, dict[str, str]] = {}
+"""The ``response_format`` form each endpoint takes under ``structured="auto"`` (shared by every model
+on it: the roles of a graph differ in budget, not in server): ``{"mode", "source", "reason"}``."""
+_MERGED: dict[tuple[str, str], str] = {}
+"""(endpoint, model) whose chat template refused a system message: what the server said."""
+_VLLM: dict[str, bool] = {}
+"""Endpoints known to be (or not to be) vLLM servers (``owned_by: vllm`` in ``GET /models``)."""
+
+_LLAMA_CPP_VALIDATION = "Input should be 'text' or 'json_object'"
+"""llama-cpp-python's server, given ``json_schema``: a request-validation error it answers with 500."""
 
 
 def response_format(mode: str, schema: dict[str, Any], name: str) -> dict[str, Any]:
@@ -48,13 +66,28 @@ def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def _rejects_json_schema(exc: Exception) -> bool:
-    """Whether an error says the server does not take ``response_format`` ``json_schema``.
+def _message(exc: Exception) -> str:
+    """The server's own error message (``{"error": {"message": ...}}``), else the exception's text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    return str(exc)
 
-    llama-cpp-python's server answers 500 with a validation message; others answer 400 or 422.
-    """
+
+def _rejects_json_schema(exc: Any) -> bool:
+    """Whether an error says the server does not take ``response_format`` ``json_schema``: a 4xx
+    that names it (400, 404, 415 or 422, as OpenAI-compatible servers answer a request they cannot
+    take), or llama-cpp-python's request-validation reply, which it sends with status 500. Any
+    other 5xx is the server failing, not refusing (e.g. a grammar that took too long to compile): retried."""
     text = str(exc)
-    return "response_format" in text or "json_schema" in text
+    status = getattr(exc, "status_code", 0)
+    if _LLAMA_CPP_VALIDATION in text:
+        return True
+    return 400 <= status < 500 and status not in (408, 429) and ("response_format" in text or "json_schema" in text)
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -95,13 +128,16 @@ bench/README.md, "Several endpoints")."""
 class _Pools:
     """The HTTP pools of one endpoint (in one event loop), shared by every model that calls it;
     ``busy`` counts each pool's calls in flight. A pool's client is built when a call first needs
-    it (building one costs milliseconds: an SSL context)."""
+    it (building one costs milliseconds: an SSL context). ``users`` are the models that called
+    through them: the pools close when the last of them closes, so closing one pipeline leaves
+    another's connections alone."""
 
     def __init__(self, maximum: int) -> None:
         count = max(1, -(-maximum // POOL_CONNECTIONS))
         self.size = min(maximum, POOL_CONNECTIONS)
         self.clients: list[Any] = [None] * count
         self.busy = [0] * count
+        self.users: set[int] = set()
 
     def take(self) -> tuple[int, Any]:
         """The first pool with a free connection (calls are packed, so a light load opens few
@@ -131,10 +167,15 @@ class _Pools:
 
 
 def _pools(endpoint: str, maximum: int) -> _Pools:
-    key = (endpoint, id(asyncio.get_running_loop()))
-    pools = _POOLS.get(key)
+    loop = asyncio.get_running_loop()
+    by_url = _POOLS.get(loop)
+    if by_url is None:
+        by_url = _POOLS[loop] = {}
+        for old in [other for other in list(_POOLS.keys()) if other.is_closed()]:
+            _POOLS.pop(old, None)  # a finished asyncio.run: its connections cannot be used again
+    pools = by_url.get(endpoint)
     if pools is None or pools.closed:
-        pools = _POOLS[key] = _Pools(maximum)
+        pools = by_url[endpoint] = _Pools(maximum)
     return pools
 
 
@@ -161,7 +202,8 @@ class OpenAIChatModel(ChatModel):
         # None: not known yet (auto); the first call finds out which form the server takes
         self._forced: str | None = None if settings.structured == "auto" else settings.structured
         self.router: Router = router_for(endpoints, settings.max_in_flight)
-        self._llms: dict[tuple[str, int], Any] = {}
+        self._llms: dict[tuple[str, int], tuple[Any, Any]] = {}
+        """(endpoint, pool index) -> (its HTTP client, the ``ChatOpenAI`` on it), in the current event loop."""
         self._llm_loop: int | None = None
 
     def _client(self, endpoint: Endpoint) -> tuple[Any, _Pools, int]:
@@ -173,8 +215,9 @@ class OpenAIChatModel(ChatModel):
         s = self.settings
         pools = _pools(endpoint.url, endpoint.max_in_flight or s.max_in_flight)
         index, client = pools.take()
-        llm = self._llms.get((endpoint.url, index))
-        if llm is None:
+        cached = self._llms.get((endpoint.url, index))
+        llm = cached[1] if cached is not None and cached[0] is client else None
+        if llm is None:  # first use, or the pools were replaced (closed by their last other user)
             from langchain_openai import ChatOpenAI
 
             options: dict[str, Any] = {
@@ -189,13 +232,17 @@ class OpenAIChatModel(ChatModel):
             }
             if s.temperature is not None:
                 options["temperature"] = s.temperature
-            llm = self._llms[(endpoint.url, index)] = ChatOpenAI(**options)
+            llm = ChatOpenAI(**options)
+            self._llms[(endpoint.url, index)] = (client, llm)
+            pools.users.add(id(self))
         return llm, pools, index
 
     async def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any], schema_name: str, **options: Any) -> Completion:
         """One reply. A 429 or 503 is backpressure: waited out (``Retry-After`` honoured) and retried
-        until ``call_deadline``, not counted against ``max_retries``; a timeout, another 5xx or a
-        dropped connection is retried up to ``max_retries`` times, elsewhere when an endpoint dies."""
+        until ``call_deadline``, not counted against ``max_retries``, and so is a timeout while the
+        endpoint answers other calls (the call waited in its queue); a timeout with no other reply
+        meanwhile, another 5xx or a dropped connection is retried up to ``max_retries`` times,
+        elsewhere when an endpoint dies."""
         import openai
 
         started = time.monotonic()
@@ -206,8 +253,11 @@ class OpenAIChatModel(ChatModel):
         while True:
             tries += 1
             slot = await self.router.acquire()
+            sent = time.monotonic()
             url = slot.endpoint.url
-            mode = self._forced or _MODES.get(url) or "json_schema"
+            mode = self._forced or _MODES.get(url, {}).get("mode", "json_schema")
+            model = slot.endpoint.model or self.settings.model or ""
+            merged = self._system_role(slot.endpoint, model) == "merge"
             outcome: Outcome = "neutral"
             delay = 0.0
             problem: Exception | None = None
@@ -217,13 +267,19 @@ class OpenAIChatModel(ChatModel):
                 # the whole JSON Schema on every call (a fifth of the client's CPU) and parse the reply twice
                 llm, pools, index = self._client(slot.endpoint)
                 try:
-                    msg = await llm.ainvoke(messages, extra_body={"response_format": response_format(mode, schema, schema_name)}, **extra)
+                    msg = await llm.ainvoke(merge_system(messages) if merged else messages, extra_body=self._body(mode, schema, schema_name), **extra)
                 finally:
                     pools.give(index)
                 outcome = "ok"
             except openai.APIStatusError as exc:
-                if self._forced is None and url not in _MODES and _rejects_json_schema(exc):
-                    _MODES[url] = "json_object"  # e.g. llama-cpp-python's server; not a failure of the call
+                if rejects_system_role(str(exc)):  # the chat template's answer: the same on every retry
+                    if merged or self._set_role(slot.endpoint) == "native":
+                        raise self._template_error(exc, model, merged) from None
+                    self._note_merge(url, model, exc)  # this call again, merged: not a failure of the call
+                    tries -= 1
+                    continue
+                if self._forced is None and mode == "json_schema" and _rejects_json_schema(exc):
+                    await self._fall_back(slot.endpoint, exc)  # raises where the fallback would lose the schema
                     tries -= 1
                     continue
                 if extra and "logprobs" in str(exc):
@@ -238,17 +294,22 @@ class OpenAIChatModel(ChatModel):
                     raise self._error(exc, tries) from None
             except openai.APIConnectionError as exc:
                 # refused or dropped: the endpoint looks dead (a timeout is a subclass: slow, not dead)
-                outcome, problem = ("failed" if isinstance(exc, openai.APITimeoutError) else "down"), exc
+                outcome, problem = ("timeout" if isinstance(exc, openai.APITimeoutError) else "down"), exc
             except (asyncio.TimeoutError, OSError) as exc:
                 outcome, problem = "failed", exc
             finally:
-                rerouted = await self.router.release(slot, outcome)
+                tokens = (msg.usage_metadata or {}).get("output_tokens", 0) if outcome == "ok" else 0
+                rerouted = await self.router.release(slot, outcome, time.monotonic() - sent, tokens)
             if outcome == "ok":
                 break
             assert problem is not None
             if outcome == "overloaded":
                 backpressure += 1
                 delay = backoff_delay(backpressure, _retry_after(problem))
+            elif outcome == "timeout" and self.router.queueing(slot, sent):
+                # it waited in the queue of a server that answers other calls: overload, not failure. Not
+                # counted (the call deadline bounds it); sent again as soon as the limit, cut meanwhile, lets it
+                pass
             elif not rerouted:
                 counted += 1
                 if counted > self.settings.max_retries:
@@ -257,8 +318,8 @@ class OpenAIChatModel(ChatModel):
             if time.monotonic() + delay - started > self.settings.call_deadline:
                 raise self._error(problem, tries, deadline=True) from None
             await asyncio.sleep(delay)
-        if self._forced is None:
-            _MODES.setdefault(url, mode)
+        if self._forced is None and url not in _MODES:
+            _MODES[url] = {"mode": mode, "source": "auto"}
         assert msg is not None  # the loop only breaks after a successful call
         usage = msg.usage_metadata or {}
         content = msg.content if isinstance(msg.content, str) else "".join(
@@ -276,15 +337,103 @@ class OpenAIChatModel(ChatModel):
     def endpoint_stats(self) -> dict[str, dict[str, Any]]:
         return self.router.stats()
 
+    def _body(self, mode: str, schema: dict[str, Any], name: str) -> dict[str, Any]:
+        """What travels beside the messages: the response format, and for ``json_object`` servers
+        (llama-cpp-python's) the reply budget as ``max_tokens`` too: langchain-openai sends it as
+        ``max_completion_tokens`` alone, which llama-cpp-python's server does not read (0.3.36), so
+        replies there had no budget. vLLM reads both (``max_completion_tokens`` first)."""
+        body: dict[str, Any] = {"response_format": response_format(mode, schema, name)}
+        if mode == "json_object" and self.settings.max_tokens is not None:
+            body["max_tokens"] = self.settings.max_tokens
+        return body
+
+    def _set_role(self, endpoint: Endpoint) -> str | None:
+        """``native`` or ``merge`` as set: the role's or the run's, else the endpoint's; None: ``auto``."""
+        if self.settings.system_role != "auto":
+            return self.settings.system_role
+        return endpoint.system_role
+
+    def _system_role(self, endpoint: Endpoint, model: str) -> str:
+        """``native`` or ``merge`` as set (:meth:`_set_role`), else ``merge`` where detected, else ``auto``."""
+        return self._set_role(endpoint) or ("merge" if (endpoint.url, model) in _MERGED else "auto")
+
+    def _note_merge(self, url: str, model: str, exc: Exception) -> None:
+        if (url, model) not in _MERGED:
+            _MERGED[(url, model)] = _redact(_message(exc), self._key)[:300]
+            _log.warning("aidsafe: %s (%s) refuses a system message (%s): its system text now joins the first user turn "
+                         "(set system_role: merge for it to skip this detection)", url, model, _MERGED[(url, model)])
+
+    def _template_error(self, exc: Exception, model: str, merged: bool) -> ModelCallError:
+        what = ("even with the system text merged into the first user turn" if merged
+                else "and system_role is set to native for it")
+        return ModelCallError(_redact(
+            f"{self.label}: the chat template of {model or 'the model'} rejects aidsafe's messages {what}: {_message(exc)}. "
+            "Serve the model with a chat template that takes user/assistant turns (vLLM: --chat-template FILE), "
+            "or set system_role (auto or merge) for it", self._key))
+
+    async def _fall_back(self, endpoint: Endpoint, exc: Exception) -> None:
+        """Send ``json_object`` + schema to ``endpoint`` from now on, as the server asked: logged once,
+        reported in :meth:`wire_notes`. Refused (:class:`ModelCallError`) on a vLLM server, which serves
+        ``json_object`` without the schema: the user must ask for that with ``--structured-output json_object``."""
+        url = endpoint.url
+        if _MODES.get(url, {}).get("mode") == "json_object":
+            return  # another call switched it meanwhile
+        why = _redact(_message(exc), self._key)[:300]
+        if await self._is_vllm(endpoint):
+            raise ModelCallError(
+                f"{self.label}: the vLLM server at {url} refused the json_schema response format ({why}). aidsafe does not "
+                "fall back to json_object there: vLLM serves json_object without the schema, so replies would be unconstrained. "
+                "Fix what the server rejects, or pass --structured-output json_object to accept unconstrained JSON."
+            )
+        _MODES[url] = {"mode": "json_object", "source": "fallback", "reason": why}
+        _log.warning("aidsafe: %s does not take response_format json_schema (%s): json_object with the schema from now on", url, why)
+
+    async def _is_vllm(self, endpoint: Endpoint) -> bool:
+        """Whether ``GET {url}/models`` lists a model ``owned_by: vllm`` (remembered; False when it cannot be read)."""
+        url = endpoint.url
+        if url not in _VLLM:
+            pools = _pools(url, endpoint.max_in_flight or self.settings.max_in_flight)
+            index, client = pools.take()
+            try:
+                headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+                response = await client.get(url.rstrip("/") + "/models", headers=headers, timeout=10.0)
+                models = response.json().get("data", []) if response.status_code == 200 else []
+                _VLLM[url] = any(isinstance(m, dict) and m.get("owned_by") == "vllm" for m in models)
+            except Exception:
+                _VLLM[url] = False
+            finally:
+                pools.give(index)
+        return _VLLM[url]
+
+    def wire_notes(self) -> dict[str, dict[str, Any]]:
+        structured: dict[str, Any] = {}
+        system: dict[str, Any] = {}
+        for state in self.router.states:
+            url, model = state.endpoint.url, state.endpoint.model or self.settings.model or ""
+            if self._forced is not None:
+                structured[url] = {"mode": self._forced, "source": "--structured-output"}
+            elif url in _MODES:
+                structured[url] = dict(_MODES[url])
+            role = self._system_role(state.endpoint, model)
+            if role == "merge":
+                source = ("role or --system-role" if self.settings.system_role == "merge"
+                          else "endpoints file" if state.endpoint.system_role == "merge" else "detected")
+                system[f"{url} {model}"] = {"mode": "merge", "source": source, **({"reason": _MERGED[(url, model)]} if source == "detected" else {})}
+        return {"structured_output": structured, "system_role": system}
+
     def _error(self, exc: Exception, attempts: int, *, deadline: bool = False) -> ModelCallError:
         detail = f"{type(exc).__name__}: {exc}"
         why = f" and the call deadline of {self.settings.call_deadline:g} s" if deadline else ""
         return ModelCallError(_redact(f"{self.label} call failed after {attempts} attempt(s){why}: {detail}", self._key))
 
     async def aclose(self) -> None:
-        loop = id(asyncio.get_running_loop())
+        """Let go of this loop's HTTP pools; the last model using an endpoint's pools closes them."""
+        by_url = _POOLS.get(asyncio.get_running_loop(), {})
         for state in self.router.states:
-            pools = _POOLS.pop((state.endpoint.url, loop), None)
+            pools = by_url.get(state.endpoint.url)
             if pools is not None:
-                await pools.aclose()
+                pools.users.discard(id(self))
+                if not pools.users:
+                    del by_url[state.endpoint.url]
+                    await pools.aclose()
         self._llms = {}

@@ -43,6 +43,14 @@ class ModelPool:
             out.update(model.endpoint_stats())
         return out
 
+    def wire_notes(self) -> dict[str, dict[str, Any]]:
+        """How requests travel to each server, over every model built so far (see :meth:`ChatModel.wire_notes`)."""
+        out: dict[str, dict[str, Any]] = {}
+        for model in self._models.values():
+            for key, notes in model.wire_notes().items():
+                out.setdefault(key, {}).update(notes)
+        return out
+
     async def aclose(self) -> None:
         """Close the connections of every model built so far."""
         for model in self._models.values():
