@@ -244,3 +244,47 @@ def test_the_pools_of_finished_event_loops_are_released(stub_server) -> None:
 def test_system_role_is_part_of_the_settings_vocabulary() -> None:
     assert set(model_base.SystemRole.__args__) == {"auto", "native", "merge"}  # type: ignore[attr-defined]
     assert ModelSettings().system_role == "auto"
+
+
+def test_pipelines_on_one_server_from_several_threads_share_its_limit(stub_server) -> None:
+    stub, url = stub_server
+    stub.latency = 0.05
+    errors: list[BaseException] = []
+    statuses: list[str] = []
+
+    def worker(tag: str) -> None:
+        try:
+            pipe = _pipe(url, graph="single", max_in_flight=2)
+            statuses.extend(r.status for r in pipe.run([f"{tag}{i}" for i in range(6)], concurrency=4))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    import threading
+
+    threads = [threading.Thread(target=worker, args=(tag,)) for tag in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert statuses == ["ok"] * 12
+    assert stub.peak_in_flight <= 2  # one limit for the endpoint, across both threads' event loops
+
+
+def test_a_loop_closed_with_calls_in_flight_gives_their_slots_back() -> None:
+    from aidsafe.models.endpoints import Router
+
+    router = Router([Endpoint(url="http://127.0.0.1:9/v1")], 1)
+
+    async def take() -> None:
+        await router.acquire()  # never released: the loop is torn down
+
+    asyncio.run(take())
+    assert router.states[0].in_flight == 1
+
+    async def take_again() -> int:
+        state = await asyncio.wait_for(router.acquire(), 2)  # would wait for ever for the lost slot
+        await router.release(state, "neutral")
+        return state.in_flight
+
+    assert asyncio.run(take_again()) == 0

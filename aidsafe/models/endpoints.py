@@ -48,6 +48,7 @@ replies is back at 256 within seconds, not after 256 round trips.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -286,16 +287,41 @@ class Router:
         self.states = [EndpointState(e, e.max_in_flight or default_max) for e in endpoints]
         self.cooldown, self.drain_base, self.drain_cap, self.recover = cooldown, drain_base, drain_cap, recover
         self._clock = clock
-        self._cond: asyncio.Condition | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The router is shared by every model on these endpoints in the process, whatever event loop or
+        # thread calls: its state is guarded by a thread lock (held briefly, never across an await), a
+        # caller waits on a future of its own loop, woken thread-safely, and each loop's calls in flight
+        # are counted so that those of a loop closed before it released them can be given back.
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._held: dict[asyncio.AbstractEventLoop, list[int]] = {}
+        """Calls in flight per event loop, per endpoint (index in ``states``)."""
 
-    def _condition(self) -> asyncio.Condition:
-        loop = asyncio.get_running_loop()
-        if self._cond is None or self._loop is not loop:  # a new event loop (e.g. a second asyncio.run)
-            self._cond, self._loop = asyncio.Condition(), loop
-            for state in self.states:
-                state.in_flight = 0
-        return self._cond
+    def _held_by(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        """The calls in flight of ``loop`` (with the lock held). A loop seen for the first time first
+        gives back the slots of loops that were closed with calls in flight (a second ``asyncio.run``
+        after one that was torn down)."""
+        held = self._held.get(loop)
+        if held is None:
+            for closed in [other for other in self._held if other.is_closed()]:
+                for state, count in zip(self.states, self._held.pop(closed), strict=True):
+                    state.in_flight = max(0, state.in_flight - count)
+            held = self._held[loop] = [0] * len(self.states)
+        return held
+
+    def _wake(self) -> None:
+        """Wake every waiting caller (with the lock held): a slot may be free for any of them."""
+        waiters, self._waiters = self._waiters, []
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for loop, waiter in waiters:
+            if waiter.done():
+                continue
+            if loop is here:
+                waiter.set_result(None)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, waiter)
 
     def _pick(self, now: float) -> EndpointState | None:
         ready = [s for s in self.states if s.down_until <= now and s.in_flight < int(s.limit)]
@@ -305,21 +331,25 @@ class Router:
 
     async def acquire(self) -> EndpointState:
         """A slot on the least loaded endpoint that is up (waits while every endpoint is full or drained)."""
-        cond = self._condition()
-        async with cond:
-            while True:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                held = self._held_by(loop)  # first: a new loop frees the slots a closed one kept
                 now = self._clock()
                 state = self._pick(now)
                 if state is not None:
                     state.in_flight += 1
                     state.calls += 1
+                    held[self.states.index(state)] += 1
                     return state
                 drained = [s.down_until for s in self.states if s.down_until > now]
                 timeout = (min(drained) - now) if drained else None
-                try:
-                    await asyncio.wait_for(cond.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.append((loop, waiter))
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except asyncio.TimeoutError:
+                pass
 
     def _drain(self, state: EndpointState, now: float) -> None:
         state.drained += 1
@@ -347,9 +377,12 @@ class Router:
         """Free the slot and learn from the outcome, the call's ``latency`` in seconds (from acquiring
         the slot to its end) and, for a reply, its completion ``tokens`` (0: not known). True when the
         call may go elsewhere without counting as a retry: its endpoint was drained and another one is up."""
-        cond = self._condition()
-        async with cond:
+        loop = asyncio.get_running_loop()
+        with self._lock:
             now = self._clock()
+            held = self._held_by(loop)
+            index = self.states.index(state)
+            held[index] = max(0, held[index] - 1)
             state.in_flight = max(0, state.in_flight - 1)
             sent = now if latency is None else now - latency
             fresh = sent >= state._last_decrease  # sent after the last cut: it saw the current limit
@@ -393,13 +426,18 @@ class Router:
                     rerouted = any(s.down_until <= now for s in self.states if s is not state)
             if state.in_flight == 0:
                 state._since = -1.0  # idle: the next window opens with the next call
-            cond.notify_all()
+            self._wake()
             return rerouted
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per endpoint URL: calls, ok, overloaded (429/503), failed, drained, in flight, limit, up."""
         now = self._clock()
         return {s.endpoint.url: s.stats(now) for s in self.states}
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _queueing(state: EndpointState, sent: float, now: float) -> bool:
