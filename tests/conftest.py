@@ -43,8 +43,8 @@ class Stub:
         """A Jinja chat template the server renders each request's messages with, as vLLM does
         (``raise_exception`` included): a template error is answered ``template_status`` with its message."""
         self.template_status = 400
-        self.owned_by = "stub"
-        """``owned_by`` of the model in ``GET /v1/models`` (vLLM says ``vllm``)."""
+        self.owned_by: str | None = "stub"
+        """``owned_by`` of the model in ``GET /v1/models`` (vLLM says ``vllm``); None: that request fails."""
         self.rendered: list[str] = []
         """The prompts the chat template produced."""
         self.status: int | None = None
@@ -140,6 +140,8 @@ def running_stub() -> Iterator[tuple[Stub, str]]:
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path.rstrip("/").endswith("/models"):
+                if stub.owned_by is None:  # a server whose model list cannot be read
+                    return self._send(500, {"error": {"message": "models unavailable"}})
                 return self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": stub.owned_by}]})
             return self._send(404, {"error": {"message": "not found"}})
 

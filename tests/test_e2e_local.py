@@ -283,9 +283,11 @@ def test_eval_safety_on_the_embedded_model_through_its_server(tmp_path, llama_se
 # --- every CPU: llama.cpp's extra buffer types off, and a crash that says what to do ----------------
 
 
-def test_the_local_backend_loads_its_model_with_extra_buffer_types_off():
+def test_the_local_backend_loads_its_model_with_extra_buffer_types_off(tmp_path, monkeypatch):
     """The setting itself, so that this fails wherever the guard is missing, AMX or not."""
     from llama_cpp import llama_cpp as low
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
     from aidsafe.models.local import _load, default_gguf_path
 

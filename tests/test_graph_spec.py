@@ -429,3 +429,17 @@ def test_a_graph_file_cannot_run_python(tmp_path: Path) -> None:
         compile_graph(path)
     assert info.value.line == 2 and "invalid YAML" in info.value.message
     assert not marker.exists()
+
+
+def test_an_unset_system_role_leaves_the_graph_digest_as_it_was(tmp_path: Path) -> None:
+    """A field added to the graph format must not change the digest of a file that does not use it:
+    an output written before could no longer be resumed ("written with another configuration")."""
+    spec, _ = load_graph_spec("aidsafe")
+    assert all("system_role" not in role for role in spec.model_dump()["roles"].values())
+    shipped = (builtin_dir("graphs") / "single.yaml").read_text()
+    graph = tmp_path / "g.yaml"
+    graph.write_text(shipped.replace("    reply: draft\n", "    reply: draft\n    system_role: merge\n", 1))
+    merged, _ = load_graph_spec(graph)
+    assert merged.model_dump()["roles"]["single"]["system_role"] == "merge"  # set, it is part of what the output depends on
+    settings = ModelSettings(backend="fake")
+    assert compile_graph(graph, settings=settings).config()["graph"] != compile_graph("single", settings=settings).config()["graph"]

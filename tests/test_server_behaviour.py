@@ -60,6 +60,7 @@ def test_the_mixtral_template_in_the_tests_is_the_one_llama_cpp_python_recognise
     ("Conversation roles must alternate user/assistant/user/assistant/...", True),
     ("Error code: 400 - {'object': 'error', 'message': 'System role not supported', 'type': 'BadRequestError'}", True),
     ("Only user and assistant roles are supported!", True),
+    ("'messages[0].role' does not support 'system' with this model.", True),  # OpenAI's reasoning models
     ("This model's maximum context length is 8192 tokens", False),
     ("response_format json_schema is not supported", False),
 ])
@@ -194,10 +195,38 @@ def test_a_server_that_says_it_takes_no_json_schema_gets_json_object(stub_server
     assert _wire_postfix(pipe.compiled.model_pool.wire_notes()) == {"schema": "json_object"}
 
 
+@pytest.mark.parametrize("status, message", [
+    (400, "Invalid schema for response_format 'draft': In context=(), 'additionalProperties' is required to be supplied and to be false"),
+    (422, "[{'loc': ['body', 'temperature'], 'msg': 'Input should be less than 2', 'input': {'response_format': 'json_schema'}}]"),
+    (400, "response_format json_schema: grammar backend xgrammar does not handle 'patternProperties'"),
+])
+def test_a_4xx_about_the_schema_or_another_field_is_no_reason_to_drop_the_schema(stub_server, status: int, message: str) -> None:
+    stub, url = stub_server
+    stub.script = lambda n, body: {"status": status, "message": message}
+    pipe = _pipe(url)
+    record = pipe.run_one("q")
+    assert record.status == "failed" and record.error is not None and message[:30] in record.error.message
+    assert {b["response_format"]["type"] for b in stub.requests} == {"json_schema"}
+    assert pipe.compiled.model_pool.wire_notes()["structured_output"] == {}
+
+
+def test_an_endpoint_that_may_be_vllm_is_not_downgraded_either(stub_server) -> None:
+    stub, url = stub_server
+    stub.owned_by = None  # GET /models fails: it might be vLLM
+    stub.script = lambda n, body: ({"status": 400, "message": "response_format type json_schema is not supported"}
+                                   if body["response_format"]["type"] == "json_schema" else None)
+    record = _pipe(url).run_one("q")
+    assert record.status == "failed" and record.error is not None and "could not be read from GET /models" in record.error.message
+    assert {b["response_format"]["type"] for b in stub.requests} == {"json_schema"}
+    stub.owned_by = "llama-cpp-python"  # readable now: asked again, not remembered as unknown
+    assert _pipe(url).run_one("q").status == "ok"
+    assert stub.requests[-1]["response_format"]["type"] == "json_object"
+
+
 def test_a_vllm_server_is_never_downgraded_to_json_object(stub_server) -> None:
     stub, url = stub_server
     stub.owned_by = "vllm"
-    stub.script = lambda n, body: {"status": 400, "message": "response_format: the json_schema uses a feature xgrammar does not support"}
+    stub.script = lambda n, body: {"status": 400, "message": "response_format: json_schema is not supported"}
     record = _pipe(url).run_one("q")
     assert record.status == "failed" and record.error is not None
     assert "vLLM" in record.error.message and "--structured-output json_object" in record.error.message
@@ -215,14 +244,17 @@ def test_a_vllm_server_is_never_downgraded_to_json_object(stub_server) -> None:
 
 
 def test_closing_one_pipeline_leaves_the_connections_another_shares(stub_server) -> None:
-    _stub, url = stub_server
+    stub, url = stub_server
+    stub.script = lambda n, body: {"hang": 0.5} if n >= 2 else None
 
     async def both() -> list[str]:
-        first, second = _pipe(url), _pipe(url)
+        first, second = _pipe(url, graph="single"), _pipe(url, graph="single")
         a = await first.arun_one("a")
-        b = await second.arun_one("b")
+        busy = asyncio.create_task(second.arun_one("b"))  # in flight on the shared pools
+        await asyncio.sleep(0.2)
         await first.compiled.aclose()
-        c = await second.arun_one("c")  # its pools are still open
+        b = await busy  # not cut off by the other pipeline's close
+        c = await second.arun_one("c")
         await second.compiled.aclose()
         by_url = openai_backend._POOLS.get(asyncio.get_running_loop(), {})
         assert url not in by_url  # the last user closed them

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from .._yaml import check_schema_version, load_yaml_model
@@ -64,6 +64,15 @@ class RoleSpec(_Spec):
     """Plain values handed to this role's template as variables (e.g. ``belief_placement: user``):
     data, never code."""
     description: str = ""
+
+    @model_serializer(mode="wrap")
+    def _without_unset_system_role(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """An unset ``system_role`` is left out of the dump, so that a graph without it keeps the
+        digest it had before the field existed (an output written then can still be resumed)."""
+        data = handler(self)
+        if self.system_role is None:
+            data.pop("system_role", None)
+        return data
 
     @field_validator("params")
     @classmethod

@@ -22,7 +22,7 @@ model (see :func:`rejects_system_role`)."""
 
 _NO_SYSTEM = re.compile(
     r"roles must alternate|system role(?: is)? not supported|only user and assistant roles"
-    r"|system (?:role|message)s? (?:is|are) not (?:supported|allowed)|does not support (?:the )?system",
+    r"|system (?:role|message)s? (?:is|are) not (?:supported|allowed)|does not support (?:the )?'?system",
     re.IGNORECASE,
 )
 

@@ -38,11 +38,11 @@ def customize_loader(chat_template: str | None = None) -> None:
             llama = load(settings)
         if chat_template is not None:
             vocab = llama._model
-            formatter = Jinja2ChatFormatter(
-                template=chat_template,
-                eos_token=vocab.token_get_text(llama.token_eos()),
-                bos_token=vocab.token_get_text(llama.token_bos()),
-            )
+
+            def text(token: int) -> str:
+                return vocab.token_get_text(token) if token >= 0 else ""  # -1: the model has no such token
+
+            formatter = Jinja2ChatFormatter(template=chat_template, eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos()))
             llama.chat_handler = formatter.to_chat_handler()
         return llama
 
@@ -50,7 +50,7 @@ def customize_loader(chat_template: str | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template file to use instead of the GGUF's own")
     known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     template = Path(known.chat_template).read_text(encoding="utf-8") if known.chat_template else None

@@ -170,9 +170,20 @@ def _probe_key(path: Path) -> str:
 
 _PROBE_CODE = """
 import sys
-from aidsafe.models.local import _probe_child
+try:
+    from aidsafe.models.local import _probe_child
+except ImportError:  # aidsafe imported from a folder the child's path lacks: after everything else
+    sys.path.append(sys.argv[2])
+    from aidsafe.models.local import _probe_child
 _probe_child(sys.argv[1])
 """
+_PROBE_PROMPT = (
+    "A safety team reviews requests before a model answers them. Each request is read for what the user asks "
+    "outright, what the user may want without saying it, and which written policy applies to it. The reviewers "
+    "write their reasoning as short numbered thoughts, cite the policy each thought rests on, and then write the answer. "
+    "The first request of the day was"
+)
+"""About 70 tokens: the probe's prefill runs the batched matrix kernels a real prompt runs, not only the one-token path."""
 _PROBED: set[str] = set()
 
 
@@ -181,9 +192,10 @@ def _probe_child(path: str) -> None:
     from llama_cpp import Llama
 
     with llama_guard():
-        llama = Llama(model_path=path, n_ctx=256, n_threads=max(1, os.cpu_count() or 1), verbose=False)
-    llama.create_completion("The capital of France is", max_tokens=4, temperature=0.0)
+        llama = Llama(model_path=path, n_ctx=512, n_threads=max(1, os.cpu_count() or 1), verbose=False)
+    llama.create_completion(_PROBE_PROMPT, max_tokens=4, temperature=0.0)
     print("aidsafe-probe-ok", flush=True)
+    os._exit(0)  # the verdict is in: a crash while the interpreter tears llama.cpp down is not the model's
 
 
 def probe_model(path: Path, *, code: str = _PROBE_CODE, timeout: float = 300.0) -> None:
@@ -208,15 +220,14 @@ def probe_model(path: Path, *, code: str = _PROBE_CODE, timeout: float = 300.0) 
     if isinstance(known, dict) and known.get(key) == "ok":
         _PROBED.add(key)
         return
-    package_root = str(Path(__file__).resolve().parents[2])  # the child imports this aidsafe, wherever it came from
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    package_root = str(Path(__file__).resolve().parents[2])  # where this aidsafe was imported from
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=env)
+        done = subprocess.run([sys.executable, "-c", code, str(path), package_root], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise AidsafeError(f"the local model {path} did not decode 4 tokens within {timeout:g} s in a test process; "
-                           "the machine may be out of memory or far too slow for it") from None
-    if done.returncode == 0 and "aidsafe-probe-ok" in done.stdout:
+                           "the machine may be out of memory or far too slow for it (AIDSAFE_LOCAL_PROBE=0 skips this check)") from None
+    if "aidsafe-probe-ok" in done.stdout:
         _PROBED.add(key)
         with contextlib.suppress(OSError):
             record.parent.mkdir(parents=True, exist_ok=True)
@@ -235,11 +246,11 @@ def _probe_failure(path: Path, returncode: int, stderr: str) -> str:
     tail = "\n".join(line for line in stderr.strip().splitlines()[-6:])
     cpu = f"{_cpu_name()} ({platform.machine()}; {', '.join(_cpu_flags()) or 'no listed features'})"
     version = f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')}"
-    if returncode < 0:
+    if returncode < 0 or returncode >= 0xC0000000:  # killed by a signal (POSIX), or a Windows exception code
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
-            name = f"signal {-returncode}"
+            name = f"signal {-returncode}" if returncode < 0 else f"exception 0x{returncode:08X}"
         return (
             f"the local model crashed inside llama.cpp ({name}) while decoding with {path} on this CPU: {cpu}, {version}. "
             "aidsafe loads models with llama.cpp's repacking and AMX paths off; the crash is in llama.cpp itself. What to do: "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import weakref
 from typing import Any
@@ -78,16 +79,22 @@ def _message(exc: Exception) -> str:
     return str(exc)
 
 
+_UNSUPPORTED = re.compile(r"json_schema[^.\n]{0,80}?\b(?:is )?(?:not supported|unsupported|not (?:a )?(?:valid|permitted|allowed))"
+                          r"|(?:not supported|unsupported|does not support|doesn't support)[^.\n]{0,80}?json_schema", re.IGNORECASE)
+
+
 def _rejects_json_schema(exc: Any) -> bool:
-    """Whether an error says the server does not take ``response_format`` ``json_schema``: a 4xx
-    that names it (400, 404, 415 or 422, as OpenAI-compatible servers answer a request they cannot
-    take), or llama-cpp-python's request-validation reply, which it sends with status 500. Any
-    other 5xx is the server failing, not refusing (e.g. a grammar that took too long to compile): retried."""
+    """Whether an error says the server does not take ``response_format`` ``json_schema`` at all:
+    llama-cpp-python's request-validation reply (which it sends with status 500), or a 4xx saying
+    ``json_schema`` is not supported. A 4xx about the schema itself ("Invalid schema for
+    response_format ...", a feature the grammar backend lacks) is not: the schema must be fixed,
+    and ``json_object`` would only hide the problem. Any other 5xx is the server failing, not
+    refusing (e.g. a grammar that took too long to compile): retried."""
     text = str(exc)
     status = getattr(exc, "status_code", 0)
     if _LLAMA_CPP_VALIDATION in text:
         return True
-    return 400 <= status < 500 and status not in (408, 429) and ("response_format" in text or "json_schema" in text)
+    return 400 <= status < 500 and status not in (408, 429) and "invalid schema" not in text.lower() and bool(_UNSUPPORTED.search(text))
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -379,7 +386,14 @@ class OpenAIChatModel(ChatModel):
         if _MODES.get(url, {}).get("mode") == "json_object":
             return  # another call switched it meanwhile
         why = _redact(_message(exc), self._key)[:300]
-        if await self._is_vllm(endpoint):
+        vllm = await self._is_vllm(endpoint)
+        if vllm is None:  # fail closed: this call fails, a later one asks again
+            raise ModelCallError(
+                f"{self.label}: {url} refused the json_schema response format ({why}), and whether it is a vLLM server (which "
+                "serves json_object without the schema) could not be read from GET /models; not falling back to json_object. "
+                "Pass --structured-output json_object to send it anyway."
+            )
+        if vllm:
             raise ModelCallError(
                 f"{self.label}: the vLLM server at {url} refused the json_schema response format ({why}). aidsafe does not "
                 "fall back to json_object there: vLLM serves json_object without the schema, so replies would be unconstrained. "
@@ -388,8 +402,9 @@ class OpenAIChatModel(ChatModel):
         _MODES[url] = {"mode": "json_object", "source": "fallback", "reason": why}
         _log.warning("aidsafe: %s does not take response_format json_schema (%s): json_object with the schema from now on", url, why)
 
-    async def _is_vllm(self, endpoint: Endpoint) -> bool:
-        """Whether ``GET {url}/models`` lists a model ``owned_by: vllm`` (remembered; False when it cannot be read)."""
+    async def _is_vllm(self, endpoint: Endpoint) -> bool | None:
+        """Whether ``GET {url}/models`` lists a model ``owned_by: vllm``; None when that cannot be read
+        (not remembered: asked again next time)."""
         url = endpoint.url
         if url not in _VLLM:
             pools = _pools(url, endpoint.max_in_flight or self.settings.max_in_flight)
@@ -397,10 +412,12 @@ class OpenAIChatModel(ChatModel):
             try:
                 headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
                 response = await client.get(url.rstrip("/") + "/models", headers=headers, timeout=10.0)
-                models = response.json().get("data", []) if response.status_code == 200 else []
+                models = response.json().get("data") if response.status_code == 200 else None
+                if not isinstance(models, list):
+                    return None
                 _VLLM[url] = any(isinstance(m, dict) and m.get("owned_by") == "vllm" for m in models)
-            except Exception:
-                _VLLM[url] = False
+            except Exception:  # no answer: unknown
+                return None
             finally:
                 pools.give(index)
         return _VLLM[url]
