@@ -223,7 +223,7 @@ def _endpoint_postfix(stats: Mapping[str, Mapping[str, Any]]) -> str:
     return " ".join(f"{v['in_flight']}" if v["up"] else "down" for v in stats.values())
 
 
-def _wire_postfix(notes: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+def wire_postfix(notes: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """``system=merged`` and ``schema=json_object`` on the progress bar where some server needs them."""
     out: dict[str, str] = {}
     merged = notes.get("system_role") or {}
@@ -271,7 +271,7 @@ class _Meter:
         stats = self.endpoints() if self.endpoints is not None else {}
         per_endpoint = {"endpoints": _endpoint_postfix(stats)} if len(stats) > 1 else {}
         notes = self.notes() if self.notes is not None else {}
-        wire = _wire_postfix(notes)
+        wire = wire_postfix(notes)
         self.bar.set_postfix(
             ok=self.done - self.failed, failed=self.failed, in_flight=self.in_flight,
             tok_s=f"{self.tokens / max(now - self.started_at, 1e-9):.0f}", **per_endpoint, **wire, refresh=False,

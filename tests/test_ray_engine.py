@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from aidsafe.cli import main
-from aidsafe.errors import AidsafeError
+from aidsafe.errors import AidsafeError, ConfigError
 from aidsafe.models import FakeChatModel, ModelSettings
 from aidsafe.outputs import read_records, read_sidecar
 from aidsafe.records import Record
@@ -154,6 +154,7 @@ def test_resume_over_http_skips_the_ids_already_written(tmp_path: Path) -> None:
     assert all(record["status"] == "ok" for record in records.values())
     run = (read_sidecar(out) or {})["run"]
     assert run["skipped"] == 5 and run["prompts"] == len(PROMPTS) - 5
+    assert run["structured_output"] == {server.url: {"mode": "json_schema", "source": "auto"}}  # as the actors sent it
     assert not parts.exists()
 
 
@@ -371,9 +372,13 @@ def test_per_actor_limits_add_up_to_the_endpoints_limit() -> None:
     for limit in (1, 2, 7, 256):
         for actors in (1, 2, 3, 8, 300):
             settings = ModelSettings(backend="openai", model="m", max_in_flight=limit, endpoints=(Endpoint(url="http://a/v1", max_in_flight=limit),))
+            if actors > limit:  # one call each would already be more than the endpoint takes
+                with pytest.raises(ConfigError, match=f"--ray-actors {actors} is more than the {limit} calls"):
+                    per_actor_settings(settings, actors)
+                continue
             share = per_actor_settings(settings, actors)
             assert share.max_in_flight == share.endpoints[0].max_in_flight >= 1
-            assert limit <= share.max_in_flight * actors <= limit + actors - 1
+            assert limit <= share.max_in_flight * actors <= limit + actors - 1 < 2 * limit
     assert per_actor_settings(ModelSettings(), 3).endpoints == ()
 
 

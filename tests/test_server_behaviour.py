@@ -24,7 +24,7 @@ from aidsafe.models import base as model_base
 from aidsafe.models import openai as openai_backend
 from aidsafe.models.base import merge_system, rejects_system_role
 from aidsafe.models.endpoints import Endpoint
-from aidsafe.runner import _wire_postfix
+from aidsafe.runner import wire_postfix
 
 
 def _pipe(url: str, graph: str | Path = "aidsafe", **kw: Any) -> Pipeline:
@@ -86,7 +86,7 @@ def test_a_template_without_a_system_role_is_detected_and_remembered_per_endpoin
     notes = pipe.compiled.model_pool.wire_notes()["system_role"]
     assert notes == {f"{url} served-model": {"mode": "merge", "source": "detected",
                                              "reason": "Conversation roles must alternate user/assistant/user/assistant/..."}}
-    assert _wire_postfix(pipe.compiled.model_pool.wire_notes()) == {"system": "merged"}
+    assert wire_postfix(pipe.compiled.model_pool.wire_notes()) == {"system": "merged"}
 
 
 def test_the_run_summary_and_progress_say_the_system_text_was_merged(stub_server, tmp_path, capsys) -> None:
@@ -192,7 +192,7 @@ def test_a_server_that_says_it_takes_no_json_schema_gets_json_object(stub_server
     note = pipe.compiled.model_pool.wire_notes()["structured_output"][url]
     assert note["mode"] == "json_object" and note["source"] == "fallback" and message[-20:] in note["reason"]
     assert len([r for r in caplog.records if "does not take response_format json_schema" in r.getMessage()]) == 1
-    assert _wire_postfix(pipe.compiled.model_pool.wire_notes()) == {"schema": "json_object"}
+    assert wire_postfix(pipe.compiled.model_pool.wire_notes()) == {"schema": "json_object"}
 
 
 @pytest.mark.parametrize("status, message", [

@@ -92,7 +92,7 @@ from ..outputs import (
 from ..pipeline import Pipeline, record_from_state
 from ..policies import PolicySet
 from ..records import Record
-from ..runner import JobRun, cache_path, config_differences, refuse_other_config
+from ..runner import JobRun, cache_path, config_differences, refuse_other_config, wire_postfix
 from ..summary import RunSummary, total_tokens
 
 try:
@@ -135,7 +135,13 @@ class RayOptions:
 def per_actor_settings(settings: ModelSettings, actors: int) -> ModelSettings:
     """``settings`` with the calls in flight per endpoint shared out among ``actors`` actors:
     ``ceil(limit / actors)`` each, at least 1 (the run's ``max_in_flight`` and each endpoint's
-    own), so that together they keep the endpoint's limit (at most ``actors - 1`` over it)."""
+    own), so that together they keep the endpoint's limit (at most ``actors - 1`` over it, less
+    than twice it). More actors than a limit allows calls is refused: each actor needs one call in
+    flight, so together they would exceed it by as many times as there are actors per call."""
+    limits = [settings.max_in_flight, *(e.max_in_flight for e in settings.endpoints if e.max_in_flight is not None)]
+    if actors > min(limits):
+        raise ConfigError(f"--ray-actors {actors} is more than the {min(limits)} calls in flight an endpoint allows "
+                          "(--max-in-flight, or max_in_flight in the endpoints file): use at most that many actors")
 
     def share(limit: int) -> int:
         return max(1, -(-limit // actors))
@@ -560,6 +566,8 @@ class _PromptWorker:
                 "tokens": [total_tokens(record) for record in records],
                 "cached": [sum(u.cached for u in record.usage.values()) for record in records],
                 "part": [name] * len(records),
+                # how this actor's requests travel (json_object fallback, merged system text): the driver's summary says so
+                "wire": [json.dumps(self.pipe.compiled.model_pool.wire_notes())] * len(records),
             }
         )
 
@@ -586,6 +594,8 @@ class _Meter:
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.done = self.failed = self.tokens = self.cached = 0
+        self.notes: dict[str, dict[str, Any]] = {}
+        """The actors' :meth:`~aidsafe.models.ModelPool.wire_notes`, merged."""
         self.started = time.monotonic()
         self.bar: Any = None
         if enabled:
@@ -594,6 +604,9 @@ class _Meter:
             self.bar = tqdm(total=total, unit="prompt", desc="generate (ray)", dynamic_ncols=True)
 
     def add(self, batch: pa.Table) -> None:
+        if "wire" in batch.column_names and batch.num_rows:
+            for key, notes in json.loads(batch.column("wire")[0].as_py()).items():
+                self.notes.setdefault(key, {}).update(notes)
         self._count(batch.num_rows, sum(batch.column("failed").to_pylist()), sum(batch.column("tokens").to_pylist()),
                     sum(batch.column("cached").to_pylist()))
 
@@ -608,7 +621,8 @@ class _Meter:
         self.cached += cached
         if self.bar is not None:
             elapsed = max(time.monotonic() - self.started, 1e-9)
-            self.bar.set_postfix(ok=self.done - self.failed, failed=self.failed, tok_s=f"{self.tokens / elapsed:.0f}", refresh=False)
+            self.bar.set_postfix(ok=self.done - self.failed, failed=self.failed, tok_s=f"{self.tokens / elapsed:.0f}",
+                                 **wire_postfix(self.notes), refresh=False)
             self.bar.update(count)
 
     def close(self) -> None:
@@ -933,6 +947,7 @@ def generate_ray(
             {"shard": f"{shard[0]}/{shard[1]}" if shard else None, "engine": "ray", "actors": options.actors,
              "batch_size": options.batch_size, "blocks_merged": merged.parts, "duplicates_dropped": merged.duplicates}
         )
+        run.extra.update({key: notes for key, notes in meter.notes.items() if notes})
         summary = pipe.summarize(records_path)
         summary.run = run.as_dict()
         write_sidecar(destination, {**summary.as_dict(), "complete": True, "config": config})
