@@ -8,6 +8,7 @@ Sub-benchmarks (each runs alone, ``all`` runs them in turn)::
     python bench/run.py speedup      # 1 s latency: naive sequential sync loop vs aidsafe at concurrency 64
     python bench/run.py memory       # peak RSS of 1,000 and 5,000 prompts (fresh process each)
     python bench/run.py prefix       # share of each role's prompt common to every prompt of a set
+    python bench/run.py queueing     # a server that queues beyond 4 slots, 32 prompts in flight, --timeout 3: all ok?
     python bench/run.py all
 
 Every measurement is repeated ``--repeats`` times (default 3); the medians are printed as a
@@ -37,6 +38,7 @@ import endpoints  # noqa: E402
 import memory  # noqa: E402
 import overhead  # noqa: E402
 import prefix  # noqa: E402
+import queueing  # noqa: E402
 import speedup  # noqa: E402
 from common import BENCH_DIR, log  # noqa: E402
 from machine import ForeignCPU, machine  # noqa: E402
@@ -45,7 +47,7 @@ from report import table  # noqa: E402
 BENCHMARKS: dict[str, ModuleType] = {
     "overhead": overhead, "ceiling": ceiling, "efficiency": efficiency,
     "speedup": speedup, "memory": memory, "prefix": prefix, "endpoints": endpoints,
-    "clients": clients,
+    "clients": clients, "queueing": queueing,
 }
 """Each benchmark's module (``measure`` and ``rows``), in the fixed order they run in: efficiency
 before speedup, so speedup can reuse its runs."""
@@ -73,6 +75,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--endpoint-concurrency", default="64,256", help="endpoints: comma-separated prompts in flight (64,256)")
     parser.add_argument("--clients-levels", default="64,512", help="clients: comma-separated prompts in flight in all (64,512)")
     parser.add_argument("--client-processes", default="1,2", help="clients: comma-separated numbers of client processes (1,2)")
+    queueing.add_arguments(parser)
     parser.add_argument("--profile", metavar="FILE", help="overhead: also profile one aidsafe run (cProfile) into FILE and print its top")
     parser.add_argument("--results", default=str(BENCH_DIR / "results.json"), help="JSON file the medians are merged into")
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch the results file")

@@ -9,6 +9,12 @@ agree in round ``--rounds-to-consensus`` (default 1: the first agent agrees at o
 through ``graphs/aidsafe.yaml`` costs 4 calls: intent, init, agent_1, refine) and disagree, with one
 corrected thought and a new response, in the rounds before it.
 
+With ``--slots N`` it queues as vLLM does beyond ``--max-num-seqs``: at most N chat requests are
+served at once, each for ``--latency`` seconds; the others wait in a FIFO queue, and nothing is
+refused. A request whose client hangs up (a client-side timeout) is dropped, from the queue or from
+its slot, as vLLM aborts it; with ``--serve-abandoned`` it is served all the same, as by a server
+that does not notice (older vLLM with non-streaming requests, a proxy that keeps the upstream call).
+
 It is a minimal asyncio HTTP/1.1 server (``asyncio.Protocol``, keep-alive, ``Content-Length``
 bodies; no dependency outside the standard library) so that its own cost stays small: replies
 are built once per (model, kind, policy id, agree) and reused. ``GET /stats`` returns request
@@ -17,6 +23,7 @@ counts and the server's own CPU time; ``POST /reset`` zeroes the counts.
 Run it alone::
 
     python bench/sim_server.py --port 8000 --latency 1
+    python bench/sim_server.py --port 8000 --latency 0.5 --slots 4    # 4 at once, the rest queued
 
 or from Python, in a separate process (its CPU is then not the client's)::
 
@@ -38,7 +45,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 __all__ = ["SimServer", "reply_content", "serve"]
@@ -138,9 +145,19 @@ def reply_content(kind: str, pid: str = "P1", agree: bool = True) -> str:
 
 
 class _State:
-    def __init__(self, latency: float, rounds_to_consensus: int) -> None:
+    def __init__(self, latency: float, rounds_to_consensus: int, slots: int = 0, serve_abandoned: bool = False) -> None:
         self.latency = latency
         self.rounds_to_consensus = rounds_to_consensus
+        self.slots = slots
+        """Chat requests served at once (0: no limit); the rest wait in ``waiting``, first come first served."""
+        self.serving = 0
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.peak_waiting = 0
+        self.aborted = 0
+        """Requests dropped because their client hung up before the reply (queued or being served)."""
+        self.serve_abandoned = serve_abandoned
+        self.abandoned = 0
+        """Requests served although their client had hung up (``serve_abandoned``)."""
         self.counts: Counter[str] = Counter()
         self.cache: dict[tuple[str, str, str, bool], bytes] = {}
         self.in_flight = 0
@@ -161,6 +178,10 @@ class _State:
                 "connections": self.connections,
                 "latency": self.latency,
                 "rounds_to_consensus": self.rounds_to_consensus,
+                "slots": self.slots,
+                "peak_waiting": self.peak_waiting,
+                "aborted": self.aborted,
+                "abandoned": self.abandoned,
                 "first_request_t": self.first_request,
                 "last_reply_t": self.last_reply,
             }
@@ -168,6 +189,8 @@ class _State:
         if method == "POST" and path.rstrip("/").endswith("/reset"):
             self.counts.clear()
             self.peak_in_flight = self.in_flight
+            self.peak_waiting = len(self.waiting)
+            self.aborted = self.abandoned = 0
             self.first_request = self.last_reply = None
             return 200, b'{"ok": true}'
         if method == "GET" and path.rstrip("/").endswith("/models"):
@@ -221,6 +244,36 @@ class _State:
         return 200, out
 
 
+    async def serve_slot(self) -> None:
+        """Hold one of ``slots`` for ``latency`` seconds, after the requests queued before this one."""
+        if self.serving < self.slots and not self.waiting:
+            self.serving += 1
+        else:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.append(turn)
+            self.peak_waiting = max(self.peak_waiting, len(self.waiting))
+            try:
+                await turn  # a finished request hands its slot over
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._hand_over()  # handed over as it was dropped: pass it on
+                elif turn in self.waiting:
+                    self.waiting.remove(turn)
+                raise
+        try:
+            await asyncio.sleep(self.latency)
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.serving -= 1
+
+
 # -- HTTP/1.1 -----------------------------------------------------------------------------------
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 411: "Length Required"}
@@ -244,6 +297,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a delayed reply is pending: parse the next request after it
         self.closed = False
+        self.pending: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -251,6 +305,12 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.state.slots and self.pending is not None and not self.pending.done():
+            if self.state.serve_abandoned:
+                self.state.abandoned += 1
+            else:
+                self.state.aborted += 1
+                self.pending.cancel()  # the client hung up: drop its request, as vLLM aborts it
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -294,7 +354,7 @@ class _Conn(asyncio.Protocol):
             delayed = status == 200 and method == "POST" and self.state.latency > 0 and path.rstrip("/").endswith("/chat/completions")
             if delayed:
                 self.busy = True
-                asyncio.get_running_loop().create_task(self._later(status, payload, keep_alive))
+                self.pending = asyncio.get_running_loop().create_task(self._later(status, payload, keep_alive))
                 return
             self._write(status, payload, keep_alive)
             if chat:
@@ -307,7 +367,10 @@ class _Conn(asyncio.Protocol):
         st.in_flight += 1
         st.peak_in_flight = max(st.peak_in_flight, st.in_flight)
         try:
-            await asyncio.sleep(st.latency)
+            if st.slots:
+                await st.serve_slot()
+            else:
+                await asyncio.sleep(st.latency)
         finally:
             st.in_flight -= 1
         self._write(status, payload, keep_alive)
@@ -325,9 +388,10 @@ class _Conn(asyncio.Protocol):
             self.closed = True
 
 
-async def serve(host: str = "127.0.0.1", port: int = 0, latency: float = 0.0, rounds_to_consensus: int = 1) -> None:
+async def serve(host: str = "127.0.0.1", port: int = 0, latency: float = 0.0, rounds_to_consensus: int = 1, slots: int = 0,
+                serve_abandoned: bool = False) -> None:
     """Serve until cancelled (or SIGTERM/SIGINT); prints ``listening on URL`` once bound."""
-    state = _State(latency, rounds_to_consensus)
+    state = _State(latency, rounds_to_consensus, slots, serve_abandoned)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Conn(state), host, port, backlog=4096, reuse_address=True)
     bound = server.sockets[0].getsockname()[1]
@@ -348,17 +412,21 @@ async def serve(host: str = "127.0.0.1", port: int = 0, latency: float = 0.0, ro
 class SimServer:
     """Start ``sim_server.py`` in a child process on a free port; stop it on exit."""
 
-    def __init__(self, latency: float = 0.0, rounds_to_consensus: int = 1, host: str = "127.0.0.1") -> None:
+    def __init__(self, latency: float = 0.0, rounds_to_consensus: int = 1, host: str = "127.0.0.1", slots: int = 0,
+                 serve_abandoned: bool = False) -> None:
         self.latency = latency
         self.rounds_to_consensus = rounds_to_consensus
         self.host = host
+        self.slots = slots
+        self.serve_abandoned = serve_abandoned
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self, timeout: float = 20.0) -> SimServer:
         cmd = [
             sys.executable, os.path.abspath(__file__), "--host", self.host, "--port", "0",
-            "--latency", str(self.latency), "--rounds-to-consensus", str(self.rounds_to_consensus),
+            "--latency", str(self.latency), "--rounds-to-consensus", str(self.rounds_to_consensus), "--slots", str(self.slots),
+            *(["--serve-abandoned"] if self.serve_abandoned else []),
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -380,7 +448,8 @@ class SimServer:
             return json.loads(resp.read())
 
     def stats(self) -> dict[str, Any]:
-        """Request counts by kind, total requests, the server's CPU seconds, peak in flight."""
+        """Request counts by kind, total requests, the server's CPU seconds, peak in flight (and, with
+        ``slots``, the longest queue and the requests whose client hung up: dropped, or served anyway)."""
         return self._get("/stats")
 
     def reset(self) -> None:
@@ -454,6 +523,10 @@ def main(argv: list[str] | None = None) -> None:
         "--rounds-to-consensus", type=int, default=1,
         help="deliberators agree from this round on (1: the first agent agrees at once); above max_rounds: never",
     )
+    parser.add_argument("--slots", type=int, default=0,
+                        help="chat requests served at once, the rest queued first come first served (vLLM's --max-num-seqs); 0: no limit")
+    parser.add_argument("--serve-abandoned", action="store_true",
+                        help="with --slots: serve a request whose client hung up all the same (default: drop it, as vLLM aborts it)")
     parser.add_argument("--selftest", action="store_true",
                         help="start a server process, load it with a raw HTTP client (--requests, --concurrency), print its rate")
     parser.add_argument("--requests", type=int, default=5000, help="with --selftest")
@@ -463,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(selftest(args.requests, args.concurrency, args.latency)))
         return
     try:
-        asyncio.run(serve(args.host, args.port, args.latency, args.rounds_to_consensus))
+        asyncio.run(serve(args.host, args.port, args.latency, args.rounds_to_consensus, args.slots, args.serve_abandoned))
     except KeyboardInterrupt:  # pragma: no cover
         pass
 

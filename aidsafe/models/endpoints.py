@@ -17,13 +17,22 @@ time and grows back on success.
   :meth:`EndpointState.observe`) and a smoothed ratio of recent latencies to it. Above
   :data:`QUEUE_HIGH` the calls wait in the server's queue longer than they are served, and the
   limit is cut to the calls in flight times :data:`QUEUE_TARGET` / ratio (a Vegas-style gradient:
-  the server's share of them, plus a queue as long again), at least halving it;
+  the server's share of them, plus a queue as long again; at most to a quarter), or lower, to what
+  the server's rate of replies says it serves at once (Little's law, see :meth:`EndpointState.cut`);
 - **a timeout in a queue**: the endpoint answers other calls (one reply came after the timed-out
   call was sent, or just before) and their latencies show a queue (a smoothed ratio of at least
-  :data:`QUEUE_LOW`, or a cut since, or replies taking half the timeout). The call waited in the queue of a live server: the limit is
-  halved, and the caller retries the call without counting it against ``max_retries`` (see
-  :meth:`Router.queueing`; the call deadline bounds it). Any other timeout (a dead server, or one
-  request that hangs while the others are answered at their usual pace) counts as a failure.
+  :data:`QUEUE_LOW`, or a cut since, or replies taking half the timeout). The call waited in the
+  queue of a live server: the limit is halved, and the caller retries the call at once (the limit
+  paces it) without counting it against ``max_retries`` (see :meth:`Router.queueing`; the call
+  deadline bounds it). Any other timeout (a dead server, or one request that hangs while the
+  others are answered at their usual pace) counts as a failure.
+
+Latency is measured by the client, from taking the slot to the reply parsed, so it includes the
+client's own delays: a client whose CPU is saturated (hundreds of replies at once on one core)
+handles each reply late, and that looks like a queue too. Below :data:`MIN_LATENCY` a server's
+latency counts as that much, so milliseconds of client delay never cut the limit of a fast server;
+beyond it, a saturated client may cut its limits, which costs nothing while it is the bottleneck,
+and they grow back once it keeps up.
 
 One cut per window: a cut ignores the calls sent before the previous cut (their latency reflects
 the load before it), so a queue that drains slowly does not cut the limit again and again down to 1.

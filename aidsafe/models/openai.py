@@ -15,8 +15,10 @@ text merged into the first user turn, and every later call to that endpoint and 
 
 All models on one endpoint share one HTTP connection pool and one adaptive limit; several
 endpoints serving one model are routed by :mod:`aidsafe.models.endpoints`. A 429 or 503 is
-backpressure, waited out (``Retry-After`` honoured) until the call's deadline; a 5xx, a timeout or a
-dropped connection is retried up to ``max_retries`` times; then the call raises
+backpressure, waited out (``Retry-After`` honoured) until the call's deadline, and so is a timeout
+while the endpoint answers other calls at queueing latencies (a server that queues, as vLLM does
+beyond ``--max-num-seqs``: the endpoint's limit is cut, see :mod:`aidsafe.models.endpoints`); a
+5xx, another timeout or a dropped connection is retried up to ``max_retries`` times; then the call raises
 :class:`~aidsafe.errors.ModelCallError`. The API key is read from the environment variable named
 in the settings and never appears in errors, logs or records.
 """
