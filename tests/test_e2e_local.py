@@ -151,7 +151,7 @@ def test_generate_through_an_openai_compatible_server(tmp_path, llama_server):
     out = tmp_path / "out.jsonl"
     secret = "sk-test-secret-never-logged"
     proc = _generate(
-        [str(src), "-o", str(out), "--base-url", llama_server, "--model", "smollm2", "--max-tokens", "256",
+        [str(src), "-o", str(out), "--base-url", llama_server, "--model", "smollm2", "--max-tokens", "1024",
          "--temperature", "0.2", "--seed", "1"],
         env={"OPENAI_API_KEY": secret},
     )
@@ -229,7 +229,7 @@ def test_pairs_through_an_openai_compatible_server(generated, tmp_path, llama_se
     src.write_text(first_ok.model_dump_json() + "\n")
     result = subprocess.run(
         [sys.executable, "-m", "aidsafe", "pairs", str(src), "-o", str(out), "--base-url", llama_server, "--model", "smollm2",
-         "--max-tokens", "256", "--temperature", "0.2", "--seed", "1", "--no-progress"],
+         "--max-tokens", "1024", "--temperature", "0.2", "--seed", "1", "--no-progress"],
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode in (0, 1), result.stderr  # 1: no pair from this prompt, which a weak model may give

@@ -387,7 +387,7 @@ class OpenAIChatModel(ChatModel):
         url = endpoint.url
         if _MODES.get(url, {}).get("mode") == "json_object":
             return  # another call switched it meanwhile
-        why = _redact(_message(exc), self._key)[:300]
+        why = " ".join(_redact(_message(exc), self._key).split())[:300]
         vllm = await self._is_vllm(endpoint)
         if vllm is None:  # fail closed: this call fails, a later one asks again
             raise ModelCallError(
@@ -401,6 +401,8 @@ class OpenAIChatModel(ChatModel):
                 "fall back to json_object there: vLLM serves json_object without the schema, so replies would be unconstrained. "
                 "Fix what the server rejects, or pass --structured-output json_object to accept unconstrained JSON."
             )
+        if _MODES.get(url, {}).get("mode") == "json_object":
+            return  # another call switched it while this one asked GET /models: said once
         _MODES[url] = {"mode": "json_object", "source": "fallback", "reason": why}
         _log.warning("aidsafe: %s does not take response_format json_schema (%s): json_object with the schema from now on", url, why)
 
