@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -129,29 +130,32 @@ def llama_guard() -> Iterator[None]:
             low.llama_model_default_params = original
 
 
-
-def _cpu_flags() -> list[str]:
-    """The CPU features that decide which llama.cpp kernels run (x86 AMX/AVX-512, ARM SVE/i8mm...)."""
+@functools.cache
+def _cpuinfo() -> tuple[str, tuple[str, ...]]:
+    """This CPU's name and the features that decide which llama.cpp kernels run (x86 AMX/AVX-512,
+    ARM SVE/i8mm...), read once from ``/proc/cpuinfo`` (elsewhere: the platform's name, no features)."""
+    name, flags = "", ()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return []
+        text = ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return sorted(f for f in value.split() if f.startswith(("amx", "avx512", "avx2", "sve", "i8mm", "dotprod", "sme")))
-    return []
+        key = key.strip()
+        if not name and key in ("model name", "Hardware", "CPU part"):
+            name = value.strip()
+        elif not flags and key in ("flags", "Features"):
+            flags = tuple(sorted(f for f in value.split()
+                                 if f.startswith(("amx", "avx512", "avx2", "sve", "i8mm", "dotprod")) or f in ("sme", "sme2")))
+    return name or platform.processor() or platform.machine(), flags
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    return _cpuinfo()[1]
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Hardware", "CPU part"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo()[0]
 
 
 def _probe_file() -> Path:
