@@ -484,7 +484,10 @@ def test_ray_client_address_runs_the_pipeline_on_the_cluster(tmp_path: Path) -> 
              "--ray-batch-size", "2", "--no-progress"],
             env={**env, "RAY_ADDRESS": f"ray://127.0.0.1:{client_port}"}, capture_output=True, text=True, timeout=240,
         )
-        assert done.returncode == 0, done.stderr[-3000:]
+        if done.returncode != 0:
+            logs = sorted(Path(temp_dir).glob("session_*/logs/ray_client_server*"))
+            tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}" for log in logs)
+            raise AssertionError(done.stderr[-3000:] + "\n" + tails)
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # the head's own processes; its workers exit with their raylet
         head.wait()
@@ -497,3 +500,38 @@ def test_ray_client_address_runs_the_pipeline_on_the_cluster(tmp_path: Path) -> 
     assert sidecar["complete"] is True and sidecar["run"]["engine"] == "ray" and sidecar["run"]["prompts"] == 5
     assert sidecar["run"]["tokens_per_s"] > 0  # followed from the blocks the cluster wrote
     assert not parts_dir(out).exists()
+
+
+def test_ray_client_join_is_tried_again_when_the_proxy_fails_to_start_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head's Ray Client proxy sometimes fails to start the per-client server; a new try gets a
+    new one. Bounded: after the last try the error names the address."""
+    from aidsafe.engines import ray_data
+
+    calls: list[int] = []
+
+    def failing_init(**_: Any) -> None:
+        calls.append(1)
+        if len(calls) < 2:
+            raise ConnectionAbortedError("Initialization failure from server:\nRuntimeError: Starting Ray client server failed.")
+
+    monkeypatch.setattr(ray_data.ray, "init", failing_init)
+    monkeypatch.setattr(ray_data.time, "sleep", lambda _s: None)
+    ray_data._init_with_retries("ray://127.0.0.1:1")
+    assert len(calls) == 2
+
+    calls.clear()
+    monkeypatch.setattr(ray_data, "CLIENT_CONNECT_ATTEMPTS", 3)
+
+    def always_failing(**_: Any) -> None:
+        calls.append(1)
+        raise ConnectionAbortedError("RuntimeError: Starting Ray client server failed.")
+
+    monkeypatch.setattr(ray_data.ray, "init", always_failing)
+    with pytest.raises(AidsafeError, match=r"ray://127.0.0.1:1 \(RAY_ADDRESS\) after 3 tries: RuntimeError: Starting Ray client server failed"):
+        ray_data._init_with_retries("ray://127.0.0.1:1")
+    assert len(calls) == 3
+
+    calls.clear()  # a plain cluster address is not a Ray Client proxy: no second try
+    with pytest.raises(AidsafeError, match="after 1 tries"):
+        ray_data._init_with_retries("127.0.0.1:6379")
+    assert len(calls) == 1

@@ -653,10 +653,32 @@ def _connect() -> _Session:
     if ray.is_initialized() or _client_mode():
         return _Session(started=False, own_cluster=False, client=_client_mode())
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING)
+        _init_with_retries(os.environ["RAY_ADDRESS"])
         return _Session(started=True, own_cluster=False, client=_client_mode())
     ray.init(include_dashboard=False, logging_level=logging.WARNING)
     return _Session(started=True, own_cluster=True)
+
+
+CLIENT_CONNECT_ATTEMPTS = 3
+"""Tries at joining a ``ray://`` address. The head's Ray Client proxy starts one server process per
+client; that start sometimes fails ("Starting Ray client server failed"), and a new try gets a new
+server."""
+
+
+def _init_with_retries(address: str) -> None:
+    for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(logging_level=logging.WARNING)
+            return
+        except ConnectionError as exc:  # ConnectionAbortedError from the Ray Client proxy
+            if not address.startswith("ray://") or attempt == CLIENT_CONNECT_ATTEMPTS:
+                raise AidsafeError(
+                    f"cannot join the Ray cluster at {address} (RAY_ADDRESS) after {attempt} tries: "
+                    f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}"
+                ) from exc
+            wait = 2.0 * attempt
+            logging.getLogger("aidsafe.ray").warning("joining %s failed (%s); trying again in %.0f s", address, type(exc).__name__, wait)
+            time.sleep(wait)
 
 
 def _probe(marker: str, token: str, reply: str, input_path: str) -> dict[str, Any]:
