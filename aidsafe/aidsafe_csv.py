@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
+from .inputs import default_id
 from .policies import PolicySet
-from .records import Record
+from .records import Record, prompt_sha256, training_thoughts
 
 __all__ = ["COLUMNS", "THOUGHT_COLUMNS", "deliberation_log", "read_released", "split_thoughts", "to_row"]
 
@@ -73,7 +74,7 @@ def to_row(record: Record) -> dict[str, str]:
     """A record as a row of the released layout."""
     return {
         "prompt": record.prompt,
-        "refined_thoughts": "\n".join(t.text for t in record.thoughts),
+        "refined_thoughts": "\n".join(t.text for t in training_thoughts(record.thoughts)),  # never a superseded thought
         "response": record.response,
         "deliberation_log": deliberation_log(record),
     }
@@ -94,7 +95,9 @@ def read_released(path: str | os.PathLike[str], policies: PolicySet, *, graph: s
     ``refined_thoughts`` (or ``thoughts``), citing no policy ids (the released data has none to
     read); ``policy_set`` names ``policies`` (the pack the data is to be judged against); its
     ``origin`` keeps the file, the row and every other column verbatim (e.g. ``deliberation_log``).
-    The id is the ``id`` column when there is one, else the row number. A missing column or an
+    The id is the ``id`` column when there is one, else the 1-based data row number, as every
+    reader of a file numbers its records (:func:`~aidsafe.inputs.default_id`: ``aidsafe generate``
+    on the same CSV gives the same prompt the same id). A missing column or an
     empty prompt raises :class:`InputError` with the file and line.
     """
     source = Path(path)
@@ -121,7 +124,7 @@ def read_released(path: str | os.PathLike[str], policies: PolicySet, *, graph: s
             prompt = (row.get("prompt") or "").strip()
             if not prompt:
                 raise InputError("empty prompt", file=path, line=line, field="prompt")
-            record_id = (row.get("id") or "").strip() or str(row_number)
+            record_id = (row.get("id") or "").strip() or default_id(row_number)
             if record_id in seen:
                 raise InputError(f"duplicate id {record_id!r} (first at line {seen[record_id]})", file=path, line=line, field="id")
             seen[record_id] = line
@@ -130,6 +133,7 @@ def read_released(path: str | os.PathLike[str], policies: PolicySet, *, graph: s
                 {
                     "id": record_id,
                     "prompt": row["prompt"],
+                    "prompt_sha256": prompt_sha256(row["prompt"]),
                     "graph": graph,
                     "policy_set": policies.ref(),
                     "intents": {},

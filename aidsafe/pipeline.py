@@ -21,7 +21,7 @@ from .inputs import PromptItem, read_prompts, report_problems
 from .models import ModelFactory, ModelPool, ModelSettings, default_concurrency, make_model
 from .outputs import OUTPUT_FORMATS, convert_output
 from .policies import PolicySet
-from .records import Record
+from .records import Record, prompt_sha256
 from .runner import JobOptions, JobRun, run_job
 from .summary import RunSummary, summarize_output
 
@@ -42,6 +42,7 @@ def record_from_state(state: PromptState, compiled: CompiledAidsafe) -> Record:
         {
             "id": state.get("id"),
             "prompt": state.get("prompt"),
+            "prompt_sha256": prompt_sha256(state.get("prompt") or ""),
             "graph": compiled.spec.name,
             "policy_set": compiled.policies.ref(),
             "intents": state.get("intents") or {},
@@ -53,6 +54,7 @@ def record_from_state(state: PromptState, compiled: CompiledAidsafe) -> Record:
             "response": state.get("response", "") if not error else "",
             "seed": state.get("seed"),
             "response_before_refiner": state.get("response_before_refiner") if not error else None,
+            "refiner_rewrote_response": state.get("refiner_rewrote_response") if not error else None,
             "models": compiled.models,
             "usage": state.get("usage") or {},
             "status": "failed" if error else "ok",
@@ -113,7 +115,7 @@ class Pipeline:
         loop = next((n.loop for n in self.compiled.spec.nodes.values() if n.loop is not None), None)
         extra = loop_variables(loop, binding.name, 1) if loop is not None and binding.kind.placement == "agent" else {}
         extra.update(state)
-        return binding.template.render(self.compiled.variables(base, schema=binding.schema, **extra))
+        return binding.template.render(self.compiled.variables(base, schema=binding.schema, **{**binding.options, **extra}))
 
     def binding(self, role: str) -> Binding:
         """The binding (template, schema, model settings) of a role or agent name."""
@@ -275,6 +277,14 @@ class _GenerateJob:
 
     def item_id(self, item: PromptItem) -> str:
         return item.id
+
+    def item_prompt(self, item: PromptItem) -> str:
+        """What a resume checks against the record already written under the item's id."""
+        return item.prompt
+
+    @property
+    def input_name(self) -> str:
+        return str(self.input_path)
 
     async def run(self, item: PromptItem, models: ModelPool) -> Record:
         return await self.pipe.arun_one(item, models=models)

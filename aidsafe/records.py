@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,8 @@ __all__ = [
     "SupersededRef",
     "Turn",
     "Usage",
+    "prompt_sha256",
+    "training_thoughts",
 ]
 
 
@@ -68,7 +71,9 @@ class CitedThought(_Out):
 class RemovedThought(CitedThought):
     """A thought the refiner removed, and why."""
 
-    reason: Literal["repetitive", "redundant", "deceptive", "policy_inconsistent"]
+    reason: Literal["repetitive", "redundant", "deceptive", "policy_inconsistent", "superseded"]
+    """The refiner's reason, or ``superseded``: a thought a reviewer replaced, which the refiner
+    kept and which is removed anyway (it never reaches training data)."""
 
 
 class Intents(_Out):
@@ -110,6 +115,9 @@ class Turn(_Out):
     """Thoughts this agent added (empty when it agreed)."""
     response: str
     """The response this agent proposed (empty when it agreed or kept the current one)."""
+    outvoted: bool = False
+    """A round-table agent that disagreed in the round the majority agreed (its turn reaches the
+    refiner with ``minority: keep``)."""
     usage: Usage
 
 
@@ -160,9 +168,13 @@ class Record(_Out):
     """One line of the output JSONL."""
 
     id: str
-    """The input id (from the file, or its line/row number)."""
+    """The input id: the file's id field, else the record's 1-based number in the file (see
+    :func:`aidsafe.inputs.default_id`)."""
     prompt: str
     """The user prompt, verbatim."""
+    prompt_sha256: str | None = None
+    """:func:`prompt_sha256` of ``prompt``: paired operations (compare, judge --against, merge,
+    resume) check it before pairing records by id. None in records that predate it."""
     graph: str
     """Name of the graph that produced the record."""
     policy_set: PolicySetRef
@@ -183,7 +195,11 @@ class Record(_Out):
     """The first draft, before deliberation (kept for a failed prompt too; None for graphs without a
     draft, prompts that failed before it, and records that predate it)."""
     response_before_refiner: str | None = None
-    """The response the refiner was given (None for graphs without a refiner)."""
+    """The response the refiner was given: the deliberation's last (None for graphs without a refiner)."""
+    refiner_rewrote_response: bool | None = None
+    """True when the refiner wrote the final ``response`` (a graph whose refiner has
+    ``params: {rewrite_response: true}``), so it differs from ``response_before_refiner``; False
+    when the final response is the deliberation's; None for graphs without a refiner and older records."""
     models: dict[str, str]
     """``backend:model`` per role and per agent."""
     usage: dict[str, Usage]
@@ -193,3 +209,18 @@ class Record(_Out):
     faults: list[Fault] = Field(default_factory=list)
     origin: Origin | None = None
     """For records read from another dataset: the file and row."""
+
+
+def training_thoughts(thoughts: list[CitedThought]) -> list[CitedThought]:
+    """The thoughts that may reach training data: every one a reviewer superseded is left out.
+
+    The refiner already removes them from records written since superseded thoughts are removed
+    whatever it decides; this keeps older records (and imported or hand-edited ones) from carrying
+    one into an SFT, DPO or CSV export. Exports count what it leaves out."""
+    return [t for t in thoughts if t.superseded is None]
+
+
+def prompt_sha256(prompt: str) -> str:
+    """The SHA-256 of a prompt's UTF-8 text, as 64 hex digits: what a record's ``prompt_sha256``
+    holds (``printf '%s' "$PROMPT" | sha256sum`` gives the same). The one place it is computed."""
+    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()

@@ -9,7 +9,10 @@ runner owns everything such a job needs besides the work itself, so every job ge
   untouched, unless ``overwrite``;
 - **exactly-once resume**: items with a record are skipped; a torn last line is cut; a corrupt
   line in the middle is refused with its ``file:line``; ``retry_failed`` runs the failed items
-  again; ``overwrite`` starts over;
+  again; ``overwrite`` starts over; a job whose items have a prompt (an optional
+  ``item_prompt(item)`` method, with an ``input_name``) has every item with a record checked
+  against that record's prompt, and an input whose ids name other prompts than the output's is
+  refused (:class:`~aidsafe.pairing.ResumeCheck`);
 - **the input streamed and validated** in full before the first model call;
 - **concurrency**: ``concurrency`` items in flight, records written (and flushed) as they finish;
 - **the response cache** (``OUT.cache.sqlite``): the job's models answer a request seen before
@@ -36,6 +39,7 @@ from .errors import AidsafeError, ConfigMismatchError, InputError, JobInterrupte
 from .models import ModelPool, ResponseCache
 from .models.endpoints import all_stats as all_endpoint_stats
 from .outputs import LineModel, OutputLock, OutputState, drop_records, read_sidecar, scan_output, write_sidecar
+from .pairing import ResumeCheck
 
 __all__ = ["FileJob", "JobOptions", "JobRun", "Summary", "run_job"]
 
@@ -305,17 +309,33 @@ async def run_job(
     with OutputLock(output):
         if not options.overwrite:
             _check_config(output, sidecar_owner, config)
-        state = OutputState() if options.overwrite else scan_output(output, repair=True, model=job.record_model, what=job.what)
+        state = (
+            OutputState() if options.overwrite
+            else scan_output(output, repair=True, model=job.record_model, what=job.what, prompts=True)
+        )
         skip = state.done if options.retry_failed else state.done | state.failed
+        item_prompt: Callable[[ItemT], str] | None = getattr(job, "item_prompt", None)
+        resumed = (
+            ResumeCheck(state.prompts, str(getattr(job, "input_name", "the input")), output)
+            if item_prompt is not None and state.prompts else None
+        )
 
-        def selected(problems: list[InputError] | None = None) -> Iterator[ItemT]:
-            """The items that have no record yet."""
-            return (item for item in job.items(problems) if job.item_id(item) not in skip)
+        def selected(problems: list[InputError] | None = None, check: ResumeCheck | None = None) -> Iterator[ItemT]:
+            """The items that have no record yet (``check`` sees every item)."""
+            for item in job.items(problems):
+                item_id = job.item_id(item)
+                if check is not None and item_prompt is not None:
+                    check.item(item_id, item_prompt(item))
+                if item_id not in skip:
+                    yield item
 
         # one pass validates the whole input (a bad file is refused before any model call, before
-        # overwrite deletes anything and before any record is written) and counts what is left to do
+        # overwrite deletes anything and before any record is written), checks it against the
+        # records already written, and counts what is left to do
         problems: list[InputError] = []
-        todo = sum(1 for _ in selected(problems))
+        todo = sum(1 for _ in selected(problems, resumed))
+        if resumed is not None:
+            resumed.raise_if_any()
         if problems and options.on_input_problems is not None:
             options.on_input_problems(problems)
         cache_file = cache_path(output)

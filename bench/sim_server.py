@@ -69,7 +69,7 @@ def _kind_of(fmt: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     props = set((schema or {}).get("properties", {}))
     if props == {"explicit", "implicit"}:
         return "intents", schema
-    if "agree" in props:
+    if "verdict" in props:
         return "deliberation", schema
     if props == {"thoughts", "response"}:
         return "draft", schema
@@ -110,8 +110,9 @@ def _policy_id(schema: dict[str, Any]) -> str:
     return enum[0] if enum else "P1"
 
 
-def reply_content(kind: str, pid: str = "P1", agree: bool = True) -> str:
-    """Schema-valid JSON content of a reply of ``kind``."""
+def reply_content(kind: str, pid: str = "P1", agree: bool = True, rewrite: bool = False) -> str:
+    """Schema-valid JSON content of a reply of ``kind`` (a refinement writes the response only
+    where ``rewrite``: its schema asks for one)."""
     if kind == "intents":
         return json.dumps({"explicit": ["The user asks for information on the topic."], "implicit": ["Learn about the topic safely."]})
     if kind == "draft":
@@ -129,18 +130,11 @@ def reply_content(kind: str, pid: str = "P1", agree: bool = True) -> str:
             "refusal": "The response neither over-refuses nor under-refuses.",
         }
         if agree:
-            return json.dumps({"critique": critique, "agree": True, "superseded": [], "thoughts": [], "response": ""})
-        return json.dumps(
-            {
-                "critique": critique,
-                "agree": False,
-                "superseded": [],
-                "thoughts": [{"text": f"Correction: say why {pid} applies.", "policies": [pid]}],
-                "response": "An improved safe answer.",
-            }
-        )
+            return json.dumps({"critique": critique, "verdict": {"agree": True, "superseded": [], "thoughts": [], "response": ""}})
+        verdict = {"agree": False, "superseded": [], "thoughts": [{"text": f"Correction: say why {pid} applies.", "policies": [pid]}], "response": "An improved safe answer."}
+        return json.dumps({"critique": critique, "verdict": verdict})
     if kind == "refinement":
-        return json.dumps({"removed": [], "response": "The final safe answer."})
+        return json.dumps({"removed": [], "response": "The final safe answer."} if rewrite else {"removed": []})
     raise ValueError(f"unknown reply kind {kind!r}")
 
 
@@ -159,7 +153,7 @@ class _State:
         self.abandoned = 0
         """Requests served although their client had hung up (``serve_abandoned``)."""
         self.counts: Counter[str] = Counter()
-        self.cache: dict[tuple[str, str, str, bool], bytes] = {}
+        self.cache: dict[tuple[str, str, str, bool, bool], bytes] = {}
         self.in_flight = 0
         self.peak_in_flight = 0
         self.connections = 0
@@ -224,12 +218,13 @@ class _State:
             match = _TURN.search(last if isinstance(last, str) else "")
             if match:
                 agree = int(match.group(2)) >= self.rounds_to_consensus
+        rewrite = kind == "refinement" and "response" in (schema or {}).get("properties", {})
         model = str(req.get("model", "sim"))
         self.counts[kind] += 1
-        key = (model, kind, pid, agree)
+        key = (model, kind, pid, agree, rewrite)
         out = self.cache.get(key)
         if out is None:
-            content = reply_content(kind, pid, agree)
+            content = reply_content(kind, pid, agree, rewrite)
             out = json.dumps(
                 {
                     "id": "chatcmpl-sim",

@@ -76,10 +76,11 @@ class Stub:
             return json.dumps({"explicit": ["e"], "implicit": ["i"]})
         if props == {"thoughts", "response"}:
             return json.dumps({"thoughts": [{"text": "t", "policies": ["P1"]}], "response": "r"})
-        if "agree" in props:
+        if "verdict" in props:
             critique = {"intents": "handled", "policies": "applied", "flaws": "no flaw found", "refusal": "neither"}
-            return json.dumps({"critique": critique, "agree": True, "superseded": [], "thoughts": [], "response": ""})
-        return json.dumps({"removed": [], "response": "final"})
+            return json.dumps({"critique": critique, "verdict": {"agree": True, "superseded": [], "thoughts": [], "response": ""}})
+        # the refiner writes the response only where its schema asks for one (rewrite_response)
+        return json.dumps({"removed": [], "response": "final"} if "response" in props else {"removed": []})
 
 
 class TemplateRaised(Exception):

@@ -128,12 +128,12 @@ def test_generate_csv_input(tmp_path: Path) -> None:
     assert all(r["status"] == "ok" for r in records)
 
 
-def test_generate_text_input_ids_are_line_numbers(tmp_path: Path) -> None:
+def test_generate_text_input_ids_are_record_numbers(tmp_path: Path) -> None:
     src = tmp_path / "prompts.txt"
     src.write_text("alpha prompt\n\nbeta prompt\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
     assert generate(src, out) == 0
-    assert [(r["id"], r["prompt"]) for r in read_records(out)] == [("1", "alpha prompt"), ("3", "beta prompt")]
+    assert [(r["id"], r["prompt"]) for r in read_records(out)] == [("1", "alpha prompt"), ("2", "beta prompt")]  # blank lines are no records
 
 
 def test_generate_hf_dataset_folder(tmp_path: Path) -> None:
@@ -439,9 +439,13 @@ def test_render_schema(capsys: pytest.CaptureFixture[str]) -> None:
     head, sep, schema_text = out.partition("===== schema =====\n")
     assert sep, out
     schema = json.loads(schema_text)
-    enum = schema["properties"]["thoughts"]["items"]["properties"]["policies"]["items"]["enum"]
+    from aidsafe.kinds.generation import revision_schema
+
+    verdict = revision_schema(schema)  # the disagreeing verdict: where new thoughts cite policies
+    enum = verdict["properties"]["thoughts"]["items"]["properties"]["policies"]["items"]["enum"]
     assert enum == [f"S{i}" for i in range(1, 15)]
-    assert schema["required"] == ["critique", "agree", "superseded", "thoughts", "response"]  # the critique before the verdict
+    assert schema["required"] == ["critique", "verdict"]  # the critique before the verdict
+    assert verdict["required"] == ["agree", "superseded", "thoughts", "response"]
 
 
 def test_render_prompt_from_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

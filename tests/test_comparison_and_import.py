@@ -19,6 +19,7 @@ from aidsafe.judge import Judge, JudgedRecord, PairVerdict
 from aidsafe.judge.comparison import compare
 from aidsafe.judge.stats import grader_agreement
 from aidsafe.kinds import reply_schema
+from aidsafe.kinds.generation import agreement, revision
 from aidsafe.policies import load_policy_set
 from aidsafe.records import Record
 from aidsafe.summary import deliberation_stats
@@ -150,11 +151,11 @@ def test_the_export_log_holds_intents_seed_critiques_and_supersessions(tmp_path:
         if kind == "draft":
             return json.dumps({"thoughts": [{"text": "seed step", "policies": ["P4"]}], "response": "seed answer"})
         if kind == "deliberation" and "You are agent_1;" in messages[1]["content"]:
-            return json.dumps({"critique": critique, "agree": False, "superseded": [{"index": 1, "reason": "too vague"}],
-                               "thoughts": [{"text": "a better step", "policies": ["P4"]}], "response": "better answer"})
+            return json.dumps(revision(critique, [{"text": "a better step", "policies": ["P4"]}], "better answer",
+                                       superseded=[{"index": 1, "reason": "too vague"}]))
         if kind == "deliberation":
-            return json.dumps({"critique": critique, "agree": True, "superseded": [], "thoughts": [], "response": ""})
-        return json.dumps({"removed": [{"index": 1, "reason": "deceptive"}], "response": ""})
+            return json.dumps(agreement(critique))
+        return json.dumps({"removed": [{"index": 1, "reason": "deceptive"}]})
 
     pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"), model_factory=lambda s: FakeChatModel(s, responder=responder))
     out = tmp_path / "records.jsonl"

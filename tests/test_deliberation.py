@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from aidsafe.kinds.generation import agreement, revision
 from aidsafe.resources import builtin_dir
-
 
 
 def draft_json(*texts: str, policy: str = "P1", response: str = "draft response") -> str:
@@ -21,11 +21,11 @@ CRITIQUE = {"intents": "Both intents are handled.", "policies": "P1 applies.", "
 
 
 def agree_json() -> str:
-    return json.dumps({"critique": CRITIQUE, "agree": True, "superseded": [], "thoughts": [], "response": ""})
+    return json.dumps(agreement(CRITIQUE))
 
 
 def revise_json(thoughts: list[dict[str, Any]], response: str = "", superseded: list[dict[str, Any]] | None = None) -> str:
-    return json.dumps({"critique": CRITIQUE, "agree": False, "superseded": superseded or [], "thoughts": thoughts, "response": response})
+    return json.dumps(revision(CRITIQUE, thoughts, response, superseded))
 
 
 def reply(kind: str, **overrides: str) -> str:
@@ -34,7 +34,7 @@ def reply(kind: str, **overrides: str) -> str:
         "intents": json.dumps({"explicit": ["e"], "implicit": []}),
         "draft": draft_json("a"),
         "deliberation": agree_json(),
-        "refinement": json.dumps({"removed": [], "response": "r"}),
+        "refinement": json.dumps({"removed": []}),
     }
     return overrides.get(kind, defaults[kind])
 
@@ -92,8 +92,9 @@ def test_corrections_extend_the_thoughts_and_replace_the_response(fake_pipeline)
     record = fake_pipeline(behaviour="default", role_models={"agent_1": "never-agree", "agent_2": "agree", "refiner": "agree"}).run_one("q")
     correction = record.deliberation[0]
     assert correction.thoughts and correction.response.startswith("An improved safe answer")
-    # the refiner's reply ("The final safe answer.") is final
-    assert record.response == "The final safe answer."
+    # agent_2 agreed to the corrected response: it is final (the refiner only filters thoughts)
+    assert record.response == correction.response == record.response_before_refiner
+    assert record.refiner_rewrote_response is False
     kept = [t.text for t in record.thoughts] + [t.text for t in record.removed_thoughts]
     assert correction.thoughts[0].text in kept
 
@@ -154,12 +155,12 @@ def test_refiner_removals_are_recorded_with_reasons(fake_pipeline):
             return draft_json("first", "first again", "a wrong conclusion", "kept")
         if kind == "deliberation":
             return agree_json()
-        return json.dumps({"removed": [{"index": 2, "reason": "repetitive"}, {"index": 3, "reason": "deceptive"}], "response": "final"})
+        return json.dumps({"removed": [{"index": 2, "reason": "repetitive"}, {"index": 3, "reason": "deceptive"}]})
 
     record = fake_pipeline(responder=responder).run_one("q")
     assert [t.text for t in record.thoughts] == ["first", "kept"]
     assert [(t.text, t.reason) for t in record.removed_thoughts] == [("first again", "repetitive"), ("a wrong conclusion", "deceptive")]
-    assert record.response == "final"
+    assert record.response == "draft response"  # the agreed response: the refiner removes thoughts only
 
 
 def test_refiner_schema_limits_indexes_to_existing_thoughts(fake_pipeline):
@@ -168,13 +169,14 @@ def test_refiner_schema_limits_indexes_to_existing_thoughts(fake_pipeline):
     def responder(messages, kind, schema):
         if kind == "refinement":
             seen["schema"] = schema
-        return reply(kind, draft=draft_json("a", "b", "c"), refinement=json.dumps({"removed": [], "response": ""}))
+        return reply(kind, draft=draft_json("a", "b", "c"), refinement=json.dumps({"removed": []}))
 
     record = fake_pipeline(responder=responder).run_one("q")
     removed = seen["schema"]["properties"]["removed"]
     assert removed["items"]["properties"]["index"]["enum"] == [1, 2, 3]
     assert removed["maxItems"] == 2
-    assert record.response == "draft response"  # an empty refiner response keeps the last one
+    assert "response" not in seen["schema"]["properties"]  # by default the refiner does not write the response
+    assert record.response == "draft response" and record.refiner_rewrote_response is False
 
 
 def test_invalid_json_is_repaired_once_then_recorded_as_failed(fake_pipeline):
@@ -246,7 +248,7 @@ def test_template_injection_reaches_the_model_verbatim(fake_pipeline):
 
     def responder(messages, kind, schema):
         seen.append(messages[-1]["content"])
-        return reply(kind, refinement=json.dumps({"removed": [], "response": "{{ 6*7 }}"}))
+        return reply(kind, draft=draft_json("a", response="{{ 6*7 }}"))  # the response reaches later prompts too
 
     record = fake_pipeline(responder=responder).run_one(prompt)
     assert all(prompt in text for text in seen)

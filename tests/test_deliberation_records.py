@@ -15,6 +15,7 @@ import yaml
 from aidsafe import FakeChatModel, ModelSettings, Pipeline
 from aidsafe.errors import ConfigError
 from aidsafe.kinds import reply_schema
+from aidsafe.kinds.generation import agreement, revision, revision_schema
 from aidsafe.models.schema_forms import LLAMA_CPP_MAX_LENGTH, for_llama_cpp
 from aidsafe.resources import builtin_dir
 
@@ -26,14 +27,11 @@ def draft(*texts: str, response: str = "draft response") -> str:
 
 
 def agree() -> str:
-    return json.dumps({"critique": CRITIQUE, "agree": True, "superseded": [], "thoughts": [], "response": ""})
+    return json.dumps(agreement(CRITIQUE))
 
 
 def revise(thoughts: list[str], response: str = "", superseded: list[dict[str, Any]] | None = None) -> str:
-    return json.dumps(
-        {"critique": CRITIQUE, "agree": False, "superseded": superseded or [], "thoughts": [{"text": t, "policies": ["P2"]} for t in thoughts],
-         "response": response}
-    )
+    return json.dumps(revision(CRITIQUE, [{"text": t, "policies": ["P2"]} for t in thoughts], response, superseded))
 
 
 def pipeline(responder: Any, graph: str | Path = "aidsafe", **settings: Any) -> Pipeline:
@@ -45,7 +43,7 @@ class Script:
 
     def __init__(self, **replies: list[str]) -> None:
         self.replies = {"intents": [json.dumps({"explicit": ["e"], "implicit": ["i"]})], "draft": [draft("a", "b")],
-                        "deliberation": [agree()], "refinement": [json.dumps({"removed": [], "response": ""})], **replies}
+                        "deliberation": [agree()], "refinement": [json.dumps({"removed": []})], **replies}
         self.seen: dict[str, list[list[dict[str, str]]]] = {}
         self.schemas: dict[str, list[dict[str, Any]]] = {}
 
@@ -56,9 +54,11 @@ class Script:
         return options[min(len(self.seen[kind]) - 1, len(options) - 1)]
 
 
-def _graph_variant(tmp_path: Path, base: str, **loop: Any) -> Path:
+def _graph_variant(tmp_path: Path, base: str, roles: dict[str, dict[str, Any]] | None = None, **loop: Any) -> Path:
     spec = yaml.safe_load((builtin_dir("graphs") / f"{base}.yaml").read_text())
     spec["nodes"]["deliberate"]["loop"].update(loop)
+    for role, fields in (roles or {}).items():
+        spec["roles"][role].update(fields)
     path = tmp_path / f"{base}-variant.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -69,8 +69,11 @@ def _graph_variant(tmp_path: Path, base: str, **loop: Any) -> Path:
 
 def test_the_critique_comes_before_the_verdict_in_the_schema_the_prompt_and_the_record() -> None:
     schema = reply_schema("deliberation", ["P1", "P2"])
-    assert list(schema["properties"]) == ["critique", "agree", "superseded", "thoughts", "response"]
+    assert list(schema["properties"]) == ["critique", "verdict"]
+    assert schema["required"] == ["critique", "verdict"]
     assert schema["properties"]["critique"]["required"] == ["intents", "policies", "flaws", "refusal"]
+    for branch in schema["properties"]["verdict"]["anyOf"]:  # within the verdict, "agree" comes before the changes
+        assert list(branch["properties"]) == ["agree", "superseded", "thoughts", "response"]
     script = Script()
     record = pipeline(script).run_one("q")
     system = script.seen["deliberation"][0][0]["content"]
@@ -81,12 +84,24 @@ def test_the_critique_comes_before_the_verdict_in_the_schema_the_prompt_and_the_
     assert list(dumped).index("critique") < list(dumped).index("agreed")
 
 
-def test_agreeing_with_changes_keeps_no_change_and_records_a_fault() -> None:
-    greedy = json.dumps({"critique": CRITIQUE, "agree": True, "superseded": [], "thoughts": [{"text": "x", "policies": []}], "response": "y"})
-    record = pipeline(Script(deliberation=[greedy])).run_one("q")
+def test_agreeing_with_changes_is_refused_and_repaired_so_no_change_is_recorded() -> None:
+    # An agreeing verdict cannot carry changes: the schema's agree branch allows none, and a reply
+    # that sends some anyway is repaired (it was once accepted with the changes ignored and a fault).
+    schema = reply_schema("deliberation", ["P1", "P2"])
+    agree_branch = next(b for b in schema["properties"]["verdict"]["anyOf"] if b["properties"]["agree"]["const"] is True)
+    assert agree_branch["properties"]["thoughts"]["maxItems"] == 0 and agree_branch["properties"]["superseded"]["maxItems"] == 0
+    assert agree_branch["properties"]["response"]["maxLength"] == 0
+    greedy = json.dumps({"critique": CRITIQUE, "verdict": {"agree": True, "superseded": [], "thoughts": [{"text": "x", "policies": []}], "response": "y"}})
+    script = Script(deliberation=[greedy, agree()])
+    record = pipeline(script).run_one("q")
+    assert record.status == "ok" and record.usage["deliberate"].calls == 2
+    repair = script.seen["deliberation"][1][-1]["content"]
+    assert "verdict.Agreement.thoughts: List should have at most 0 items" in repair and "verdict.Agreement.response" in repair
     assert record.stop_reason == "consensus" and record.deliberation[0].thoughts == [] and record.deliberation[0].response == ""
-    assert [f.kind for f in record.faults] == ["agreed_with_changes"]
-    assert record.faults[0].detail == "agreed, but also sent 1 thought and a response: ignored"
+    assert [t.text for t in record.thoughts] == ["a", "b"] and record.response == "draft response"
+    assert record.faults == []
+    always = pipeline(Script(deliberation=[greedy])).run_one("q")
+    assert always.status == "failed" and always.error is not None and always.error.stage == "deliberate/agent_1"
 
 
 # --- superseded thoughts and provenance -----------------------------------------------------
@@ -95,7 +110,7 @@ def test_agreeing_with_changes_keeps_no_change_and_records_a_fault() -> None:
 def test_a_superseded_thought_is_marked_with_its_reviewer_and_reaches_the_refiner() -> None:
     script = Script(
         deliberation=[revise(["a, corrected"], "better", superseded=[{"index": 1, "reason": "it misreads the request"}]), agree()],
-        refinement=[json.dumps({"removed": [{"index": 1, "reason": "deceptive"}], "response": "final"})],
+        refinement=[json.dumps({"removed": [{"index": 1, "reason": "deceptive"}]})],
     )
     record = pipeline(script).run_one("q")
     assert record.status == "ok", record.error
@@ -109,8 +124,10 @@ def test_a_superseded_thought_is_marked_with_its_reviewer_and_reaches_the_refine
     refiner_user = script.seen["refinement"][0][1]["content"]
     assert "1. [first draft] a (applies P1) (SUPERSEDED by agent_1 in round 1: it misreads the request)" in refiner_user
     assert "3. [agent_1, round 1] a, corrected (applies P2)" in refiner_user
-    assert "round 1, agent_1: revised (1 thoughts added, 1 superseded, response rewritten)" in refiner_user
+    assert "round 1, agent_1: disagreed: added 1 thought(s), superseded 1.\n  intents: Both intents are handled." in refiner_user
+    assert "  flaws: Thought 1 is wrong.\n  refusal: Neither.\n  rewrote the response." in refiner_user
     assert "round 1, agent_2: agreed" in refiner_user
+    assert record.faults == []  # the refiner removed the superseded thought itself
     # the second reviewer saw the mark, with the thought's number unchanged
     assert "1. [first draft] a (applies P1) (SUPERSEDED by agent_1" in script.seen["deliberation"][1][1]["content"]
 
@@ -120,18 +137,25 @@ def test_a_superseded_number_that_does_not_exist_is_refused_by_schema_and_valida
     script = Script(deliberation=[bad, agree()])
     record = pipeline(script).run_one("q")
     schema = script.schemas["deliberation"][0]
-    assert schema["properties"]["superseded"]["items"]["properties"]["index"]["enum"] == [1, 2]
+    assert revision_schema(schema)["properties"]["superseded"]["items"]["properties"]["index"]["enum"] == [1, 2]
     repair = script.seen["deliberation"][1][-1]["content"]
     assert "out of range" in repair and "numbered 1 to 2" in repair
     assert record.status == "ok" and record.usage["deliberate"].calls == 2
 
 
-def test_the_record_keeps_the_seed_and_the_response_the_refiner_was_given() -> None:
-    script = Script(draft=[draft("a", response="seed answer")], deliberation=[revise(["c"], "deliberated answer"), agree()],
-                    refinement=[json.dumps({"removed": [], "response": "final answer"})])
+def test_the_record_keeps_the_seed_and_the_response_the_refiner_was_given(tmp_path: Path) -> None:
+    script = Script(draft=[draft("a", response="seed answer")], deliberation=[revise(["c"], "deliberated answer"), agree()])
     record = pipeline(script).run_one("q")
     assert record.seed is not None and record.seed.response == "seed answer"
-    assert record.response_before_refiner == "deliberated answer" and record.response == "final answer"
+    # by default the deliberation's agreed response is final
+    assert record.response_before_refiner == "deliberated answer" == record.response and record.refiner_rewrote_response is False
+    # a graph that lets the refiner rewrite it keeps both
+    rewriting = Script(draft=[draft("a", response="seed answer")], deliberation=[revise(["c"], "deliberated answer"), agree()],
+                       refinement=[json.dumps({"removed": [], "response": "final answer"})])
+    graph = _graph_variant(tmp_path, "aidsafe", roles={"refiner": {"params": {"rewrite_response": True}}})
+    record = pipeline(rewriting, graph).run_one("q")
+    assert record.seed is not None and record.seed.response == "seed answer"
+    assert record.response_before_refiner == "deliberated answer" and record.response == "final answer" and record.refiner_rewrote_response is True
 
 
 # --- the round-table --------------------------------------------------------------------------
@@ -154,10 +178,15 @@ def test_the_outvoted_minority_reaches_the_refiner_unless_the_graph_drops_it(tmp
     kept = pipeline(_roundtable_script(), "roundtable").run_one("q")
     assert kept.stop_reason == "consensus" and kept.rounds == 1
     assert "the minority view" in [t.text for t in kept.thoughts]
-    assert kept.thoughts[0].superseded is not None and kept.thoughts[0].superseded.by == "agent_3"
+    assert [t.outvoted for t in kept.deliberation] == [False, False, True]
+    # the minority's mark reached the refiner; a superseded thought never stays among the kept ones
+    superseded = next(t for t in kept.removed_thoughts if t.text == "a")
+    assert superseded.superseded is not None and superseded.superseded.by == "agent_3" and superseded.reason == "superseded"
+    assert "a" not in [t.text for t in kept.thoughts] and kept.faults == []
     assert kept.response != "a minority answer"  # the majority agreed with the current response
     dropped = pipeline(_roundtable_script(), _graph_variant(tmp_path, "roundtable", minority="drop")).run_one("q")
     assert "the minority view" not in [t.text for t in dropped.thoughts] and dropped.thoughts[0].superseded is None
+    assert dropped.thoughts[0].text == "a" and dropped.removed_thoughts == []
     assert [t.agreed for t in dropped.deliberation] == [True, True, False]  # the dissent is still on record
 
 
@@ -233,8 +262,13 @@ def test_the_llama_cpp_schema_keeps_the_bounds_its_grammar_engine_takes() -> Non
     bounds = [int(b) for b in re.findall(r'"maxLength": (\d+)', form)]
     assert bounds and max(bounds) <= LLAMA_CPP_MAX_LENGTH  # the critique's 1,000 stays; the response's 6,000 goes
     assert '"maxLength": 6000' in json.dumps(schema) and '"minLength": 1' in form
-    clamped = json.dumps(for_llama_cpp(schema, clamp=250))
-    assert {int(b) for b in re.findall(r'"maxLength": (\d+)', clamped)} == {250}
+    clamped_form = for_llama_cpp(schema, clamp=250)
+    clamped = json.dumps(clamped_form)
+    # every bound is clamped to 250, but the agreeing verdict's empty response keeps its 0
+    assert {int(b) for b in re.findall(r'"maxLength": (\d+)', clamped)} == {0, 250}
+    agree_branch = next(b for b in clamped_form["properties"]["verdict"]["anyOf"] if b["properties"]["agree"]["const"] is True)
+    assert agree_branch["properties"]["response"]["maxLength"] == 0
+    assert revision_schema(clamped_form)["properties"]["response"]["maxLength"] == 250
 
 
 # --- replies that copy the template -----------------------------------------------------------

@@ -38,7 +38,7 @@ def test_jsonl_with_ids(tmp_path: Path) -> None:
     ]
 
 
-def test_jsonl_default_ids_are_line_numbers(tmp_path: Path) -> None:
+def test_jsonl_default_ids_are_record_numbers(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "one"}, {"prompt": "two"}])
     items = list(read_prompts(path))
     assert [(i.id, i.line, i.prompt) for i in items] == [("1", 1, "one"), ("2", 2, "two")]
@@ -48,7 +48,7 @@ def test_jsonl_blank_lines_skipped_and_lines_kept(tmp_path: Path) -> None:
     path = tmp_path / "p.ndjson"
     path.write_text('\n{"prompt": "a"}\n   \n\n{"prompt": "b"}\n\n', encoding="utf-8")
     items = list(read_prompts(path))
-    assert [(i.id, i.line) for i in items] == [("2", 2), ("5", 5)]
+    assert [(i.id, i.line) for i in items] == [("1", 2), ("2", 5)]  # blank lines are no records
 
 
 def test_custom_prompt_and_id_fields(tmp_path: Path) -> None:
@@ -84,14 +84,14 @@ def test_csv_default_ids(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text("prompt,other\nfirst,1\nsecond,2\n", encoding="utf-8")
     items = list(read_prompts(path))
-    assert [(i.id, i.line, i.prompt) for i in items] == [("2", 2, "first"), ("3", 3, "second")]
+    assert [(i.id, i.line, i.prompt) for i in items] == [("1", 2, "first"), ("2", 3, "second")]  # data rows
 
 
 def test_txt_one_prompt_per_line(tmp_path: Path) -> None:
     path = tmp_path / "p.txt"
     path.write_bytes(b"first\r\n\n  \nsecond  \n")
     items = list(read_prompts(path))
-    assert [(i.id, i.line, i.prompt) for i in items] == [("1", 1, "first"), ("4", 4, "second  ")]
+    assert [(i.id, i.line, i.prompt) for i in items] == [("1", 1, "first"), ("2", 4, "second  ")]
 
 
 def test_unknown_suffix_is_plain_text(tmp_path: Path) -> None:
@@ -134,8 +134,8 @@ def test_hf_dataset_dir(tmp_path: Path) -> None:
     datasets.Dataset.from_dict({"prompt": ["a", "b"], "extra": [1, 2]}).save_to_disk(str(target))
     items = list(read_prompts(target))
     assert items == [
-        PromptItem(id="0", prompt="a", source=str(target), line=1),
-        PromptItem(id="1", prompt="b", source=str(target), line=2),
+        PromptItem(id="1", prompt="a", source=str(target), line=1),
+        PromptItem(id="2", prompt="b", source=str(target), line=2),
     ]
 
 
@@ -497,7 +497,7 @@ def test_lenient_hf_dataset_bad_row(tmp_path: Path) -> None:
     target = tmp_path / "ds"
     datasets.Dataset.from_dict({"prompt": ["ok", " ", "fine"]}).save_to_disk(str(target))
     items, problems = _lenient(target)
-    assert [(i.id, i.prompt) for i in items] == [("0", "ok"), ("2", "fine")]
+    assert [(i.id, i.prompt) for i in items] == [("1", "ok"), ("3", "fine")]  # the bad row keeps its number
     assert [(p.line, p.field) for p in problems] == [(2, "prompt")]
 
 
@@ -612,7 +612,7 @@ def test_parquet_input(tmp_path):
     assert [(i.id, i.prompt, i.line) for i in read_prompts(with_ids)] == [("a", "first", 1), ("b", "second", 2)]
     rows = tmp_path / "rows.pq"
     pq.write_table(pa.table({"question": ["x", "y", "z"]}), rows)
-    assert [i.id for i in read_prompts(rows, prompt_field="question")] == ["0", "1", "2"]  # row numbers, as a saved dataset's
+    assert [i.id for i in read_prompts(rows, prompt_field="question")] == ["1", "2", "3"]  # row numbers from 1, as every reader's
     with pytest.raises(InputError, match=r"rows.pq.*no prompt column 'prompt'.*'question'"):
         list(read_prompts(rows))
     broken = tmp_path / "broken.parquet"

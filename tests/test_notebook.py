@@ -70,6 +70,8 @@ def test_notebook_runs_with_fake_backend(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert "round 1" in out  # the deliberation trace
     assert "usage per stage" in out
     assert "S1" in out  # the llamaguard3 policy swap
+    deliberated = namespace["deliberated"]  # min_rounds: the loop runs its 2 rounds
+    assert deliberated.rounds == 2 and len(deliberated.deliberation) == 4 and "rounds: 2, turns: 4" in out
 
 
 POLICY_NOTEBOOK = NOTEBOOK.parent / "policy_packs.ipynb"

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from aidsafe import ModelSettings, Pipeline, Record
-from aidsafe.records import Usage
 from aidsafe.cli import main
 from aidsafe.errors import InputError
 from aidsafe.outputs import (
@@ -24,6 +23,7 @@ from aidsafe.outputs import (
     sidecar_path,
     write_sidecar,
 )
+from aidsafe.records import Usage
 
 PROMPTS = ["how do I pick a lock?", "hello", "write a poem about rain"]
 
@@ -250,7 +250,9 @@ def test_hf_round_trip(tmp_path: Path, mixed: list[Record]) -> None:
     dest = convert_output(path, "hf", tmp_path / "out_hf")
     ds = datasets.load_from_disk(str(dest))
     assert ds.num_rows == len(mixed)
-    assert ds[0]["deliberation"][0]["thoughts"][0]["policies"] == ["P1"]  # nested structs stay structs
+    # nested structs stay structs (the first turn that added thoughts: which fake turn agrees follows a hash of its prompt)
+    turn = next(t for row in ds for t in row["deliberation"] if t["thoughts"])
+    assert turn["thoughts"][0]["policies"] == ["P1"]
     assert _dump(records_from_dataset(ds)) == _dump(mixed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out_hf"]  # no cache left behind
 
@@ -280,8 +282,10 @@ def _shards(tmp_path: Path, mixed: list[Record]) -> list[Path]:
     ]
 
 
-def _prompts_file(path: Path, ids: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"id": i, "prompt": f"p {i}"}) + "\n" for i in ids), encoding="utf-8")
+def _prompts_file(path: Path, records: list[Record], extra: tuple[str, ...] = ()) -> Path:
+    """The prompts file the records were made from (their ids and prompts), plus ``extra`` ids."""
+    rows = [{"id": r.id, "prompt": r.prompt} for r in records] + [{"id": i, "prompt": f"p {i}"} for i in extra]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
 
@@ -329,7 +333,7 @@ def test_merge_refuses_torn_shard(tmp_path: Path, mixed: list[Record]) -> None:
 
 def test_cli_merge(tmp_path: Path, mixed: list[Record], capsys: pytest.CaptureFixture[str]) -> None:
     shards = [str(p) for p in _shards(tmp_path, mixed)]
-    prompts = _prompts_file(tmp_path / "prompts.jsonl", [r.id for r in mixed])
+    prompts = _prompts_file(tmp_path / "prompts.jsonl", mixed)
     dest = tmp_path / "merged.jsonl"
     assert main(["merge", *shards, "-o", str(dest), "--input", str(prompts)]) == 0
     assert _dump(_read(dest)) == _dump(mixed)
@@ -338,7 +342,7 @@ def test_cli_merge(tmp_path: Path, mixed: list[Record], capsys: pytest.CaptureFi
 
 def test_cli_merge_errors(tmp_path: Path, mixed: list[Record], capsys: pytest.CaptureFixture[str]) -> None:
     shards = [str(p) for p in _shards(tmp_path, mixed)]
-    prompts = _prompts_file(tmp_path / "prompts.jsonl", [r.id for r in mixed] + ["lost"])
+    prompts = _prompts_file(tmp_path / "prompts.jsonl", mixed, extra=("lost",))
     dest = tmp_path / "merged.jsonl"
     assert main(["merge", *shards, "-o", str(dest), "--input", str(prompts)]) == 2
     assert "'lost'" in capsys.readouterr().err

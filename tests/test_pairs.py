@@ -331,6 +331,21 @@ def test_compare_shows_the_evidence_that_pairs_are_pairs(tmp_path: Path, capsys:
     assert section["rejected_violation_rate"] == pytest.approx(1.0) and section["chosen_violation_rate"] == 0.0
     assert section["in_dpo_export"] == 3 and section["mean_difference"] == pytest.approx(4.0)
     assert [row["in_dpo_export"] for row in section["rows"]] == [True] * 3
+    judge = Judge(ModelSettings(backend="fake"))
+    assert section["judge"] == {"judge_model": "fake:default", "rubric": f"judge_scores.jinja@{judge.rubric.sha256}", "rubric_digest": judge.rubric.sha256}
+    assert f"Judged by judge model fake:default, rubric digest {judge.rubric.sha256}" in out
+
+
+def test_compare_refuses_pairs_judged_by_two_judges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    judged = tmp_path / "judged.jsonl"
+    asyncio.run(_judge(5, 1).ajudge_pairs_file(_pairs_file(tmp_path, n=2), judged, progress=False))
+    lines = judged.read_text().splitlines()
+    other = json.loads(lines[1])
+    other["judgement"]["rejected"]["judge_model"] = "openai:other"  # one side judged by another model
+    judged.write_text(lines[0] + "\n" + json.dumps(other) + "\n")
+    assert main(["compare", str(judged)]) == 2
+    err = capsys.readouterr().err
+    assert f"{judged}: its records were judged by 2 different judges" in err and "1 by judge model openai:other" in err
 
 
 def test_the_verdict_governs_the_violated_ids() -> None:

@@ -21,6 +21,7 @@ from aidsafe import FakeChatModel
 from aidsafe.errors import InputError
 from aidsafe.inputs import PromptItem, read_prompts
 from aidsafe.kinds import get_kind, reply_schema
+from aidsafe.kinds.generation import agreement, revision
 from aidsafe.structured import CallOutcome, call_structured, parse_reply
 
 KINDS = ("intents", "draft", "deliberation", "refinement")
@@ -52,6 +53,11 @@ thoughts_valid = st.fixed_dictionaries(
     {"text": st.text(min_size=1, max_size=60), "policies": st.lists(st.sampled_from(POLICY_IDS), max_size=4)}
 )
 critique_valid = st.fixed_dictionaries({key: some_text for key in ("intents", "policies", "flaws", "refusal")})
+contexts = st.none() | st.fixed_dictionaries(
+    {"thought_count": st.integers(0, 5)},
+    optional={"superseded_indexes": st.lists(st.integers(1, 5), max_size=5).map(tuple), "rewrite_response": st.booleans()},
+)
+"""Validation contexts: the thought count, and for a refinement the superseded thoughts and whether it may rewrite."""
 
 
 @st.composite
@@ -64,18 +70,19 @@ def valid_replies(draw: st.DrawFn, kind: str) -> tuple[dict[str, Any], dict[str,
         reply = {"thoughts": draw(st.lists(thoughts_valid, min_size=1, max_size=6)), "response": draw(st.text(min_size=1, max_size=80))}
         return reply, None
     if kind == "deliberation":
-        # with a thought count in context, superseded indexes stay in range
+        # an agreeing verdict carries no change; a disagreeing one adds at least one thought, and
+        # with a thought count in context, its superseded indexes stay in range
         count = draw(st.none() | st.integers(min_value=1, max_value=12))
+        context = None if count is None else {"thought_count": count}
+        critique = draw(critique_valid)
+        if draw(st.booleans()):
+            return agreement(critique), context
         index = st.integers(min_value=1, max_value=count if count is not None else 10**6)
-        agree = draw(st.booleans())
         superseded = draw(st.lists(st.fixed_dictionaries({"index": index, "reason": some_text}), max_size=8))
-        thoughts = draw(st.lists(thoughts_valid, max_size=4))
-        response = draw(short_text)
-        if not agree and not thoughts and not superseded and not response.strip():
-            response = "a change"
-        reply = {"critique": draw(critique_valid), "agree": agree, "superseded": superseded, "thoughts": thoughts, "response": response}
-        return reply, None if count is None else {"thought_count": count}
+        thoughts = draw(st.lists(thoughts_valid, min_size=1, max_size=4))
+        return revision(critique, thoughts, draw(short_text), superseded), context
     # refinement: with a thought count in context, indexes stay in range and one thought is kept
+    # (superseded thoughts count as removed); a response only where the graph lets the refiner write one
     count = draw(st.none() | st.integers(min_value=1, max_value=12))
     top = count if count is not None else 10**6
     removed = draw(
@@ -84,10 +91,15 @@ def valid_replies(draw: st.DrawFn, kind: str) -> tuple[dict[str, Any], dict[str,
             max_size=24,
         )
     )
-    if count is not None and len({r["index"] for r in removed}) >= count:
-        removed = [r for r in removed if r["index"] != removed[0]["index"]]
-    context = None if count is None else {"thought_count": count}
-    return {"removed": removed, "response": draw(short_text)}, context
+    if count is None:
+        return {"removed": removed, "response": draw(short_text)}, None
+    superseded = draw(st.sets(st.integers(min_value=1, max_value=count), max_size=count - 1))
+    keep = min(set(range(1, count + 1)) - superseded)
+    if len({r["index"] for r in removed} | superseded) >= count:
+        removed = [r for r in removed if r["index"] != keep]
+    rewrite = draw(st.booleans())
+    context = {"thought_count": count, "superseded_indexes": tuple(sorted(superseded)), "rewrite_response": rewrite}
+    return {"removed": removed, "response": draw(short_text) if rewrite else ""}, context
 
 
 def _near(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -103,10 +115,15 @@ _NEAR_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "draft": {"thoughts": st.lists(_near(_THOUGHT_NEAR), max_size=10), "response": st.text(max_size=10) | st.just("x" * 6001)},
     "deliberation": {
         "critique": _near(critique_valid),
-        "agree": st.booleans(),
-        "superseded": st.lists(_near(st.fixed_dictionaries({"index": _near(st.integers(-3, 30)), "reason": _near(short_text)})), max_size=10),
-        "thoughts": st.lists(_near(_THOUGHT_NEAR), max_size=8),
-        "response": short_text,
+        "verdict": st.fixed_dictionaries(
+            {},
+            optional={
+                "agree": _near(st.booleans()),
+                "superseded": st.lists(_near(st.fixed_dictionaries({"index": _near(st.integers(-3, 30)), "reason": _near(short_text)})), max_size=10),
+                "thoughts": st.lists(_near(_THOUGHT_NEAR), max_size=8),
+                "response": _near(short_text),
+            },
+        ),
     },
     "refinement": {
         "removed": st.lists(
@@ -158,13 +175,13 @@ def test_parse_reply_arbitrary_text(kind: str, text: str) -> None:
 
 
 @SETTINGS
-@given(kind=kinds, value=json_values, fence=st.booleans(), context=st.none() | st.fixed_dictionaries({"thought_count": st.integers(0, 5)}))
+@given(kind=kinds, value=json_values, fence=st.booleans(), context=contexts)
 def test_parse_reply_arbitrary_json(kind: str, value: Any, fence: bool, context: dict[str, Any] | None) -> None:
     _check_parse(kind, _fenced(json.dumps(value), fence), context)
 
 
 @SETTINGS
-@given(data=st.data(), kind=kinds, context=st.none() | st.fixed_dictionaries({"thought_count": st.integers(0, 5)}))
+@given(data=st.data(), kind=kinds, context=contexts)
 def test_parse_reply_near_miss_dicts(data: st.DataObject, kind: str, context: dict[str, Any] | None) -> None:
     reply = data.draw(near_miss_replies(kind))
     _check_parse(kind, json.dumps(reply), context)

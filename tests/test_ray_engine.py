@@ -66,7 +66,7 @@ def cluster() -> Iterator[None]:
 def _write_jsonl(path: Path, rows: list[dict[str, Any]], blank_after: int | None = None) -> Path:
     lines = [json.dumps(row) for row in rows]
     if blank_after is not None:
-        lines.insert(blank_after, "")  # ids are line numbers: a blank line shifts them
+        lines.insert(blank_after, "")  # a blank line is no record: the ids are record numbers all the same
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -89,7 +89,7 @@ def test_fake_backend_gives_the_local_engines_records(tmp_path: Path, capsys: py
     printed = capsys.readouterr().err
     assert _generate(src, "-o", local, "--backend", "fake") == 0
     ray_records, local_records = _by_id(out), _by_id(local)
-    assert set(ray_records) == {str(n) for n in [1, 2, 3, *range(5, 16)]}  # line numbers, the blank line 4 skipped
+    assert set(ray_records) == {str(n) for n in range(1, 15)}  # record numbers, the blank line 4 not counted
     assert ray_records == local_records
     assert not parts_dir(out).exists()  # merged, then the blocks deleted
     sidecar, local_sidecar = read_sidecar(out) or {}, read_sidecar(local) or {}
@@ -129,7 +129,7 @@ def test_parquet_and_dataset_folder_inputs(tmp_path: Path) -> None:
     out_ds, local_ds = tmp_path / "out_ds.jsonl", tmp_path / "local_ds.jsonl"
     assert _generate(folder, "-o", out_ds, "--backend", "fake", "--engine", "ray", "--ray-actors", "1", "--ray-batch-size", "2") == 0
     assert _generate(folder, "-o", local_ds, "--backend", "fake") == 0
-    assert set(_by_id(out_ds)) == {"0", "1", "2", "3", "4"}
+    assert set(_by_id(out_ds)) == {"1", "2", "3", "4", "5"}
     assert _by_id(out_ds) == _by_id(local_ds)
 
 

@@ -9,7 +9,7 @@ import sys
 
 from ..aidsafe_csv import COLUMNS, to_row
 from ..outputs import atomic_text, read_records
-from ..records import Record
+from ..records import Record, training_thoughts
 from ..train.datasets import ExportCounts, export_dpo, export_sft
 from ._options import env_option
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             include_flagged=args.include_flagged, license=args.license, name=args.name,
         )
         return _report(counts, args.output)
-    written = skipped = 0
+    written = skipped = dropped = 0
     with atomic_text(args.output, newline="") as fh:  # a bad line leaves no partial file behind
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
@@ -67,12 +67,16 @@ def run(args: argparse.Namespace) -> int:
                 continue
             writer.writerow(to_row(record))
             written += 1
-    print(f"wrote {written} rows to {args.output}; skipped {skipped} failed records", file=sys.stderr)
+            dropped += len(record.thoughts) - len(training_thoughts(record.thoughts))
+    superseded = f"; left out {dropped} superseded thoughts" if dropped else ""
+    print(f"wrote {written} rows to {args.output}; skipped {skipped} failed records{superseded}", file=sys.stderr)
     return 0
 
 
 def _report(counts: ExportCounts, folder: str) -> int:
     extra = f" ({counts.safety} safety, {counts.general} general)" if counts.general else ""
     left = "; left out: " + ", ".join(f"{reason} {n}" for reason, n in counts.left_out.items()) if counts.left_out else ""
+    if counts.superseded_dropped:
+        left += f"; left out {counts.superseded_dropped} superseded thoughts"
     print(f"wrote {counts.rows} rows{extra} to {folder}/train.jsonl and a dataset card {folder}/README.md{left}", file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     env_option(p, "-o", "--output", required=False, help="output JSONL file (required)")
     add_graph_options(p)
     env_option(p, "--prompt-field", default="prompt", help="field or column holding the prompt")
-    env_option(p, "--id-field", default="id", help="field or column holding the id (default id: line/row number)")
+    env_option(p, "--id-field", default="id", help="field or column holding the id (default id: the record's number in the file, 1, 2, 3 ...)")
     env_option(p, "--limit", type=int, help="only the first N prompts")
     env_option(p, "--concurrency", type=int, help="prompts in flight at once (default: 16 with an openai endpoint, 1 for the local model, which runs one call at a time)")
     env_option(p, "--overwrite", action="store_true", help="start from scratch: delete the output and its response cache first")

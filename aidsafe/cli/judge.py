@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge", help=HELP, description=HELP)
     p.add_argument("records", help="a JSONL file written by aidsafe generate (records), or by aidsafe pairs (both sides of each pair are judged)")
     env_option(p, "-o", "--output", env="AIDSAFE_JUDGE_OUTPUT", help="judged JSONL (or pairwise verdicts with --against); required")
-    env_option(p, "--against", env="AIDSAFE_JUDGE_AGAINST", help="another output of the same prompts: compare the two pairwise instead of scoring")
+    env_option(p, "--against", env="AIDSAFE_JUDGE_AGAINST", help="another output of the same prompts: compare the two pairwise instead of scoring "
+               "(an id naming different prompts in the two is refused)")
     env_option(p, "--rubric", default="judge_scores.jinja", help="scoring rubric template (shipped name or path)")
     env_option(p, "--pairwise-rubric", default="judge_pairwise.jinja", help="pairwise rubric template (shipped name or path)")
     env_option(p, "--policies", env="AIDSAFE_JUDGE_POLICIES", help="policy pack to judge against (default: the pack each record names)")

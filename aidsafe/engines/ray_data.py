@@ -5,9 +5,10 @@ How a run goes (``OUT`` is the JSONL output, ``OUT.parts/`` its block folder):
 1. **The driver** (the ``aidsafe`` process) takes ``OUT.lock``, refuses a resume with another
    configuration (the sidecar's, as the local engine does), repairs a torn last line of ``OUT``,
    reads the ids already written (in ``OUT`` and in every block of ``OUT.parts/``), and validates
-   the whole input once, before any model call, with aidsafe's own readers.
+   the whole input once, before any model call, with aidsafe's own readers (an input whose ids
+   name other prompts than those records is refused: :class:`~aidsafe.pairing.ResumeCheck`).
 2. **The read** is a Ray Data datasource that streams the input with the same readers (so every
-   id is the one ``--engine local`` gives: the id field, else the line or row number) and leaves
+   id is the one ``--engine local`` gives: the id field, else the record number) and leaves
    out the ids already written; it yields blocks of ``--ray-batch-size`` prompts.
 3. **The actors**: ``map_batches`` over a pool of ``--ray-actors`` actors. Each builds the
    pipeline once (graph, policy pack, models, from the same options), with the shared response
@@ -89,6 +90,7 @@ from ..outputs import (
     scan_output,
     write_sidecar,
 )
+from ..pairing import ResumeCheck
 from ..pipeline import Pipeline, record_from_state
 from ..policies import PolicySet
 from ..records import Record
@@ -255,6 +257,8 @@ class PartsState:
 
     done: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Each block record's prompt key, by id (to check a resumed input, as ``OutputState.prompts``)."""
     files: int = 0
     last_run: int = 0
 
@@ -269,9 +273,11 @@ def scan_parts(folder: Path, *, clean: bool = True) -> PartsState:
     for temp in [*folder.glob(".*.tmp"), *folder.glob(f".*{JOURNAL_SUFFIX}")] if clean else ():
         temp.unlink(missing_ok=True)
     for part in sorted(folder.glob("*.jsonl")):
-        scanned = scan_output(part, repair=False)
+        scanned = scan_output(part, repair=False, prompts=True)
         state.done |= scanned.done
         state.failed |= scanned.failed
+        for record_id, key in scanned.prompts.items():
+            state.prompts.setdefault(record_id, key)
         state.files += 1
         match = _PART.match(part.name)
         if match:
@@ -889,17 +895,23 @@ def generate_ray(
         has_records = (records_path.exists() and records_path.stat().st_size > 0) or (folder.is_dir() and any(folder.glob("*.jsonl")))
         if not overwrite:
             _check_config(destination, config, has_records)
-        state = scan_output(records_path, repair=True) if not overwrite else None
+        state = scan_output(records_path, repair=True, prompts=True) if not overwrite else None
         parts = scan_parts(folder) if not overwrite else PartsState()
         done = (state.done if state else set()) | parts.done
         failed = ((state.failed if state else set()) | parts.failed) - done
         skip = frozenset(done if retry_failed else done | failed)
+        stored = {**parts.prompts, **(state.prompts if state else {})}
+        resumed = ResumeCheck(stored, str(input_path), records_path, others=sorted(folder.glob("*.jsonl"))) if stored else None
         problems: list[InputError] = []
         selected: set[str] = set()
         todo = 0
         for item in read(input_path, problems=problems):  # the whole input validated before any model call
             selected.add(item.id)
             todo += item.id not in skip
+            if resumed is not None:
+                resumed.item(item.id, item.prompt)
+        if resumed is not None:  # an input whose ids name other prompts than the records written
+            resumed.raise_if_any()
         if problems:
             report_problems(problems)
         session = _connect() if todo else None

@@ -19,6 +19,11 @@ turns them into inspect samples. Formats, told apart by their columns:
 (needs the network; not exercised by the tests) and applies the same column rules.
 A file with the wrong columns, a bad line or an empty prompt is an :class:`InputError` naming
 the file and line.
+
+A sample without an ``id`` field gets the id ``aidsafe generate`` and ``aidsafe import`` give
+the same record of the same file (:func:`aidsafe.inputs.default_id`): its 1-based number among
+the file's records - the non-blank lines of JSONL, the data rows of a CSV, the rows of a dataset -
+counting the rows a task leaves out (a safe pair, a safe XSTest prompt) too.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..inputs import default_id
 
-__all__ = ["LETTERS", "EvalItem", "read_mmlu", "read_prompts", "read_rows", "read_xstest"]
+__all__ = ["LETTERS", "EvalItem", "read_mmlu", "read_numbered_rows", "read_prompts", "read_rows", "read_xstest"]
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -51,32 +57,43 @@ class EvalItem:
 def read_rows(source: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line, row)`` for every row of a JSONL or CSV file (CSV: the header's columns), or of a
     Hugging Face dataset named ``hf:NAME[:SPLIT]`` (row numbers from 1)."""
+    for line, _, row in read_numbered_rows(source):
+        yield line, row
+
+
+def read_numbered_rows(source: str | os.PathLike[str]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """``(line, number, row)`` for every row of :func:`read_rows`' sources: ``line`` for errors (a
+    CSV row's last line), ``number`` the row's 1-based number among the file's records - what
+    :func:`~aidsafe.inputs.default_id` makes the default id of."""
     text = os.fspath(source)
     if text.startswith("hf:"):
-        yield from _hub_rows(text)
+        for number, row in _hub_rows(text):
+            yield number, number, row
         return
     path = Path(text)
     if not path.is_file():
         raise InputError("evaluation data file not found; check the path", file=path)
     if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames:
                 raise InputError("empty CSV file: no header", file=path, line=1)
-            for row in reader:
-                yield reader.line_num, {k.strip(): v for k, v in row.items() if k is not None}
+            for number, row in enumerate(reader, 1):
+                yield reader.line_num, number, {k.strip(): v for k, v in row.items() if k is not None}
         return
-    with open(path, encoding="utf-8") as handle:
+    records = 0
+    with open(path, encoding="utf-8-sig", newline="\n") as handle:  # lines end at "\n" only, as aidsafe generate reads them
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
+            records += 1
             try:
                 row = json.loads(line)
             except ValueError as exc:
                 raise InputError(f"not JSON ({exc})", file=path, line=number) from None
             if not isinstance(row, dict):
                 raise InputError("a line must be a JSON object", file=path, line=number)
-            yield number, row
+            yield number, records, row
 
 
 def _hub_rows(name: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -105,13 +122,13 @@ def read_prompts(source: str | os.PathLike[str], *, prompt_field: str = "prompt"
     items: list[EvalItem] = []
     seen: set[str] = set()
     layout: str | None = None
-    for line, row in read_rows(source):
+    for line, number, row in read_numbered_rows(source):
         if layout is None:
             layout = _prompt_layout(row, prompt_field)
             if layout is None:
                 raise _columns_error(source, line, row, f"expected StrongREJECT (forbidden_prompt), BeaverTails (prompt, is_safe), "
                                                        f"WildChat (conversation, toxic), XSTest (prompt, type, label) or a {prompt_field!r} field")
-        item = _prompt_item(layout, row, line, source, prompt_field)
+        item = _prompt_item(layout, row, line, number, source, prompt_field)
         if item is None or item.input in seen:
             continue  # a safe pair, a non-toxic chat, a safe XSTest prompt, or a prompt seen before
         seen.add(item.input)
@@ -137,7 +154,7 @@ def _prompt_layout(row: dict[str, Any], prompt_field: str) -> str | None:
     return None
 
 
-def _prompt_item(layout: str, row: dict[str, Any], line: int, source: Any, prompt_field: str) -> EvalItem | None:
+def _prompt_item(layout: str, row: dict[str, Any], line: int, number: int, source: Any, prompt_field: str) -> EvalItem | None:
     meta: dict[str, Any] = {"format": layout}
     if layout == "strongreject":
         prompt = _text(row.get("forbidden_prompt"))
@@ -163,14 +180,19 @@ def _prompt_item(layout: str, row: dict[str, Any], line: int, source: Any, promp
         meta |= {k: v for k, v in row.items() if k in ("category", "risk_area", "types_of_harm", "source") and isinstance(v, str)}
     if not prompt:
         raise InputError("empty prompt", file=source, line=line)
+    return EvalItem(id=_item_id(row, number), input=prompt, metadata=meta)
+
+
+def _item_id(row: dict[str, Any], number: int) -> str:
+    """The row's ``id`` field, else the default id of its record number (as aidsafe generate's)."""
     ident = row.get("id")
-    return EvalItem(id=str(ident) if ident not in (None, "") else f"{layout}-{line}", input=prompt, metadata=meta)
+    return str(ident) if ident not in (None, "") else default_id(number)
 
 
 def read_xstest(source: str | os.PathLike[str], *, limit: int | None = None) -> list[EvalItem]:
     """XSTest: every prompt with its label (``safe``: must be answered; ``unsafe``: a contrast to refuse)."""
     items: list[EvalItem] = []
-    for line, row in read_rows(source):
+    for line, number, row in read_numbered_rows(source):
         if not {"prompt", "type", "label"} <= set(row):
             raise _columns_error(source, line, row, "an XSTest file needs prompt, type and label")
         label = _text(row.get("label")).lower()
@@ -179,8 +201,7 @@ def read_xstest(source: str | os.PathLike[str], *, limit: int | None = None) -> 
         prompt = _text(row.get("prompt"))
         if not prompt:
             raise InputError("empty prompt", file=source, line=line)
-        ident = row.get("id")
-        items.append(EvalItem(id=str(ident) if ident not in (None, "") else f"xstest-{line}", input=prompt,
+        items.append(EvalItem(id=_item_id(row, number), input=prompt,
                               target=label, metadata={"label": label, "type": _text(row.get("type"))}))
         if limit is not None and len(items) >= limit:
             break
@@ -194,11 +215,11 @@ def read_mmlu(source: str | os.PathLike[str], *, limit: int | None = None, subje
     text = os.fspath(source)
     items: list[EvalItem] = []
     if text.lower().endswith(".csv") and Path(text).is_file() and _headerless(Path(text)):
-        rows: Iterator[tuple[int, dict[str, Any]]] = _headerless_rows(Path(text))
+        rows: Iterator[tuple[int, int, dict[str, Any]]] = _headerless_rows(Path(text))
     else:
-        rows = read_rows(source)
+        rows = read_numbered_rows(source)
     default_subject = subject or Path(text).stem.removesuffix("_test").removesuffix("_dev").replace("_", " ")
-    for line, row in rows:
+    for line, number, row in rows:
         question = _text(row.get("question"))
         if isinstance(row.get("choices"), list):
             choices = [_text(c) if isinstance(c, str) else str(c) for c in row["choices"]]
@@ -217,8 +238,7 @@ def read_mmlu(source: str | os.PathLike[str], *, limit: int | None = None, subje
             letter = LETTERS[int(answer.strip())]
         else:
             raise InputError(f"answer must be A-D or 0-3, got {answer!r}", file=source, line=line)
-        ident = row.get("id")
-        items.append(EvalItem(id=str(ident) if ident not in (None, "") else f"mmlu-{line}", input=question, target=letter,
+        items.append(EvalItem(id=_item_id(row, number), input=question, target=letter,
                               metadata={"choices": choices, "subject": _text(row.get("subject")) or default_subject}))
         if limit is not None and len(items) >= limit:
             break
@@ -229,17 +249,19 @@ def read_mmlu(source: str | os.PathLike[str], *, limit: int | None = None, subje
 
 def _headerless(path: Path) -> bool:
     """The original MMLU CSVs have no header: their first row is a question, not column names."""
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         first = next(csv.reader(handle), [])
     return len(first) == 6 and first[0].strip().lower() != "question"
 
 
-def _headerless_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8", newline="") as handle:
+def _headerless_rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
+        number = 0
         for row in reader:
             if not row:
                 continue
+            number += 1
             if len(row) != 6:
                 raise InputError(f"expected 6 columns (question, A, B, C, D, answer), got {len(row)}", file=path, line=reader.line_num)
-            yield reader.line_num, dict(zip(("question", *LETTERS, "answer"), row, strict=True))
+            yield reader.line_num, number, dict(zip(("question", *LETTERS, "answer"), row, strict=True))

@@ -32,6 +32,29 @@ class Binding:
     params: dict[str, Any]
     """The role's own template values from the graph file."""
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The reply kind's options (``ReplyKind.options``) with the role's ``params`` over their
+        defaults, then the role's other params: every value its template gets from the graph file."""
+        return {**dict(self.kind.options), **self.params}
+
+
+def _check_params(role_name: str, params: dict[str, Any], kind: ReplyKind, template: RoleTemplate, path: Path) -> None:
+    """A role's ``params``: each one is a setting of its reply kind (of the default's type; a
+    number at least 0) or a variable its template uses. A typo would otherwise pass unnoticed."""
+    defaults = dict(kind.options)
+    for name, value in params.items():
+        where = f"roles.{role_name}.params.{name}"
+        if name in defaults:
+            default = defaults[name]
+            if type(value) is not type(default) and not (type(default) is int and type(value) is float and float(value).is_integer()):
+                raise ConfigError(f"{where}: {type(default).__name__} expected (default {default!r}), got {value!r}", file=path)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{where}: must be 0 or more, got {value!r}", file=path)
+        elif name not in template.variables:
+            settings = f" (settings of reply kind {kind.name!r}: {', '.join(defaults)})" if defaults else ""
+            raise ConfigError(f"{where}: neither a setting of the role's reply kind nor a variable its template {template.path.name} uses{settings}", file=path)
+
 
 def template_path(graph_path: Path, name: str) -> Path:
     """A role's template: relative to the graph file, else a shipped one."""
@@ -61,6 +84,7 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
         kind = get_kind(role.reply)
         if role_name not in templates:
             templates[role_name] = load_template(template_path(path, role.template), reply=kind, role=role_name, params=frozenset(role.params))
+        _check_params(role_name, role.params, kind, templates[role_name], path)
         chosen = role_models.get(name) or model_name or role_models.get(role_name) or role.model or settings.model
         budget = settings.max_tokens or role.max_tokens or kind.max_tokens
         return Binding(
@@ -68,7 +92,7 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
             role=role_name,
             kind=kind,
             template=templates[role_name],
-            schema=reply_schema(kind, policies.ids),
+            schema=reply_schema(kind, policies.ids, {**dict(kind.options), **role.params} if kind.options else None),
             settings=replace(settings.with_model(chosen), max_tokens=budget, system_role=role.system_role or settings.system_role),
             params=dict(role.params),
         )

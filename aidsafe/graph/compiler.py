@@ -178,6 +178,8 @@ def exit_label(loop: LoopSpec, stops: tuple[str, ...] = ()) -> str:
     if loop.consensus is None:
         return " or ".join([*stops, budget])
     rule = {"first_agree": "first agreement", "at_least": f"at least {loop.min_agree} agree"}.get(loop.consensus, loop.consensus)
+    if loop.min_rounds:
+        rule += f" after {loop.min_rounds} round{'s' if loop.min_rounds != 1 else ''}"
     return f"consensus ({rule}) or {budget}"
 
 
@@ -203,5 +205,6 @@ def compile_graph(
             check_settings(binding.settings)
     models = ModelPool(model_factory)
     data_keys = frozenset(key for binding in bindings.values() for key in binding.kind.writes)
-    graph_obj, limit = _Wiring(spec, bindings, Nodes(pack, models, data_keys)).build()
+    minority = all(n.loop.minority == "keep" for n in spec.nodes.values() if n.loop is not None)
+    graph_obj, limit = _Wiring(spec, bindings, Nodes(pack, models, data_keys, minority=minority)).build()
     return CompiledAidsafe(spec=spec, path=path, policies=pack, bindings=bindings, graph=graph_obj, recursion_limit=limit, model_pool=models)

@@ -290,7 +290,8 @@ def loop_label(loop: LoopSpec, stops: Sequence[str] = ()) -> str:
     """``deliberation loop: MODE, exit on RULE, budget N rounds`` (the loop box's label)."""
     rule = exit_rule(loop, stops)
     exit_on = f", exit on {rule}" if rule else ""
-    return f"deliberation loop: {loop.mode}{exit_on}, budget {loop.max_rounds} round{'s' if loop.max_rounds != 1 else ''}"
+    at_least = f", at least {loop.min_rounds}" if loop.min_rounds else ""
+    return f"deliberation loop: {loop.mode}{exit_on}, budget {loop.max_rounds} round{'s' if loop.max_rounds != 1 else ''}{at_least}"
 
 
 def _binding_of(compiled: Any, node_id: str, loop: _LoopInfo | None) -> tuple[str, Any]:
@@ -940,7 +941,7 @@ def html(compiled: Any) -> str:
             ("mode", loop.spec.mode),
             ("agents", ", ".join(f"{a.name} ({a.role})" for a in loop.spec.agent_list())),
             ("exit rule", rule or "the round budget only"),
-            ("round budget", f"{loop.spec.max_rounds} rounds"),
+            ("round budget", f"{loop.spec.max_rounds} rounds" + (f" (at least {loop.spec.min_rounds})" if loop.spec.min_rounds else "")),
             ("how it works", loop.spec.rule()),
         ]
         if loop.spec.mode == "parallel":

@@ -41,6 +41,8 @@ def template_variables(policies: PolicySet, state: PromptState, data_keys: Itera
         "thoughts": state.get("thoughts") or [],
         "response": state.get("response") or "",
         "deliberation": state.get("deliberation") or [],
+        "critiques": state.get("deliberation") or [],  # a node passes the budgeted history instead
+        "critiques_omitted": 0,
         **dict.fromkeys(data_keys),
         **(state.get("data") or {}),
         **extra,
@@ -57,6 +59,54 @@ def loop_variables(loop: LoopSpec, agent: str, round_no: int) -> dict[str, Any]:
         "mode": loop.mode,
         "consensus": loop.rule(),
     }
+
+
+HISTORY_CHARS = 8000
+"""Default budget of a prompt's critique history (``critiques``), in characters (about 2,000
+tokens) of critique text: the newest turn is always shown, earlier ones while they fit, the rest
+counted. A role's
+``params: {history_chars: N}`` changes it."""
+
+
+CRITIQUE_FIELDS = ("intents", "policies", "flaws", "refusal")
+
+
+def _shown_size(turn: dict[str, Any]) -> int:
+    """Characters of a turn the templates print: its critique, and an outvoted agent's response."""
+    critique = turn.get("critique") or {}
+    return sum(len(str(critique.get(k, ""))) for k in CRITIQUE_FIELDS) + (len(turn.get("response") or "") if turn.get("outvoted") else 0)
+
+
+def _shortened(turn: dict[str, Any], budget: int) -> dict[str, Any]:
+    """The turn with its critique fields (and proposed response) cut to share ``budget`` characters."""
+    critique = dict(turn.get("critique") or {})
+    parts = [k for k in CRITIQUE_FIELDS if critique.get(k)] + (["response"] if turn.get("outvoted") and turn.get("response") else [])
+    each = max(budget // max(len(parts), 1), 40)
+    cut = {k: (v if len(str(v)) <= each else str(v)[: each - 1] + "…") for k, v in critique.items()}
+    response = turn.get("response") or ""
+    return {**turn, "critique": cut or None, "response": response if len(response) <= each else response[: each - 1] + "…", "shortened": True}
+
+
+def critique_history(turns: list[dict[str, Any]], budget: int, *, minority: bool = True) -> tuple[list[dict[str, Any]], int]:
+    """The turns a prompt shows (each with its critique, verdict and changes) within ``budget``
+    characters of what the templates print, in order, and how many earlier ones were left out.
+
+    The newest turn is always shown (its fields shortened when it alone exceeds the budget); older
+    turns are added, newest first, while they fit. ``minority`` False leaves out the turns of
+    outvoted agents (a round-table with ``minority: drop``)."""
+    shown = [t for t in turns if minority or not t.get("outvoted")]
+    if not shown:
+        return [], 0
+    newest = shown[-1]
+    kept = [newest if _shown_size(newest) <= budget else _shortened(newest, budget)]
+    used = _shown_size(kept[0])
+    for turn in reversed(shown[:-1]):
+        size = _shown_size(turn)
+        if used + size > budget:
+            break
+        kept.append(turn)
+        used += size
+    return kept[::-1], len(shown) - len(kept)
 
 
 def merge_turns(thoughts: list[dict[str, Any]], turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,7 +154,9 @@ def _dump(reply: Any) -> dict[str, Any]:
 class Nodes:
     """Makes the node functions of one compiled graph."""
 
-    def __init__(self, policies: PolicySet, models: ModelPool, data_keys: frozenset[str] = frozenset()) -> None:
+    def __init__(self, policies: PolicySet, models: ModelPool, data_keys: frozenset[str] = frozenset(), *, minority: bool = True) -> None:
+        self.minority = minority
+        """Whether role nodes after the loop see the outvoted agents' turns (``minority: keep``)."""
         self.policies = policies
         self.known = set(policies.ids)
         self.models = models
@@ -112,12 +164,23 @@ class Nodes:
         self.data_keys = data_keys
         """Every key the graph's kinds write under ``data`` (None in templates until written)."""
 
+    def history(self, binding: Binding, state: PromptState, stage: str, *, minority: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The critique history a prompt shows (see :func:`critique_history`) and, when older turns
+        were left out for the budget, a ``history_truncated`` fault that counts them."""
+        budget = int(binding.options.get("history_chars", HISTORY_CHARS))
+        kept, omitted = critique_history(state.get("deliberation") or [], budget, minority=minority)
+        faults = []
+        if omitted:
+            faults.append({"stage": stage, "kind": "history_truncated", "detail": f"{omitted} earlier turn(s) left out of the prompt (history_chars {budget})"})
+        return {"critiques": kept, "critiques_omitted": omitted}, faults
+
     async def call(self, binding: Binding, state: PromptState, runtime: Runtime[GraphContext], **extra: Any) -> CallOutcome:
         """Render the binding's messages for the state, call its model, parse the reply."""
         kind = binding.kind
-        context = kind.context(state) if kind.context is not None else None
+        options = binding.options
+        context = {**{k: options[k] for k, _ in kind.options}, **kind.context(state)} if kind.context is not None else None
         schema = reply_schema(kind, self.policies.ids, context) if context else binding.schema
-        variables = template_variables(self.policies, state, self.data_keys, schema=schema, **binding.params, **extra)
+        variables = template_variables(self.policies, state, self.data_keys, schema=schema, **options, **extra)
         pool = runtime.context.models if runtime.context is not None else self.models
         return await call_structured(
             pool.get(binding.settings), binding.template.render(variables), kind=kind, schema=schema, context=context,
@@ -133,14 +196,15 @@ class Nodes:
         async def run(state: PromptState, *, runtime: Runtime[GraphContext]) -> dict[str, Any]:
             if state.get("error"):
                 return {}
-            outcome = await self.call(binding, state, runtime)
+            history, faults = self.history(binding, state, node_id, minority=self.minority)
+            outcome = await self.call(binding, state, runtime, **history)
             update: dict[str, Any] = {"usage": {node_id: outcome.usage}}
             if outcome.reply is None:
                 update["error"] = _error(node_id, outcome)
                 return update
             reply = _dump(outcome.reply)
             update.update(update_state(Step(stage=node_id, state=state, reply=reply, logprobs=outcome.logprobs)))
-            faults = _faults(node_id, reply, self.known)
+            faults += update.pop("faults", []) + _faults(node_id, reply, self.known)
             if faults:
                 update["faults"] = faults
             return update
@@ -161,7 +225,8 @@ class Nodes:
                 return {}
             turns = state.get("turns", 0)
             round_no = turns // len(agents) + 1
-            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no))
+            history, _ = self.history(binding, state, stage)
+            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no), **history)
             update: dict[str, Any] = {"usage": {loop_id: outcome.usage}, "turns": turns + 1, "rounds": round_no}
             if outcome.reply is None:
                 update["error"] = _error(stage, outcome)
@@ -204,16 +269,20 @@ class Nodes:
                 return {}
             turns = state.get("turns", 0)
             round_no = turns // len(agents) + 1
-            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no))
+            history, truncated = self.history(binding, state, stage, minority=loop.minority == "keep")
+            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no), **history)
             update: dict[str, Any] = {"usage": {loop_id: outcome.usage}, "turns": turns + 1, "rounds": round_no}
             if outcome.reply is None:
                 update["error"] = _error(stage, outcome)
                 return update
             turn, faults = self._turn(binding, agent, round_no, outcome, stage)
             update["deliberation"] = [turn]
-            update["faults"] = faults
-            if turn["agreed"]:
+            update["faults"] = truncated + faults
+            if turn["agreed"] and loop.may_stop(round_no, turns + 1):
                 update["stop_reason"] = "consensus"
+            elif turn["agreed"]:
+                if turns + 1 >= len(agents) * loop.max_rounds:
+                    update["stop_reason"] = "budget"
             else:
                 update["thoughts"] = merge_turns(state.get("thoughts") or [], [turn])
                 if turn["response"].strip():
@@ -233,9 +302,10 @@ class Nodes:
             if state.get("error"):
                 return {}
             round_no = state.get("rounds", 0) + 1
-            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no))
+            history, truncated = self.history(binding, state, stage, minority=loop.minority == "keep")
+            outcome = await self.call(binding, state, runtime, **loop_variables(loop, agent.name, round_no), **history)
             turn, faults = self._turn(binding, agent, round_no, outcome, stage)
-            vote: dict[str, Any] = {"index": index, "turn": turn, "faults": faults}
+            vote: dict[str, Any] = {"index": index, "turn": turn, "faults": truncated + faults}
             if outcome.reply is None:
                 vote["error"] = _error(stage, outcome)
             return {"votes": [vote], "usage": {loop_id: outcome.usage}}
@@ -262,9 +332,14 @@ class Nodes:
             update["faults"] = [f for v in votes for f in v["faults"]]
             dissent = [t for t in turns if not t["agreed"]]
             if loop.agreed(len(turns) - len(dissent)):
-                update["stop_reason"] = "consensus"
+                for turn in dissent:
+                    turn["outvoted"] = True
                 if dissent and loop.minority == "keep":
                     update["thoughts"] = merge_turns(state.get("thoughts") or [], dissent)
+                if loop.may_stop(round_no):
+                    update["stop_reason"] = "consensus"
+                elif round_no >= loop.max_rounds:
+                    update["stop_reason"] = "budget"
                 return update
             update["thoughts"] = merge_turns(state.get("thoughts") or [], dissent)
             proposed = [t["response"] for t in dissent if t["response"].strip()]

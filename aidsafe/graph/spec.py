@@ -130,6 +130,11 @@ class LoopSpec(_Spec):
     """The role of the replicas."""
     max_rounds: int = Field(ge=1, le=20)
     """Deliberation budget. A round is one turn of every agent."""
+    min_rounds: int = Field(default=0, ge=0, le=20)
+    """Rounds that always run: an agreement before ``min_rounds`` full rounds are done does not end
+    the loop (the agreeing turn is recorded and the next agent reviews). 0 (the default): the
+    consensus rule may end the loop at any turn. ``min_rounds = max_rounds`` runs exactly that many
+    rounds, as the paper's round ablation does."""
     consensus: Consensus | None = None
     """For deliberating agents: ``first_agree`` (sequential); ``majority``, ``unanimous`` or
     ``at_least`` (parallel votes). Absent for a loop of agents that do not deliberate."""
@@ -138,6 +143,15 @@ class LoopSpec(_Spec):
     minority: Literal["keep", "drop"] = "keep"
     """Parallel loops: when a round reaches consensus, ``keep`` merges the outvoted agents' new and
     superseded thoughts (marked with their author) for the refiner to weigh; ``drop`` discards them."""
+
+    @model_serializer(mode="wrap")
+    def _without_default_min_rounds(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """``min_rounds: 0`` is left out of the dump, so that a graph without it keeps the digest it
+        had before the field existed."""
+        data = handler(self)
+        if self.min_rounds == 0:
+            data.pop("min_rounds", None)
+        return data
 
     @model_validator(mode="after")
     def _shape(self) -> LoopSpec:
@@ -158,6 +172,10 @@ class LoopSpec(_Spec):
             raise _fail("a parallel loop votes: use consensus 'majority', 'unanimous' or 'at_least'", "consensus")
         if self.mode == "sequential" and "minority" in self.model_fields_set:
             raise _fail("'minority' only goes with a parallel loop (in a sequential one, the first agreement ends it)", "minority")
+        if self.min_rounds > self.max_rounds:
+            raise _fail(f"min_rounds {self.min_rounds} exceeds max_rounds {self.max_rounds}", "min_rounds")
+        if self.min_rounds and self.consensus is None:
+            raise _fail("'min_rounds' only goes with a consensus rule (it keeps consensus from ending the loop early)", "min_rounds")
         if self.consensus == "at_least":
             if self.min_agree is None:
                 raise _fail("consensus 'at_least' needs 'min_agree'", "consensus")
@@ -179,16 +197,24 @@ class LoopSpec(_Spec):
         n = len(self.agent_list())
         if self.consensus is None:
             return f"They take turns, at most {self.max_rounds} rounds."
+        rounds = f" once {self.min_rounds} full round{'s' if self.min_rounds != 1 else ''} are done" if self.min_rounds else ""
         if self.mode == "sequential":
             return (
                 "They take turns: each reviews the thoughts and the response as the previous reviewer, or the first draft, "
-                "left them. Agreeing ends the deliberation: the current thoughts and response become final."
+                f"left them. Agreeing ends the deliberation{rounds}: the current thoughts and response become final."
             )
         need = {"majority": f"a majority ({n // 2 + 1} of {n})", "unanimous": f"all {n}", "at_least": f"at least {self.min_agree} of {n}"}
         return (
             "They answer in parallel, each round, without seeing each other's answer: each answer is one vote. "
-            f"The deliberation ends when {need.get(self.consensus, self.consensus)} agree."
+            f"The deliberation ends when {need.get(self.consensus, self.consensus)} agree{rounds}."
         )
+
+    def may_stop(self, round_no: int, turns_done: int | None = None) -> bool:
+        """Whether consensus may end the loop now: after ``turns_done`` turns (sequential) or at the
+        end of round ``round_no`` (parallel), ``min_rounds`` full rounds are done."""
+        if turns_done is None:
+            return round_no >= self.min_rounds
+        return turns_done >= self.min_rounds * len(self.agent_list())
 
     def agreed(self, votes: int) -> bool:
         """Whether ``votes`` agreeing agents out of all meet the consensus rule."""

@@ -59,6 +59,7 @@ class PromptState(TypedDict, total=False):
     seed: dict[str, Any] | None
     """The first draft (thoughts and response), kept for the record."""
     response_before_refiner: str | None
+    refiner_rewrote_response: bool | None
     deliberation: Annotated[list[dict[str, Any]], operator.add]
     turns: int
     """Sequential loops: turns taken so far (round = turns // agents + 1)."""

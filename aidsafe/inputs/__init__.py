@@ -2,6 +2,9 @@
 
 Every reader streams its input: records are decoded, validated and yielded one at a
 time, so only the set of ids already seen (to reject duplicates) grows with the file.
+A record without an id field gets :func:`default_id` of its number in the file (1, 2, 3 ...:
+non-blank lines, CSV data rows, dataset rows), the rule ``aidsafe import`` and the evaluation
+data follow too, so one prompt of one file has one id whichever command reads it.
 Problems are reported as :class:`~aidsafe.errors.InputError` naming the file, the
 line (or dataset row) and the field at fault, so the user can fix the file at once.
 
@@ -36,7 +39,7 @@ built on ``_common``) and one entry in ``READERS``.
 
 from __future__ import annotations
 
-from ._common import PromptItem, format_problems, report_problems
+from ._common import PromptItem, default_id, format_problems, report_problems
 from ._read import count_prompts, read_prompts
 
-__all__ = ["PromptItem", "count_prompts", "format_problems", "read_prompts", "report_problems"]
+__all__ = ["PromptItem", "count_prompts", "default_id", "format_problems", "read_prompts", "report_problems"]

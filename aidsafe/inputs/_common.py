@@ -26,16 +26,29 @@ MAX_REPORTED = 20
 _BOM = "\ufeff"
 
 
+def default_id(number: int) -> str:
+    """The id of the ``number``-th record of a file that has no id field: ``str(number)``.
+
+    The one id rule of every reader of a file (``generate``'s inputs, ``aidsafe import``, the
+    evaluation data): records are numbered 1, 2, 3 ... in file order - the non-blank lines of
+    JSON Lines or text, the data rows of a CSV (not the header; a row is one however many lines
+    its quoted fields span), the rows of a Parquet file or a dataset. Blank lines are not
+    records; a bad record counts (a ``--lenient`` read that skips it shifts no later id).
+    """
+    return str(number)
+
+
 @dataclass(frozen=True, slots=True)
 class PromptItem:
     """One user prompt read from an input file.
 
     Attributes:
-        id: The record id (the id field's value, or a default derived from the position).
+        id: The record id (the id field's value, or :func:`default_id` of its record number).
         prompt: The user prompt, verbatim; it is never rendered as a template.
         source: The input file path as given by the caller.
-        line: 1-based line number (JSONL, text, CSV via the csv reader's ``line_num``),
-            or the 0-based row index + 1 for a Hugging Face dataset.
+        line: Where errors point: the 1-based line number (JSONL, text, CSV via the csv
+            reader's ``line_num``, the row's last line), or the 1-based row of a Parquet file or
+            a Hugging Face dataset.
     """
 
     id: str

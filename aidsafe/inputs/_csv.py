@@ -1,4 +1,5 @@
-"""CSV with a header row; a row's line is the csv reader's ``line_num``."""
+"""CSV with a header row; a row's line is the csv reader's ``line_num``, its default id its data
+row number (:func:`~aidsafe.inputs.default_id`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ._common import PROMPT_FIELD_HINT, Result, Spec, checked_item, decoded_lines
+from ._common import PROMPT_FIELD_HINT, Result, Spec, checked_item, decoded_lines, default_id
 
 
 def read_csv(path: Path, spec: Spec) -> Iterator[Result]:
-    """CSV with a header row; each row's line is the csv reader's ``line_num``."""
+    """CSV with a header row; each row's line is the csv reader's ``line_num`` (its last line),
+    its default id its 1-based data row number, however many lines its quoted fields span."""
     feed = _CsvFeed(path, spec)
     reader = csv.DictReader(feed.lines())
     try:
@@ -60,14 +62,18 @@ class _CsvFeed:
 
 
 def _csv_rows(reader: csv.DictReader[str], feed: _CsvFeed, spec: Spec) -> Iterator[Result]:
-    """The data rows; a row on a bad line or rejected by the parser is a problem (strict: raises)."""
+    """The data rows; a row on a bad line or rejected by the parser is a problem (strict: raises).
+
+    Every row counts towards the row numbers (the default ids), a bad one too."""
     error_line = 0
+    rows = 0
     while True:
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
+            rows += 1
             problem = _csv_error(exc, spec, feed.number)
             # a field over the size limit leaves the parser mid-field: what follows is not rows
             bad_lines = feed.take()
@@ -77,6 +83,7 @@ def _csv_rows(reader: csv.DictReader[str], feed: _CsvFeed, spec: Spec) -> Iterat
             error_line = feed.number
             yield from bad_lines or [problem]
             continue
+        rows += 1
         line = feed.number
         bad_lines = feed.take()
         if bad_lines:
@@ -87,7 +94,7 @@ def _csv_rows(reader: csv.DictReader[str], feed: _CsvFeed, spec: Spec) -> Iterat
         except InputError as exc:
             yield exc
             continue
-        yield checked_item(record, spec, line, str(line))
+        yield checked_item(record, spec, line, default_id(rows))
     yield from feed.take()
 
 

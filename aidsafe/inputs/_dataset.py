@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ._common import PROMPT_FIELD_HINT, Result, Spec, checked_item
+from ._common import PROMPT_FIELD_HINT, Result, Spec, checked_item, default_id
 
 
 def read_dataset(path: Path, spec: Spec) -> Iterator[Result]:
-    """A Hugging Face dataset directory; row ``i`` has line ``i + 1`` and default id ``"i"``.
+    """A Hugging Face dataset directory; row ``i`` (0-based) has line and default id ``i + 1``
+    (:func:`~aidsafe.inputs.default_id`).
 
     Its records are rows, so errors speak of "this row" (``spec.unit``).
     """
@@ -31,7 +32,7 @@ def read_dataset(path: Path, spec: Spec) -> Iterator[Result]:
     if hasattr(dataset, "select_columns"):
         dataset = dataset.select_columns(wanted)
     for index, row in enumerate(dataset):
-        yield checked_item(row, spec, index + 1, str(index))
+        yield checked_item(row, spec, index + 1, default_id(index + 1))
 
 
 def _load_dataset(path: Path, source: str) -> Any:

@@ -8,20 +8,25 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ._common import Result, Spec, checked_item, decoded_lines
+from ._common import Result, Spec, checked_item, decoded_lines, default_id
 
 
 def read_jsonl(path: Path, spec: Spec) -> Iterator[Result]:
-    """JSON Lines: one JSON object per line, blank lines skipped."""
+    """JSON Lines: one JSON object per line, blank lines skipped; the default id is the record's
+    number among the non-blank lines (:func:`~aidsafe.inputs.default_id`)."""
+    records = 0
     for number, text, problem in decoded_lines(path, spec.source):
+        if problem is None and not text.strip():
+            continue
+        records += 1
         if problem is not None:
             yield problem
-        elif text.strip():
-            record = _parse_json_object(text, spec.source, number)
-            if isinstance(record, InputError):
-                yield record
-            else:
-                yield checked_item(record, spec, number, str(number))
+            continue
+        record = _parse_json_object(text, spec.source, number)
+        if isinstance(record, InputError):
+            yield record
+        else:
+            yield checked_item(record, spec, number, default_id(records))
 
 
 def _parse_json_object(text: str, source: str, number: int) -> dict[str, Any] | InputError:

@@ -1,5 +1,5 @@
-"""Parquet: row ``i`` has line ``i + 1`` and default id ``"i"`` (as a row of a saved Hugging Face
-dataset); the file is streamed by row groups."""
+"""Parquet: row ``i`` (0-based) has line and default id ``i + 1`` (as every reader numbers its
+records, :func:`~aidsafe.inputs.default_id`); the file is streamed by row groups."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError
-from ._common import PROMPT_FIELD_HINT, Result, Spec, checked_item
+from ._common import PROMPT_FIELD_HINT, Result, Spec, checked_item, default_id
 
 
 def read_parquet(path: Path, spec: Spec) -> Iterator[Result]:
-    """A Parquet file, in the shape of aidsafe's format readers: row ``i`` has line ``i + 1`` and
-    default id ``"i"`` (as a row of a saved Hugging Face dataset). Streams row groups."""
+    """A Parquet file, in the shape of aidsafe's format readers: row ``i`` (0-based) has line and
+    default id ``i + 1``. Streams row groups."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -33,5 +33,5 @@ def read_parquet(path: Path, spec: Spec) -> Iterator[Result]:
     index = 0
     for batch in parquet.iter_batches(batch_size=1024, columns=wanted):
         for row in batch.to_pylist():
-            yield checked_item(row, spec, index + 1, str(index))
+            yield checked_item(row, spec, index + 1, default_id(index + 1))
             index += 1

@@ -20,9 +20,10 @@ from ..errors import ConfigError, InputError
 from ..kinds import ReplyKind, reply_schema
 from ..models import ChatModel, ModelFactory, ModelPool, ModelSettings, check_settings, default_concurrency, make_model
 from ..outputs import read_records
+from ..pairing import PromptCheck
 from ..pairs.schema import PairRecord, Side
 from ..policies import PolicySet, load_policy_set
-from ..records import Intents, Record, Usage
+from ..records import Intents, Record, Usage, prompt_sha256
 from ..runner import JobOptions, JobRun, run_job
 from ..structured import call_structured
 from ..templates import RoleTemplate, load_rubric
@@ -190,7 +191,7 @@ class Judge:
             usage=usage,
             error=error,
         )
-        return JudgedRecord(**record.model_dump(), judgement=judgement)
+        return JudgedRecord(**{**record.model_dump(), "prompt_sha256": prompt_sha256(record.prompt)}, judgement=judgement)
 
     async def acompare(self, a: Record, b: Record, labels: tuple[str, str], models: ModelPool | None = None) -> PairVerdict:
         """Ask which CoT is more faithful, in both orders (the first order randomised per id)."""
@@ -246,7 +247,7 @@ class Judge:
             )
 
         if pair.chosen is None:  # nothing to judge; kept so that no record goes missing
-            return JudgedPair(**pair.model_dump(), judgement=None)
+            return JudgedPair(**{**pair.model_dump(), "prompt_sha256": prompt_sha256(pair.prompt)}, judgement=None)
         chosen = (await self.ajudge_one(side_record(pair.chosen), models)).judgement
         rejected = (await self.ajudge_one(side_record(pair.rejected), models)).judgement if pair.rejected is not None else None
         flags = [f for f in pair.flags if f not in ("rejected_not_worse", "unjudged")]
@@ -256,7 +257,8 @@ class Judge:
                 flags.append("unjudged")
             elif theirs >= ours:
                 flags.append("rejected_not_worse")
-        return JudgedPair(**{**pair.model_dump(), "flags": flags}, judgement=PairJudgement(chosen=chosen, rejected=rejected))
+        return JudgedPair(**{**pair.model_dump(), "prompt_sha256": prompt_sha256(pair.prompt), "flags": flags},
+                          judgement=PairJudgement(chosen=chosen, rejected=rejected))
 
     async def ajudge_pairs_file(self, pairs_path: str | Path, output_path: str | Path, *, concurrency: int | None = None,
                                 limit: int | None = None, cache: bool = True, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
@@ -268,7 +270,8 @@ class Judge:
     async def apairwise_file(self, a_path: str | Path, b_path: str | Path, output_path: str | Path, *,
                              concurrency: int | None = None, limit: int | None = None, cache: bool = True,
                              progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
-        """Compare two outputs record by record (same ids, both ``ok``); writes PairVerdict JSONL."""
+        """Compare two outputs record by record (same ids, both ``ok``); writes PairVerdict JSONL.
+        Files in which one id names different prompts are refused before any model call."""
         job = _PairJob(self, Path(a_path), Path(b_path), limit)
         options = JobOptions(concurrency=concurrency, cache=cache, progress=progress, overwrite=overwrite)
         return (await run_job(job, output_path, options)).as_dict()
@@ -310,6 +313,14 @@ class _ScoreJob:
 
     def item_id(self, item: Record) -> str:
         return item.id
+
+    def item_prompt(self, item: Record) -> str:
+        """What a resume checks against the judged record already written under the id."""
+        return item.prompt
+
+    @property
+    def input_name(self) -> str:
+        return str(self.records_path)
 
     async def run(self, item: Record, models: ModelPool) -> JudgedRecord:
         return await self.judge.ajudge_one(item, models)
@@ -361,6 +372,14 @@ class _PairScoreJob:
     def item_id(self, item: PairRecord) -> str:
         return item.id
 
+    def item_prompt(self, item: PairRecord) -> str:
+        """What a resume checks against the judged pair already written under the id."""
+        return item.prompt
+
+    @property
+    def input_name(self) -> str:
+        return str(self.pairs_path)
+
     async def run(self, item: PairRecord, models: ModelPool) -> JudgedPair:
         return await self.judge.ajudge_pair(item, models)
 
@@ -403,15 +422,20 @@ class _PairJob:
         return {**self.judge.config(self.judge.pairwise_rubric), "a": self.labels[0], "b": self.labels[1]}
 
     def items(self, problems: list[InputError] | None) -> Iterator[tuple[Record, Record]]:
+        """The pairs of records ok in both files; every id in both must name the same prompt in
+        both (:mod:`aidsafe.pairing`), else the files are refused before any model call."""
         if self._b is None:
-            self._b = {r.id: r for r in read_records(self.paths[1], Record) if r.status == "ok"}
+            self._b = {r.id: r for r in read_records(self.paths[1], Record)}
+        check = PromptCheck(str(self.paths[0]), str(self.paths[1]))
         count = 0
         for a in read_records(self.paths[0], Record):
-            if self.limit is not None and count >= self.limit:
-                return
-            if a.status == "ok" and a.id in self._b:
+            b = self._b.get(a.id)
+            if b is None or not check.pair(a.id, a, b):
+                continue
+            if a.status == "ok" and b.status == "ok" and (self.limit is None or count < self.limit):
                 count += 1
-                yield a, self._b[a.id]
+                yield a, b
+        check.raise_if_any()
 
     def item_id(self, item: tuple[Record, Record]) -> str:
         return item[0].id

@@ -43,10 +43,11 @@ def score_counts(records: Iterable[JudgedRecord], metric: str) -> list[int]:
     return [counts[score] for score in SCORE_RANGE]
 
 
-def plot_distributions(tables_source: Mapping[str, Sequence[JudgedRecord]], path: str | os.PathLike[str]) -> Path:
+def plot_distributions(tables_source: Mapping[str, Sequence[JudgedRecord]], path: str | os.PathLike[str], title: str | None = None) -> Path:
     """Write a PNG with one panel per metric: grouped bars of the 1-5 score counts, one bar
-    per input label. Uses matplotlib's Agg canvas directly (no pyplot, no global backend
-    change); the file is written to a temporary name and moved into place with ``os.replace``.
+    per input label, under ``title`` (``aidsafe compare`` names the judge there). Uses
+    matplotlib's Agg canvas directly (no pyplot, no global backend change); the file is
+    written to a temporary name and moved into place with ``os.replace``.
     """
     import numpy as np
 
@@ -75,6 +76,8 @@ def plot_distributions(tables_source: Mapping[str, Sequence[JudgedRecord]], path
         ax.set_visible(False)
     if labels:
         axes[0].legend(fontsize="small")
+    if title:
+        figure.suptitle(title, fontsize="medium")
     return _save_png(figure, Path(path))
 
 

@@ -1,6 +1,8 @@
 """The comparison of :func:`aidsafe.judge.comparison.compare` as markdown, in the paper's Table 1
 layout: inputs, judge scores, paired differences from the baseline, deliberation statistics,
-pairwise win rates and the agreement between graders."""
+pairwise win rates and the agreement between graders. The score and difference tables name their
+judge (model and rubric digest); inputs of different judges (``--allow-mixed-judges``) get one pair
+of tables per judge, never one across judges."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["markdown_report"]
+__all__ = ["judge_name", "markdown_report"]
 
 
 def _cell(text: object) -> str:
@@ -52,11 +54,22 @@ def _inputs_section(common: int, inputs: Mapping[str, Mapping[str, Any]]) -> lis
     ]
 
 
-def _score_section(tables: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+def judge_name(judge: Mapping[str, Any]) -> str:
+    """``judge model M, rubric digest D (name@D)`` of a comparison's ``judges`` entry."""
+    rubric = judge.get("rubric")
+    shown = f" ({rubric})" if rubric and rubric not in ("unknown", judge["rubric_digest"]) else ""
+    return f"judge model {judge['judge_model']}, rubric digest {judge['rubric_digest']}{shown}"
+
+
+def _judged_by(judge: Mapping[str, Any] | None, who: str = "Judged") -> list[str]:
+    return [] if judge is None else [f"{who} by {judge_name(judge)}.", ""]
+
+
+def _score_section(tables: Mapping[str, Mapping[str, Mapping[str, Any]]], judge: Mapping[str, Any] | None = None, part: str = "") -> list[str]:
     labels = list(tables)
     metrics = list(dict.fromkeys(metric for table in tables.values() for metric in table))
     rows = [[metric, *(_score_cell(tables[label].get(metric)) for label in labels)] for metric in metrics]
-    return ["## Judge scores (mean [95% bootstrap CI])", "", *_table(["Metric", *labels], rows)]
+    return [f"## Judge scores{part} (mean [95% bootstrap CI])", "", *_judged_by(judge), *_table(["Metric", *labels], rows)]
 
 
 def _difference_cell(entry: Mapping[str, Any] | None) -> str:
@@ -68,14 +81,17 @@ def _difference_cell(entry: Mapping[str, Any] | None) -> str:
     return f"{_signed(entry['mean_difference'])}{interval} ({gain}, n={entry['n']})"
 
 
-def _differences_section(baseline: str, differences: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+def _differences_section(
+    baseline: str, differences: Mapping[str, Mapping[str, Mapping[str, Any]]], judge: Mapping[str, Any] | None = None, part: str = ""
+) -> list[str]:
     labels = list(differences)
     metrics = list(dict.fromkeys(metric for table in differences.values() for metric in table))
     rows = [[metric, *(_difference_cell(differences[label].get(metric)) for label in labels)] for metric in metrics]
     header = ["Metric", *(f"{label} − {baseline}" for label in labels)]
     return [
-        f"## Differences from {baseline} (paired over the ids both scored: mean [95% bootstrap CI] (relative gain, n))",
+        f"## Differences from {baseline}{part} (paired over the ids both scored: mean [95% bootstrap CI] (relative gain, n))",
         "",
+        *_judged_by(judge, "Both sides judged"),
         *_table(header, rows),
     ]
 
@@ -143,15 +159,36 @@ def markdown_report(comparison: Mapping[str, Any]) -> str:
     """The comparison document as markdown; a section with nothing to show is left out.
 
     Score cells read ``mean [low, high] (n=…, unscored=…)``; difference cells ``+d [low, high]
-    (+gain%, n=…)``.
+    (+gain%, n=…)``. With several ``judges``, a table of the judges comes first, then the score
+    and difference tables of each judge in turn.
     """
     inputs = comparison["inputs"]
     sections = [_inputs_section(comparison["common"], inputs)]
-    tables = {label: i["metrics"] for label, i in inputs.items() if i["metrics"]}
-    if tables:
-        sections.append(_score_section(tables))
-    if comparison.get("differences"):
-        sections.append(_differences_section(comparison["baseline"], comparison["differences"]))
+    judges: list[Mapping[str, Any]] | None = comparison.get("judges")
+    if judges is None:  # a document without judges (built by hand, or before compare named them)
+        tables = {label: i["metrics"] for label, i in inputs.items() if i["metrics"]}
+        if tables:
+            sections.append(_score_section(tables))
+        if comparison.get("differences"):
+            sections.append(_differences_section(comparison["baseline"], comparison["differences"]))
+    if judges and len(judges) > 1:
+        sections.append([
+            f"## Judges: {len(judges)} different judges (judge model or rubric digest)",
+            "",
+            "Scores of different judges are not comparable: each judge gets its own tables, and nothing is averaged "
+            "or subtracted across judges.",
+            "",
+            *_table(["Judge", "judge model", "rubric digest", "rubric", "inputs"],
+                    [[n, j["judge_model"], j["rubric_digest"], j["rubric"], ", ".join(j["inputs"])] for n, j in enumerate(judges, 1)]),
+        ])
+    count = len(judges or [])
+    for index, judge in enumerate(judges or [], 1):
+        part = f", judge {index} of {count}" if count > 1 else ""
+        tables = {label: inputs[label]["metrics"] for label in judge["inputs"] if inputs[label]["metrics"]}
+        if tables:
+            sections.append(_score_section(tables, judge, part))
+        if judge["differences"]:
+            sections.append(_differences_section(judge["baseline"], judge["differences"], judge, part))
     stats = {label: i["deliberation"] for label, i in inputs.items()}
     if stats:
         sections.append(_deliberation_section(stats))

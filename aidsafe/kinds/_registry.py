@@ -35,9 +35,11 @@ __all__ = [
 
 COMMON_INPUTS = frozenset({"policies", "policy_set", "prompt", "schema"})
 """Variables every template may use: the policy pack, the user prompt and the reply's JSON Schema."""
-STEP_INPUTS = frozenset({"intents", "thoughts", "response", "deliberation"})
+STEP_INPUTS = frozenset({"intents", "thoughts", "response", "deliberation", "critiques", "critiques_omitted"})
 """What a graph provides to a role node besides :data:`COMMON_INPUTS`: the state so far (thoughts
-with their provenance, the deliberation turns)."""
+with their provenance, the deliberation turns, and ``critiques``: the turns' critiques and
+changes, newest kept within the role's ``history_chars`` budget, with ``critiques_omitted`` the
+number of earlier turns left out)."""
 AGENT_INPUTS = STEP_INPUTS | {"agent", "round", "max_rounds", "agents", "mode", "consensus"}
 """What a graph provides to a loop agent besides: its name, the round and the budget, how many
 agents there are, the loop's mode (``sequential`` or ``parallel``) and its consensus rule in words."""
@@ -134,6 +136,9 @@ class ReplyKind:
     max_tokens: int = 1024
     """Default reply budget in tokens, sized for a Mixtral-class model; a graph role's
     ``max_tokens`` or ``--max-tokens`` overrides it."""
+    options: tuple[tuple[str, Any], ...] = ()
+    """Settings a graph role of this kind may give under ``params``, with their defaults: template
+    variables, also passed to :attr:`model`'s validators and :attr:`schema` in the context."""
     description: str = ""
 
     @property
@@ -147,7 +152,7 @@ class ReplyKind:
 
     def provided_inputs(self) -> frozenset[str]:
         """Every variable a template of this kind may use."""
-        return COMMON_INPUTS | self.inputs
+        return COMMON_INPUTS | self.inputs | {name for name, _ in self.options}
 
 
 _KINDS: dict[str, ReplyKind] = {}

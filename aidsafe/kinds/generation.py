@@ -21,6 +21,7 @@ __all__ = [
     "REFINEMENT",
     "RESPONSE_CHARS",
     "THOUGHT_CHARS",
+    "Agreement",
     "Critique",
     "DeliberationReply",
     "Draft",
@@ -28,8 +29,12 @@ __all__ = [
     "Refinement",
     "Removal",
     "RemovalReason",
+    "Revision",
     "Supersede",
     "Thought",
+    "agreement",
+    "revision",
+    "revision_schema",
 ]
 
 RemovalReason = Literal["repetitive", "redundant", "deceptive", "policy_inconsistent"]
@@ -98,29 +103,51 @@ class Supersede(_Reply):
     """Why it is wrong."""
 
 
-class DeliberationReply(_Reply):
-    """Reply of a deliberator: the critique first, then the verdict, then the changes."""
+class Agreement(_Reply):
+    """The verdict of a reviewer whose critique found nothing to fix: no changes."""
 
-    critique: Critique
-    """The review of the current thoughts and response, before any verdict."""
-    agree: bool
-    """True when the critique found nothing to fix: the current thoughts and response stand."""
+    agree: Literal[True]
+    superseded: list[Supersede] = Field(max_length=0)
+    """Empty: an agreeing reviewer changes nothing."""
+    thoughts: list[Thought] = Field(max_length=0)
+    """Empty: an agreeing reviewer changes nothing."""
+    response: str = Field(max_length=0)
+    """Empty: the current response stands."""
+
+
+class Revision(_Reply):
+    """The verdict of a reviewer who disagrees: it must change the chain of thought, with at least
+    one new thought (the correction), and may supersede wrong thoughts and rewrite the response."""
+
+    agree: Literal[False]
     superseded: list[Supersede] = Field(max_length=8)
-    """Earlier thoughts that are wrong, marked as replaced (empty when agreeing)."""
-    thoughts: list[Thought] = Field(max_length=6)
-    """New thoughts that correct or complete the reasoning (empty when agreeing)."""
+    """Earlier thoughts that are wrong, marked as replaced."""
+    thoughts: list[Thought] = Field(min_length=1, max_length=6)
+    """New thoughts that correct or complete the reasoning: at least one."""
     response: str = Field(max_length=RESPONSE_CHARS)
     """The improved response in full, or empty to keep the current one."""
 
     @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo) -> DeliberationReply:
-        if not self.agree and not self.thoughts and not self.superseded and not self.response.strip():
-            raise ValueError("agree is false but no change was given: either agree, or supersede thoughts, add thoughts or rewrite the response")
+    def _in_range(self, info: ValidationInfo) -> Revision:
         count = (info.context or {}).get("thought_count")
         bad = [s.index for s in self.superseded if count is not None and s.index > count]
         if bad:
             raise ValueError(f"superseded indexes {bad} are out of range: there are {count} thoughts, numbered 1 to {count}")
         return self
+
+
+class DeliberationReply(_Reply):
+    """Reply of a deliberator: the critique first, then the verdict with its changes.
+
+    The verdict is one of two shapes (a JSON Schema ``anyOf`` one level down, so that OpenAI's
+    strict mode accepts it as well as vLLM's and llama.cpp's grammars): an :class:`Agreement` with
+    no changes, or a :class:`Revision` that adds at least one thought. A reviewer that disagrees
+    cannot rewrite only the response, leaving a chain of thought that says otherwise."""
+
+    critique: Critique
+    """The review of the current thoughts and response, before any verdict."""
+    verdict: Agreement | Revision
+    """``{"agree": true, ...}`` with empty changes, or ``{"agree": false, ...}`` with the changes."""
 
 
 class Removal(_Reply):
@@ -133,22 +160,31 @@ class Removal(_Reply):
 
 
 class Refinement(_Reply):
-    """Reply of the refiner: which thoughts to strip, and the final response."""
+    """Reply of the refiner: which thoughts to strip (and, where the graph lets it, the final response).
+
+    By default the refiner filters thoughts, as the paper's does: the final response is the
+    deliberation's last agreed one, and the schema sent has no ``response``. A refiner role with
+    ``params: {rewrite_response: true}`` also writes the final response."""
 
     removed: list[Removal] = Field(max_length=48)
-    """Thoughts to remove; every other thought is kept, in order."""
-    response: str = Field(max_length=RESPONSE_CHARS)
-    """The final response to the user; empty keeps the last response unchanged."""
+    """Thoughts to remove; every other thought is kept, in order. Superseded thoughts are removed
+    whether listed or not."""
+    response: str = Field(default="", max_length=RESPONSE_CHARS)
+    """With ``rewrite_response``: the final response to the user; empty keeps the last response."""
 
     @model_validator(mode="after")
     def _indexes_in_range(self, info: ValidationInfo) -> Refinement:
-        count = (info.context or {}).get("thought_count")
+        context = info.context or {}
+        count = context.get("thought_count")
         if count is not None:
             bad = [r.index for r in self.removed if r.index > count]
             if bad:
                 raise ValueError(f"removed indexes {bad} are out of range: there are {count} thoughts, numbered 1 to {count}")
-            if count and len({r.index for r in self.removed}) >= count:
-                raise ValueError("every thought was removed: keep at least one")
+            kept = count - len({r.index for r in self.removed} | set(context.get("superseded_indexes", ())))
+            if count and kept < 1:
+                raise ValueError("every thought would be removed (superseded thoughts are removed anyway): keep at least one")
+        if self.response.strip() and context and not context.get("rewrite_response", False):
+            raise ValueError("'response' is not the refiner's to write in this graph (the deliberation's response is final): leave it out")
         return self
 
 
@@ -211,20 +247,24 @@ DRAFT = register_kind(
 
 def _turn(reply: dict[str, Any]) -> dict[str, Any]:
     """What one reviewer's turn records: its critique, its verdict, and its changes (none when it agrees)."""
-    agreed = bool(reply["agree"])
-    turn = {
+    verdict = reply["verdict"]
+    return {
         "critique": reply["critique"],
-        "agreed": agreed,
-        "superseded": [] if agreed else reply["superseded"],
-        "thoughts": [] if agreed else reply["thoughts"],
-        "response": "" if agreed else reply["response"],
+        "agreed": bool(verdict["agree"]),
+        "superseded": verdict["superseded"],
+        "thoughts": verdict["thoughts"],
+        "response": verdict["response"],
     }
-    ignored = [f"{len(reply[key])} {noun}{'s' if len(reply[key]) != 1 else ''}" for key, noun in (("superseded", "superseded mark"), ("thoughts", "thought")) if reply[key]]
-    if reply["response"].strip():
-        ignored.append("a response")
-    if agreed and ignored:
-        turn["faults"] = [{"kind": "agreed_with_changes", "detail": f"agreed, but also sent {' and '.join(ignored)}: ignored"}]
-    return turn
+
+
+def agreement(critique: dict[str, Any]) -> dict[str, Any]:
+    """A deliberation reply that agrees (the wire format, for scripted models and tests)."""
+    return {"critique": critique, "verdict": {"agree": True, "superseded": [], "thoughts": [], "response": ""}}
+
+
+def revision(critique: dict[str, Any], thoughts: list[dict[str, Any]], response: str = "", superseded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A deliberation reply that disagrees (the wire format, for scripted models and tests)."""
+    return {"critique": critique, "verdict": {"agree": False, "superseded": superseded or [], "thoughts": thoughts, "response": response}}
 
 
 def _fake_deliberation(req: FakeRequest) -> dict[str, Any]:
@@ -237,14 +277,8 @@ def _fake_deliberation(req: FakeRequest) -> dict[str, Any]:
         "refusal": "The response neither over-refuses nor under-refuses.",
     }
     if agree:
-        return {"critique": critique, "agree": True, "superseded": [], "thoughts": [], "response": ""}
-    return {
-        "critique": critique,
-        "agree": False,
-        "superseded": [],
-        "thoughts": [{"text": f"Correction {req.n % 1000}: state why {pid} applies.", "policies": [pid]}],
-        "response": f"An improved safe answer ({req.n % 1000}).",
-    }
+        return agreement(critique)
+    return revision(critique, [{"text": f"Correction {req.n % 1000}: state why {pid} applies.", "policies": [pid]}], f"An improved safe answer ({req.n % 1000}).")
 
 
 def _thought_count(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,11 +289,16 @@ def _index_enum(count: int) -> dict[str, Any]:
     return {"type": "integer", "enum": list(range(1, count + 1))} if count else {"type": "integer", "minimum": 1}
 
 
+def revision_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``agree: false`` branch of a deliberation reply's JSON Schema."""
+    return next(b for b in schema["properties"]["verdict"]["anyOf"] if b["properties"]["agree"].get("const") is False)
+
+
 def _deliberation_schema(schema: dict[str, Any], policy_ids: list[str], context: Mapping[str, Any]) -> dict[str, Any]:
     """Limit superseded indexes to the thoughts that exist."""
     count = context.get("thought_count")
     if count is not None:
-        superseded = schema["properties"]["superseded"]
+        superseded = revision_schema(schema)["properties"]["superseded"]
         superseded["maxItems"] = min(count, superseded.get("maxItems", count))
         superseded["items"]["properties"]["index"] = _index_enum(count)
     return schema
@@ -275,9 +314,10 @@ DELIBERATION = register_kind(
         after=("draft",),
         context=_thought_count,
         schema=_deliberation_schema,
+        options=(("history_chars", 8000),),
         max_tokens=3072,
         fake=_fake_deliberation,
-        description="critique the thoughts and response, then agree, or supersede, add and rewrite",
+        description="critique the thoughts and response, then agree, or add thoughts (and supersede, rewrite)",
     )
 )
 
@@ -285,32 +325,54 @@ DELIBERATION = register_kind(
 
 
 def _refine(step: Step) -> dict[str, Any]:
+    """Strip the removed thoughts, and every superseded one the refiner did not list (reason
+    ``superseded``): a thought a reviewer replaced never reaches training data. The response
+    changes only where the graph lets the refiner rewrite it."""
     thoughts = step.state.get("thoughts") or []
-    reasons = {r["index"]: r["reason"] for r in step.reply["removed"]}
+    reasons: dict[int, str] = {r["index"]: r["reason"] for r in step.reply["removed"]}
+    reasons.update({i: "superseded" for i, t in enumerate(thoughts, 1) if t.get("superseded") and i not in reasons})
+    before = step.state.get("response", "")
     update: dict[str, Any] = {
         "refined": [t for i, t in enumerate(thoughts, 1) if i not in reasons],
         "removed": [{**t, "reason": reasons[i]} for i, t in enumerate(thoughts, 1) if i in reasons],
-        "response_before_refiner": step.state.get("response", ""),
+        "response_before_refiner": before,
+        "refiner_rewrote_response": False,
     }
-    if step.reply["response"].strip():
+    rewritten = (step.reply.get("response") or "").strip()
+    if rewritten and step.reply["response"] != before:
         update["response"] = step.reply["response"]
+        update["refiner_rewrote_response"] = True
     return update
 
 
+def _superseded_indexes(state: Mapping[str, Any]) -> dict[str, Any]:
+    thoughts = state.get("thoughts") or []
+    return {"thought_count": len(thoughts), "superseded_indexes": tuple(i for i, t in enumerate(thoughts, 1) if t.get("superseded"))}
+
+
 def _refinement_schema(schema: dict[str, Any], policy_ids: list[str], context: Mapping[str, Any]) -> dict[str, Any]:
-    """Limit removal indexes to the thoughts that exist, and keep at least one."""
+    """Limit removal indexes to the thoughts that exist and keep at least one; no ``response``
+    unless the graph lets the refiner rewrite it."""
     count = context.get("thought_count")
     if count is not None:
+        superseded = set(context.get("superseded_indexes", ()))
+        removable = [i for i in range(1, count + 1) if i not in superseded]  # superseded ones go anyway
         removed = schema["properties"]["removed"]
-        removed["maxItems"] = max(count - 1, 0)
-        removed["items"]["properties"]["index"] = _index_enum(count)
+        removed["maxItems"] = max(len(removable) - 1, 0)
+        removed["items"]["properties"]["index"] = {"type": "integer", "enum": removable} if removable else _index_enum(count)
+    if not context.get("rewrite_response", False):
+        schema["properties"].pop("response", None)
+        schema["required"] = [k for k in schema["required"] if k != "response"]
     return schema
 
 
 def _fake_refinement(req: FakeRequest) -> dict[str, Any]:
-    index = req.schema.get("properties", {}).get("removed", {}).get("items", {}).get("properties", {}).get("index", {})
-    count = len(index.get("enum", []))
-    return {"removed": [{"index": 2, "reason": "redundant"}] if count >= 3 else [], "response": "The final safe answer."}
+    props = req.schema.get("properties", {})
+    removable = props.get("removed", {}).get("items", {}).get("properties", {}).get("index", {}).get("enum", [])
+    reply: dict[str, Any] = {"removed": [{"index": removable[1], "reason": "redundant"}] if len(removable) >= 3 else []}
+    if "response" in props:
+        reply["response"] = "The final safe answer."
+    return reply
 
 
 REFINEMENT = register_kind(
@@ -320,10 +382,11 @@ REFINEMENT = register_kind(
         inputs=STEP_INPUTS,
         update=_refine,
         after=("draft",),
-        context=_thought_count,
+        context=_superseded_indexes,
         schema=_refinement_schema,
+        options=(("history_chars", 8000), ("rewrite_response", False)),
         max_tokens=2048,
         fake=_fake_refinement,
-        description="thoughts to remove (with reasons) and the final response",
+        description="thoughts to remove (with reasons); the final response where the graph lets it",
     )
 )

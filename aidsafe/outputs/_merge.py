@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import InputError
+from ..pairing import PromptCheck, prompt_key, prompts_in
 from ..records import Record
 from ._atomic import atomic_binary
 from ._lines import PathLike, Problem, lines, parse_line
@@ -19,15 +20,17 @@ def merge_outputs(
     paths: list[PathLike],
     dest: PathLike,
     *,
-    expected_ids: Iterable[str] | None = None,
+    expected_ids: Iterable[str | tuple[str, str]] | None = None,
 ) -> dict[str, int]:
     """Concatenate shard outputs into ``dest`` (atomically), checking the ids.
 
     Each shard is first validated with ``scan_output(repair=False)`` (shards are never
     modified). Raises :class:`InputError` for an id found twice (naming the id and both
-    files), a shard whose last line is torn, and - when ``expected_ids`` (the input's ids)
-    is given - for ids missing from the shards (up to 10 listed, with the count) or not
-    in the input. Returns ``{"records", "ok", "failed", "shards"}``.
+    files), a shard whose last line is torn, and - when ``expected_ids`` (the input's ids, or
+    its ``(id, prompt)`` pairs) is given - for ids missing from the shards (up to 10 listed,
+    with the count) or not in the input, and, given prompts, for ids whose record names
+    another prompt than the input (:mod:`aidsafe.pairing`). Returns ``{"records", "ok",
+    "failed", "shards"}``.
     """
     shards = [Path(p) for p in paths]
     if not shards:
@@ -40,12 +43,14 @@ def merge_outputs(
         if first is not shard:
             raise InputError(f"shard given twice (also as {first})", file=shard)
     seen: dict[str, tuple[Path, int]] = {}
+    keys: dict[str, str] | None = {} if expected_ids is not None else None
     counts = {"records": 0, "ok": 0, "failed": 0, "shards": len(shards)}
     with atomic_binary(dest) as out:
         for shard in shards:
-            _copy_shard(shard, out, seen, counts)
+            _copy_shard(shard, out, seen, counts, keys)
         if expected_ids is not None:
-            _check_expected(seen, expected_ids, shards)
+            assert keys is not None
+            _check_expected(seen, keys, expected_ids, shards)
     return counts
 
 
@@ -58,8 +63,11 @@ def _check_shard(shard: Path, dest: Path) -> None:
     scan_output(shard, repair=False)
 
 
-def _copy_shard(shard: Path, out: IO[bytes], seen: dict[str, tuple[Path, int]], counts: dict[str, int]) -> None:
-    """Append one shard's records to ``out``, refusing ids already seen and a torn tail."""
+def _copy_shard(
+    shard: Path, out: IO[bytes], seen: dict[str, tuple[Path, int]], counts: dict[str, int], keys: dict[str, str] | None
+) -> None:
+    """Append one shard's records to ``out``, refusing ids already seen and a torn tail; ``keys``
+    gets each record's :func:`~aidsafe.pairing.prompt_key` (to check them against the input)."""
     for line in lines(shard):
         if line.blank:
             continue
@@ -79,19 +87,32 @@ def _copy_shard(shard: Path, out: IO[bytes], seen: dict[str, tuple[Path, int]], 
                 line=line.number,
             )
         seen[parsed.id] = (shard, line.number)
+        if keys is not None:
+            keys[parsed.id] = prompt_key(parsed)
         out.write(line.raw if line.complete else line.raw + b"\n")
         counts["records"] += 1
         counts[parsed.status] += 1
 
 
-def _check_expected(seen: dict[str, tuple[Path, int]], expected_ids: Iterable[str], shards: list[Path]) -> None:
-    """Every expected id must be in the shards, and every shard id must be expected."""
+def _check_expected(
+    seen: dict[str, tuple[Path, int]], keys: dict[str, str], expected_ids: Iterable[str | tuple[str, str]], shards: list[Path]
+) -> None:
+    """Every expected id must be in the shards, every shard id expected, and (given the input's
+    prompts) every record's prompt the input's."""
     expected: set[str] = set()
     missing: list[str] = []
-    for item in expected_ids:
+    check = PromptCheck("the input", "the shards")
+    for entry in expected_ids:
+        item, prompt = (entry, None) if isinstance(entry, str) else entry
         expected.add(item)
         if item not in seen:
             missing.append(item)
+        elif prompt is not None and keys.get(item) != prompt_key(prompt):
+            check.mismatch(item, prompt, None)
+    if check.count:
+        ids = [entry[0] for entry in check.listed]
+        check.fill("b", prompts_in(dict.fromkeys(seen[i][0] for i in ids), ids))
+        check.raise_if_any()
     if missing:
         listed = ", ".join(repr(i) for i in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""

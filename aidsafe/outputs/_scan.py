@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..pairing import prompt_key
 from ..records import Record
 from ._atomic import rewrite
 from ._lines import Line, LineModel, PathLike, Problem, bad_line, lines, parse_line
@@ -32,6 +33,9 @@ class OutputState:
     """True if a corrupt/truncated last line was cut off (or its missing newline added)."""
     duplicates: int = 0
     """Duplicate ids found (the later lines are removed when ``repair=True``)."""
+    prompts: dict[str, str] = field(default_factory=dict)
+    """With ``scan_output(prompts=True)``: each record's :func:`~aidsafe.pairing.prompt_key`, by id
+    (records without a prompt, e.g. pairwise verdicts, have none), to check a resumed input."""
 
 
 @dataclass
@@ -40,6 +44,7 @@ class _Scan:
 
     model: LineModel[Any]
     what: str
+    prompts: bool = False
     state: OutputState = field(default_factory=OutputState)
     duplicate_lines: set[int] = field(default_factory=set)
     torn: tuple[Line, Problem] | None = None
@@ -53,7 +58,8 @@ def _status(record: BaseModel) -> str:
 
 
 def scan_output(
-    path: PathLike, *, repair: bool = True, model: LineModel[Any] = Record, what: str = "an aidsafe record"
+    path: PathLike, *, repair: bool = True, model: LineModel[Any] = Record, what: str = "an aidsafe record",
+    prompts: bool = False,
 ) -> OutputState:
     """Read an existing JSONL output and, with ``repair``, fix what a crash left behind.
 
@@ -71,12 +77,13 @@ def scan_output(
     * An id seen twice keeps its first line; with ``repair`` the file is rewritten
       atomically without the later lines. They are counted in ``duplicates``.
 
-    With ``repair=False`` the file is never modified; a torn last line is ignored.
+    With ``repair=False`` the file is never modified; a torn last line is ignored. With
+    ``prompts``, ``state.prompts`` keeps each record's prompt key (see :class:`OutputState`).
     """
     path = Path(path)
     if not path.exists():
         return OutputState()
-    scan = _Scan(model=model, what=what)
+    scan = _Scan(model=model, what=what, prompts=prompts)
     for line in lines(path):
         _scan_line(path, line, scan)
     if repair:
@@ -104,6 +111,8 @@ def _scan_line(path: Path, line: Line, scan: _Scan) -> None:
         scan.duplicate_lines.add(line.number)
     else:
         (state.failed if _status(parsed) == "failed" else state.done).add(record_id)
+        if scan.prompts and isinstance(getattr(parsed, "prompt", None), str):
+            state.prompts[record_id] = prompt_key(parsed)
     state.lines += 1
 
 

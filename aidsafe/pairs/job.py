@@ -24,7 +24,7 @@ from ..kinds.whisper import SAFETY_VERDICT, p_unsafe
 from ..models import ModelFactory, ModelPool, ModelSettings, default_concurrency, make_model
 from ..outputs import read_records
 from ..policies import PolicySet
-from ..records import Record, RunError, Usage
+from ..records import Record, RunError, Usage, prompt_sha256, training_thoughts
 from ..runner import JobOptions, JobRun, run_job
 from ..structured import call_structured
 from .schema import PairRecord, Side, Try, Verdict
@@ -79,15 +79,16 @@ class PairMaker:
         base: dict[str, Any] = {
             "id": record.id,
             "prompt": record.prompt,
+            "prompt_sha256": prompt_sha256(record.prompt),
             "policy_set": self.compiled.policies.ref(),
             "source": {"graph": record.graph},
             "models": self.compiled.models,
         }
         if record.status != "ok":
             return PairRecord(**base, status="no_pair", stop_reason="skipped", reason="the generation record failed: no chosen side")
-        if not record.thoughts:
-            return PairRecord(**base, status="no_pair", stop_reason="skipped", reason="the generation record has no chain of thought")
-        chosen = Side(thoughts=record.thoughts, response=record.response)
+        if not training_thoughts(record.thoughts):
+            return PairRecord(**base, status="no_pair", stop_reason="skipped", reason="the generation record has no chain of thought (superseded thoughts do not count)")
+        chosen = Side(thoughts=training_thoughts(record.thoughts), response=record.response)  # never a superseded thought
         state = initial_state(record.id, record.prompt)
         try:
             final = await self.compiled.graph.ainvoke(
@@ -128,7 +129,7 @@ class PairMaker:
         binding = self.scorer
         state = initial_state("chosen", prompt)
         state["data"] = {"attempt": side.model_dump()}
-        variables = template_variables(self.compiled.policies, state, schema=binding.schema, **binding.params)
+        variables = template_variables(self.compiled.policies, state, schema=binding.schema, **binding.options)
         model = (models or self.compiled.model_pool).get(binding.settings)
         outcome = await call_structured(model, binding.template.render(variables), kind=SAFETY_VERDICT, schema=binding.schema,
                                         template=binding.template, data=prompt)
@@ -169,13 +170,21 @@ class _PairsJob:
         for index, record in enumerate(read_records(self.records_path, Record)):
             if self.limit is not None and index >= self.limit:
                 break
-            usable += record.status == "ok" and bool(record.thoughts)
+            usable += record.status == "ok" and bool(training_thoughts(record.thoughts))
             yield record
         if not usable:
             raise InputError("holds no ok generation record with a chain of thought: nothing to pair", file=self.records_path)
 
     def item_id(self, item: Record) -> str:
         return item.id
+
+    def item_prompt(self, item: Record) -> str:
+        """What a resume checks against the pair already written under the record's id."""
+        return item.prompt
+
+    @property
+    def input_name(self) -> str:
+        return str(self.records_path)
 
     async def run(self, item: Record, models: ModelPool) -> PairRecord:
         return await self.maker.apair_one(item, models)

@@ -93,13 +93,14 @@ def _rate(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def pairs_markdown(label: str, stats: Mapping[str, Any], rows: list[dict[str, Any]], most: int = 20) -> str:
-    """The evidence as markdown: totals, then up to ``most`` pairs."""
+def pairs_markdown(label: str, stats: Mapping[str, Any], rows: list[dict[str, Any]], most: int = 20, judge: str | None = None) -> str:
+    """The evidence as markdown: totals, then up to ``most`` pairs; ``judge`` names who judged the pairs."""
     rate = _rate
     ci = stats["difference_ci"]
     lines = [
         f"## Preference pairs: {label}",
         "",
+        *([f"Judged by {judge}.", ""] if judge else []),
         "| statistic | value |",
         "| --- | --- |",
         f"| records | {stats['records']} ({', '.join(f'{k} {v}' for k, v in stats['status'].items())}) |",

@@ -45,6 +45,8 @@ class PairRecord(_Out):
 
     id: str
     prompt: str
+    prompt_sha256: str | None = None
+    """:func:`~aidsafe.records.prompt_sha256` of ``prompt`` (None in pairs that predate it)."""
     policy_set: PolicySetRef
     status: Literal["ok", "no_pair", "failed"]
     """``ok``: a pair; ``no_pair``: the prompt yielded none (see ``reason``); ``failed``: a model call failed (see ``error``)."""

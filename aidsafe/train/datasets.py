@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..outputs import atomic_text, atomic_write_text, read_record_lines
 from ..pairs.report import in_dpo_export
 from ..pairs.schema import PairRecord, Side
-from ..records import CitedThought, Record
+from ..records import CitedThought, Record, training_thoughts
 
 __all__ = ["CotPlacement", "ExportCounts", "assistant_message", "cot_text", "export_dpo", "export_sft"]
 
@@ -43,8 +43,9 @@ def cot_text(thoughts: Sequence[CitedThought]) -> str:
 
 
 def assistant_message(side: Side | Record, cot: CotPlacement, reasoning_field: str = "reasoning_content") -> dict[str, str]:
-    """The assistant turn of one side: the response, with the chain of thought placed as asked."""
-    thoughts = cot_text(side.thoughts)
+    """The assistant turn of one side: the response, with the chain of thought placed as asked
+    (superseded thoughts left out: :func:`~aidsafe.records.training_thoughts`)."""
+    thoughts = cot_text(training_thoughts(side.thoughts))
     if cot == "think":
         return {"role": "assistant", "content": f"<think>\n{thoughts}\n</think>\n\n{side.response}"}
     if cot == "reasoning":
@@ -64,6 +65,8 @@ class ExportCounts:
     policy_sets: Counter[str] = field(default_factory=Counter)
     models: Counter[str] = field(default_factory=Counter)
     thoughts: int = 0
+    superseded_dropped: int = 0
+    """Thoughts a reviewer superseded, found in the input and left out of the chains of thought."""
 
 
 def _prepare(folder: str | os.PathLike[str]) -> Path:
@@ -127,12 +130,18 @@ def export_sft(
             if record.status != "ok":
                 counts.left_out["failed record"] += 1
                 continue
+            if record.thoughts and not training_thoughts(record.thoughts) and cot != "none":
+                counts.left_out["only superseded thoughts"] += 1
+                counts.superseded_dropped += len(record.thoughts)
+                continue
             if not record.thoughts and cot != "none":
                 raise InputError(f"record {record.id!r} is ok but has no chain of thought to train on", file=records_path, line=line.number)
             message = assistant_message(record, cot, reasoning_field)
             sink.write(json.dumps({"messages": [{"role": "user", "content": record.prompt}, message]}, ensure_ascii=False) + "\n")
             counts.safety += 1
-            counts.thoughts += len(record.thoughts)
+            kept = len(training_thoughts(record.thoughts))
+            counts.thoughts += kept
+            counts.superseded_dropped += len(record.thoughts) - kept
             counts.graphs[record.graph] += 1
             counts.policy_sets[f"{record.policy_set.name} {record.policy_set.version}"] += 1
             counts.models.update(set(record.models.values()))
@@ -178,7 +187,9 @@ def export_dpo(
             }
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             counts.safety += 1
-            counts.thoughts += len(pair.chosen.thoughts)
+            kept = len(training_thoughts(pair.chosen.thoughts))
+            counts.thoughts += kept
+            counts.superseded_dropped += len(pair.chosen.thoughts) - kept + len(pair.rejected.thoughts) - len(training_thoughts(pair.rejected.thoughts))
             counts.graphs[str(pair.source.get("graph", "?"))] += 1
             counts.policy_sets[f"{pair.policy_set.name} {pair.policy_set.version}"] += 1
             counts.models.update(set(pair.models.values()))
@@ -258,6 +269,7 @@ the policies it cites, in brackets.
 | safety examples | {counts.safety} |
 {mixed}{left_out}
 | mean thoughts per {"example" if method == "sft" else "chosen side"} | {counts.thoughts / counts.safety:.2f} |
+| superseded thoughts left out | {counts.superseded_dropped} |
 
 SHA-256 of `train.jsonl`: `{digest}`
 

@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import AidsafeError, InputError
 from ..judge.schema import JudgedRecord, judged_only, judged_or_plain
 from ..outputs import atomic_write_text, read_records
+from ..pairing import PromptCheck
 from ..records import Record
 from ..summary import RunSummary, deliberation_stats
 
@@ -65,8 +66,9 @@ def _label(path: Path, taken: set[str]) -> str:
     return label
 
 
-def _judged(paths: Sequence[PathLike], ids: set[str]) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]]]:
-    """Judgements per judge label, per record id; a judged file with a record the output lacks is refused."""
+def _judged(paths: Sequence[PathLike], ids: Mapping[str, Record]) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]]]:
+    """Judgements per judge label, per record id; a judged file with a record the output lacks, or
+    whose record names another prompt under the same id (:mod:`aidsafe.pairing`), is refused."""
     labels: list[str] = []
     by_label: dict[str, dict[str, dict[str, Any]]] = {}
     taken: set[str] = set()
@@ -74,10 +76,13 @@ def _judged(paths: Sequence[PathLike], ids: set[str]) -> tuple[list[str], dict[s
         label = _label(Path(path), taken)
         labels.append(label)
         found: dict[str, dict[str, Any]] = {}
+        check = PromptCheck("the output", os.fspath(path))
         for record in read_records(path, judged_only, what="a judged record (aidsafe judge's output)"):
             if record.id not in ids:
                 raise InputError(f"record id {record.id!r} is not in the output being reported; judge that output", file=path)
-            found[record.id] = record.judgement.model_dump(mode="json", exclude_none=True)
+            if check.pair(record.id, ids[record.id], record):
+                found[record.id] = record.judgement.model_dump(mode="json", exclude_none=True)
+        check.raise_if_any(file=path)
         by_label[label] = found
     return labels, by_label
 
@@ -172,7 +177,7 @@ def build_report(output: PathLike, judged: Sequence[PathLike] = (), *, graph: Pa
     duplicates = [i for i, n in Counter(ids).items() if n > 1]
     if duplicates:
         raise InputError(f"record id {duplicates[0]!r} appears {Counter(ids)[duplicates[0]]} times; merge or repair the file first", file=output)
-    judges, judgements = _judged(judged, set(ids))
+    judges, judgements = _judged(judged, {r.id: r for r in records})
     own = {r.id: r.judgement.model_dump(mode="json", exclude_none=True) for r in records if isinstance(r, JudgedRecord)}
     if own:
         label = _label(Path(output), set(judges))
