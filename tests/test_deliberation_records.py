@@ -88,7 +88,7 @@ def test_agreeing_with_changes_is_refused_and_repaired_so_no_change_is_recorded(
     # An agreeing verdict cannot carry changes: the schema's agree branch allows none, and a reply
     # that sends some anyway is repaired (it was once accepted with the changes ignored and a fault).
     schema = reply_schema("deliberation", ["P1", "P2"])
-    agree_branch = next(b for b in schema["properties"]["verdict"]["anyOf"] if b["properties"]["agree"]["const"] is True)
+    agree_branch = next(b for b in schema["properties"]["verdict"]["anyOf"] if b["properties"]["agree"]["enum"] == [True])
     assert agree_branch["properties"]["thoughts"]["maxItems"] == 0 and agree_branch["properties"]["superseded"]["maxItems"] == 0
     assert agree_branch["properties"]["response"]["maxLength"] == 0
     greedy = json.dumps({"critique": CRITIQUE, "verdict": {"agree": True, "superseded": [], "thoughts": [{"text": "x", "policies": []}], "response": "y"}})
@@ -266,7 +266,7 @@ def test_the_llama_cpp_schema_keeps_the_bounds_its_grammar_engine_takes() -> Non
     clamped = json.dumps(clamped_form)
     # every bound is clamped to 250, but the agreeing verdict's empty response keeps its 0
     assert {int(b) for b in re.findall(r'"maxLength": (\d+)', clamped)} == {0, 250}
-    agree_branch = next(b for b in clamped_form["properties"]["verdict"]["anyOf"] if b["properties"]["agree"]["const"] is True)
+    agree_branch = next(b for b in clamped_form["properties"]["verdict"]["anyOf"] if b["properties"]["agree"]["enum"] == [True])
     assert agree_branch["properties"]["response"]["maxLength"] == 0
     assert revision_schema(clamped_form)["properties"]["response"]["maxLength"] == 250
 

@@ -159,7 +159,7 @@ def test_a_reviewer_who_disagrees_must_add_a_thought_by_schema_and_by_validation
     schema = reply_schema("deliberation", ["P1", "P2"], {"thought_count": 2})
     assert set(schema["properties"]) == {"critique", "verdict"} and list(schema["properties"]) == ["critique", "verdict"]
     branches = schema["properties"]["verdict"]["anyOf"]
-    agree = next(b for b in branches if b["properties"]["agree"]["const"] is True)
+    agree = next(b for b in branches if b["properties"]["agree"]["enum"] == [True])
     assert agree["properties"]["thoughts"]["maxItems"] == 0 and agree["properties"]["response"]["maxLength"] == 0
     assert revision_schema(schema)["properties"]["thoughts"]["minItems"] == 1
     only_response = {"critique": CRITIQUE, "verdict": {"agree": False, "superseded": [], "thoughts": [], "response": "new"}}
@@ -373,7 +373,7 @@ def test_the_newest_critique_is_always_shown_shortened_if_it_alone_is_too_long()
 
 def test_role_params_are_checked_when_the_graph_loads(tmp_path: Path) -> None:
     for params, message in (({"history_chars": "lots"}, "int expected"), ({"history_chars": -1}, "0 or more"),
-                            ({"rewrite_response": "false"}, "bool expected"), ({"rewrite_respons": True}, "neither a setting")):
+                            ({"rewrite_response": "false"}, "bool expected"), ({"rewrite_respons": True}, "did you mean 'rewrite_response'")):
         path = _variant(tmp_path, name=f"p{len(message)}", roles={"refiner": {"params": params}})
         with pytest.raises(AidsafeError, match=message) as caught:
             _pipeline(Script(), path)

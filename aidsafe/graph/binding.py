@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ class Binding:
 
 
 def _check_params(role_name: str, params: dict[str, Any], kind: ReplyKind, template: RoleTemplate, path: Path) -> None:
-    """A role's ``params``: each one is a setting of its reply kind (of the default's type; a
-    number at least 0) or a variable its template uses. A typo would otherwise pass unnoticed."""
+    """A role's ``params``: a setting of its reply kind must have the default's type (a number at
+    least 0); a name close to a setting that the template does not use is a typo, refused. Other
+    params are plain values (for the template, or shown in pictures)."""
     defaults = dict(kind.options)
     for name, value in params.items():
         where = f"roles.{role_name}.params.{name}"
@@ -51,9 +53,8 @@ def _check_params(role_name: str, params: dict[str, Any], kind: ReplyKind, templ
                 raise ConfigError(f"{where}: {type(default).__name__} expected (default {default!r}), got {value!r}", file=path)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"{where}: must be 0 or more, got {value!r}", file=path)
-        elif name not in template.variables:
-            settings = f" (settings of reply kind {kind.name!r}: {', '.join(defaults)})" if defaults else ""
-            raise ConfigError(f"{where}: neither a setting of the role's reply kind nor a variable its template {template.path.name} uses{settings}", file=path)
+        elif name not in template.variables and (near := difflib.get_close_matches(name, list(defaults), n=1, cutoff=0.8)):
+            raise ConfigError(f"{where}: not a setting of reply kind {kind.name!r} nor a variable of {template.path.name}; did you mean {near[0]!r}?", file=path)
 
 
 def template_path(graph_path: Path, name: str) -> Path:

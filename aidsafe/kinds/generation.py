@@ -291,11 +291,17 @@ def _index_enum(count: int) -> dict[str, Any]:
 
 def revision_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     """The ``agree: false`` branch of a deliberation reply's JSON Schema."""
-    return next(b for b in schema["properties"]["verdict"]["anyOf"] if b["properties"]["agree"].get("const") is False)
+    return next(b for b in schema["properties"]["verdict"]["anyOf"] if b["properties"]["agree"]["enum"] == [False])
 
 
 def _deliberation_schema(schema: dict[str, Any], policy_ids: list[str], context: Mapping[str, Any]) -> dict[str, Any]:
-    """Limit superseded indexes to the thoughts that exist."""
+    """Spell each verdict's ``agree`` as a one-value ``enum`` (every engine and OpenAI's strict mode
+    take ``enum``; ``const`` is less widely documented); limit superseded indexes to the thoughts
+    that exist."""
+    for branch in schema["properties"]["verdict"]["anyOf"]:
+        agree = branch["properties"]["agree"]
+        if "const" in agree:
+            agree["enum"] = [agree.pop("const")]
     count = context.get("thought_count")
     if count is not None:
         superseded = revision_schema(schema)["properties"]["superseded"]
