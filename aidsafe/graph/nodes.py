@@ -278,11 +278,9 @@ class Nodes:
             turn, faults = self._turn(binding, agent, round_no, outcome, stage)
             update["deliberation"] = [turn]
             update["faults"] = truncated + faults
-            if turn["agreed"] and loop.may_stop(round_no, turns + 1):
-                update["stop_reason"] = "consensus"
-            elif turn["agreed"]:
-                if turns + 1 >= len(agents) * loop.max_rounds:
-                    update["stop_reason"] = "budget"
+            if turn["agreed"]:
+                if loop.may_stop(round_no, turns + 1):  # always true by the last turn: min_rounds <= max_rounds
+                    update["stop_reason"] = "consensus"
             else:
                 update["thoughts"] = merge_turns(state.get("thoughts") or [], [turn])
                 if turn["response"].strip():
@@ -336,10 +334,8 @@ class Nodes:
                     turn["outvoted"] = True
                 if dissent and loop.minority == "keep":
                     update["thoughts"] = merge_turns(state.get("thoughts") or [], dissent)
-                if loop.may_stop(round_no):
+                if loop.may_stop(round_no):  # always true by the last round: min_rounds <= max_rounds
                     update["stop_reason"] = "consensus"
-                elif round_no >= loop.max_rounds:
-                    update["stop_reason"] = "budget"
                 return update
             update["thoughts"] = merge_turns(state.get("thoughts") or [], dissent)
             proposed = [t["response"] for t in dissent if t["response"].strip()]
