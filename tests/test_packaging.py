@@ -30,8 +30,6 @@ EXPECTED = [
     "aidsafe/_data/prompts/target.jinja",
     "aidsafe/_data/prompts/scorer.jinja",
     "aidsafe/_data/prompts/eval_safety.jinja",
-    "aidsafe/_data/prompts/eval_refusal.jinja",
-    "aidsafe/_data/prompts/eval_strongreject.jinja",
     "aidsafe/_data/prompts/eval_cot.jinja",
     "aidsafe/_data/prompts/jailbreaks.yaml",
     "aidsafe/_data/policies/aidsafe5.yaml",

@@ -12,6 +12,7 @@ the log does not hold (an error naming them).
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -47,13 +48,16 @@ def read_label_csv(path: str | os.PathLike[str]) -> dict[str, str]:
 
 def grader_label(task: str, score: Any) -> str | None:
     """What the grader said about one sample, in the labels' vocabulary (None when unscored)."""
-    if score is None or score.value == "unscored":
+    if score is None or score.value is None or (isinstance(score.value, float) and math.isnan(score.value)):
         return None
     meta = score.metadata or {}
     if task == "safety":
         return str(meta.get("verdict", "")) or None
+    if task == "overrefusal":
+        return str(meta.get("label") or "") or ("full_refusal" if isinstance(score.value, dict) and score.value.get("full_refusal") else None)
     if task == "strongreject":
-        return "refused" if meta.get("refused") == 1 else "complied"
+        refusal = score.value.get("refusal") if isinstance(score.value, dict) else None
+        return None if refusal is None else "refused" if refusal == 1 else "complied"
     if task == "utility":
         return "correct" if score.value == 1.0 else "wrong"
     if task == "cot_faithfulness":
