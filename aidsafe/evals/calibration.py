@@ -6,7 +6,8 @@ sample id and the human's label in the grader's vocabulary for that task — ``s
 ``refused``/``complied`` (strongreject), ``1``-``5`` (cot_faithfulness), ``correct``/``wrong``
 (utility). The result: pairs compared, exact agreement, Cohen's kappa over the categories seen,
 the confusion counts, and how many labelled samples the grader left unscored (not compared) or
-the log does not hold (an error naming them).
+the log does not hold (an error naming them). A score a rule decided without the grader (an empty
+or cut reply) is not compared: it is counted with the unscored ones.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def read_label_csv(path: str | os.PathLike[str]) -> dict[str, str]:
 def grader_label(task: str, score: Any) -> str | None:
     """What the grader said about one sample, in the labels' vocabulary (None when unscored)."""
     if score is None or score.value is None or (isinstance(score.value, float) and math.isnan(score.value)):
+        return None
+    if score.reason == "no_response":  # decided by a rule (an empty or cut reply), not by the grader
         return None
     meta = score.metadata or {}
     if task == "safety":

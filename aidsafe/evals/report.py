@@ -19,14 +19,17 @@ Figures (names and definitions of the paper's Table 2):
 - ``cot_faithfulness``: the mean 1-5 grade.
 
 A row is one figure under one setting: task, data (file name and SHA-256 of its bytes),
-jailbreak, shots, CoT prompt, subset, policy pack, grader model, rubric digest and reasoning tag.
-Logs that differ in any of these go to different rows, never into one. A log whose samples were
+jailbreak, shots, CoT prompt, policy pack (name and content), grader model, rubric digest,
+reasoning tag, and the rest of :data:`DETAILS` (system prompt, generation settings, epochs, the
+samples covered, ...). Logs that differ in any of these go to different rows, never into one. A log whose samples were
 graded by more than one grader or rubric is refused. Columns are models (the log's model name, or
 a ``--label``); the same model on the same row twice keeps the later log (and says so).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import sys
@@ -48,8 +51,13 @@ FIGURES: dict[str, list[tuple[str, str, float]]] = {
     "utility": [("accuracy", "accuracy (%)", 100.0)],
     "cot_faithfulness": [("faithfulness", "CoT faithfulness to policy (1–5)", 1.0)],
 }
-SETTINGS = ("jailbreak", "shots", "cot", "subset", "policies", "grader", "rubric", "reasoning_tag")
-"""What changes a figure besides the task and the data: every one is part of a row's key."""
+SETTINGS = ("jailbreak", "shots", "cot", "policies", "grader", "rubric", "reasoning_tag")
+"""The settings a row shows in its name; with :data:`DETAILS`, what a row is keyed by besides task and data."""
+DETAILS = ("policies_sha256", "prompt_field", "system_prompt_sha256", "grader_structured", "jailbreaks_sha256", "fewshot_sha256",
+           "temperature", "max_tokens", "epochs", "epochs_reducer", "samples_sha256")
+"""What else changes a figure: the policy pack's content, the prompt field, the system prompt, how
+the grade was asked for, the jailbreak and few-shot files' contents, the generation settings, the
+epochs and their reducer, and which samples the figure covers (a --limit, a subset)."""
 
 
 @dataclass
@@ -121,8 +129,8 @@ def _mean_reduce(values: list[Any]) -> Any:
     return sum(float(v) for v in kept) / len(kept)
 
 
-def sample_values(log: Any, file: str) -> tuple[str, list[tuple[Any, dict[str, Any], bool]], int]:
-    """``(scorer, [(reduced value, sample metadata, had no response)], epochs)``: one entry per
+def sample_values(log: Any, file: str) -> tuple[str, list[tuple[str, Any, dict[str, Any], bool]], int]:
+    """``(scorer, [(id, reduced value, sample metadata, had no response)], epochs)``: one entry per
     sample, its epochs reduced as the log's reduction says (inspect's default mean where the log
     has none)."""
     samples = log.samples or []
@@ -140,7 +148,7 @@ def sample_values(log: Any, file: str) -> tuple[str, list[tuple[Any, dict[str, A
         scores = [(e.scores or {}).get(scorer) for e in epochs_of]
         value = reduced[ident] if ident in reduced else _mean_reduce([s.value if s is not None else None for s in scores])
         no_response = any(s is not None and s.reason == "no_response" for s in scores)
-        out.append((value, epochs_of[0].metadata or {}, no_response))
+        out.append((ident, value, epochs_of[0].metadata or {}, no_response))
     if not out:
         raise InputError("holds no sample", file=file)
     return scorer, out, epochs
@@ -166,6 +174,16 @@ def _graded_by(log: Any, scorer: str, file: str) -> tuple[str, str]:
     return _one(graders, "grader model", file), _one(rubrics, "rubric", file)
 
 
+def _label(labels: dict[str, str], file: str, used: set[str]) -> str | None:
+    """The ``--label`` given for a log: by file name, by the path as written, or by the same file."""
+    path = file.removeprefix("file://")
+    for key, name in labels.items():
+        if key in (str(Path(path).name), file) or (os.path.exists(key) and os.path.realpath(key) == os.path.realpath(path)):
+            used.add(key)
+            return name
+    return None
+
+
 def report_table(logs: Sequence[str], labels: dict[str, str] | None = None) -> dict[str, Any]:
     """``{"models": [...], "rows": [{"task", "benchmark", "data_sha256", SETTINGS..., "metric", "caption", "cells": {model: Cell}}]}``."""
     from inspect_ai.log import read_eval_log
@@ -173,6 +191,7 @@ def report_table(logs: Sequence[str], labels: dict[str, str] | None = None) -> d
     labels = labels or {}
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     models: list[str] = []
+    used: set[str] = set()
     for file in logs:
         log = read_eval_log(file)
         task = log.eval.task.split("/")[-1]
@@ -184,32 +203,43 @@ def report_table(logs: Sequence[str], labels: dict[str, str] | None = None) -> d
         if "data_sha256" not in meta:
             raise InputError("was written by an older aidsafe eval (its log does not say what data, grader and settings made it): evaluate again",
                              file=file)
-        model = labels.get(str(Path(file).name)) or labels.get(file) or log.eval.model
+        model = _label(labels, file, used) or log.eval.model
         if model not in models:
             models.append(model)
         scorer, values, epochs = sample_values(log, file)
         grader, rubric = _graded_by(log, scorer, file)
-        setting = {"jailbreak": meta.get("jailbreak"), "shots": meta.get("shots"), "cot": meta.get("cot"), "subset": meta.get("subset"),
+        setting = {"jailbreak": meta.get("jailbreak"), "shots": meta.get("shots"), "cot": meta.get("cot"),
                    "policies": meta.get("policies"), "grader": grader if task != "utility" else None,
                    "rubric": rubric if rubric != "-" else meta.get("rubric"), "reasoning_tag": meta.get("reasoning_tag")}
+        config = log.plan.config if log.plan else None
+        task_args = log.eval.task_args or {}
+        details = {key: meta.get(key) for key in DETAILS[:6]} | {
+            "temperature": config.temperature if config else None,
+            "max_tokens": (config.max_tokens if config else None) or task_args.get("max_tokens"),
+            "epochs": epochs, "epochs_reducer": str(log.eval.config.epochs_reducer or "mean"),
+        }
         for metric, caption, scale in FIGURES[task]:
             numbers: list[float] = []
+            covered: list[str] = []
             unscored = no_response = 0
-            for value, sample_meta, empty in values:
+            for ident, value, sample_meta, empty in values:
                 label = sample_meta.get("label")
                 if task == "overrefusal" and label != ("safe" if metric == "compliance_on_safe" else "unsafe"):
                     continue
+                covered.append(ident)
                 number = None if _unscored(value) else _number(value, task, metric, label)
                 if number is None:
                     unscored += 1
                 else:
                     numbers.append(number)
                 no_response += empty
-            if task == "overrefusal" and not numbers and not unscored:
-                continue  # a log of one subset has no figure for the other
-            key = (task, meta.get("benchmark"), meta.get("data_sha256"), *(str(setting[k]) for k in SETTINGS), metric)
+            if not covered:
+                continue  # a log of one XSTest subset has no figure for the other
+            row_details = details | {"samples_sha256": hashlib.sha256("\n".join(sorted(covered)).encode("utf-8")).hexdigest()[:16]}
+            key = (task, meta.get("benchmark"), meta.get("data_sha256"), *(str(setting[k]) for k in SETTINGS),
+                   *(str(row_details[k]) for k in DETAILS), metric)
             row = rows.setdefault(key, {"task": task, "benchmark": meta.get("benchmark"), "data_sha256": meta.get("data_sha256"),
-                                        **setting, "metric": metric, "caption": caption, "cells": {}, "replaced": []})
+                                        **setting, "details": row_details, "metric": metric, "caption": caption, "cells": {}, "replaced": []})
             if model in row["cells"]:
                 row["replaced"].append(row["cells"][model].log)
                 print(f"aidsafe eval report: {file} replaces {row['cells'][model].log} for {model} on {task} ({meta.get('benchmark')}, "
@@ -220,19 +250,25 @@ def report_table(logs: Sequence[str], labels: dict[str, str] | None = None) -> d
                 ci=(scale * ci[0], scale * ci[1]) if ci else None,
                 scored=len(numbers), unscored=unscored, no_response=no_response, epochs=epochs, log=str(file),
             )
+    unknown = [key for key in labels if key not in used]
+    if unknown:
+        raise InputError(f"--label {', '.join(unknown)} names no log given (use the log's file name or path)")
     return {"models": models, "rows": list(rows.values())}
 
 
 def row_name(row: dict[str, Any]) -> str:
     """``task (benchmark, data digest; settings)`` for a table's first column."""
     parts = [f"{row['benchmark']} {str(row['data_sha256'] or 'hub')[:8]}"]
-    for key in ("jailbreak", "shots", "cot", "subset", "policies", "reasoning_tag"):
+    for key in ("jailbreak", "shots", "cot", "policies", "reasoning_tag"):
         if row.get(key) not in (None, "None", False, "False"):
             parts.append(f"{key} {row[key]}")
     if row.get("grader") not in (None, "None"):
         parts.append(f"grader {row['grader']}")
     if row.get("rubric") not in (None, "None", "-"):
         parts.append(f"rubric {row['rubric']}")
+    details = row.get("details") or {}
+    parts.append(f"temperature {details.get('temperature')}, max_tokens {details.get('max_tokens')}")
+    parts.append("setting #" + hashlib.sha256(json.dumps(details, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:8])
     return f"{row['task']} ({'; '.join(parts)})"
 
 
