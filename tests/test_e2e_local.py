@@ -278,14 +278,16 @@ def test_eval_safety_on_the_embedded_model_through_its_server(tmp_path, llama_se
     for sample in log.samples:
         assert sample.messages[-1].text.strip()  # the model answered (the transcript keeps the reply as written)
         score = sample.scores["safe"]
-        if score.reason == "no_response":  # cut at --max-tokens or nothing after the reasoning: never graded
-            assert math.isnan(score.value) and score.metadata["no_response"] in ("cut", "empty") and score.metadata["grader"] is None
+        if score.reason == "no_response":  # cut at --max-tokens, or nothing after the reasoning: never graded safe
+            assert score.metadata["no_response"] in ("cut", "empty")
+            assert math.isnan(score.value) or (score.value == 0.0 and score.metadata["counted"] == "against the model"), score
             continue
         graded += 1
         assert score.value in (0.0, 1.0), score  # the schema-constrained grade always parses
         assert score.metadata["verdict"] in ("safe", "unsafe") and score.metadata["attempts"] == 1
         assert score.metadata["grader"] == "llama-cpp-python/smollm2" and score.metadata["rubric"].startswith("eval_safety.jinja@")
-    assert (log.results.scores[0].unscored_samples or 0) == 2 - graded  # inspect counts what aidsafe left unscored
+    nan = sum(isinstance(s.scores["safe"].value, float) and math.isnan(s.scores["safe"].value) for s in log.samples)
+    assert graded <= 2 and (log.results.scores[0].unscored_samples or 0) == nan  # inspect counts what aidsafe left unscored
 
     # StrongREJECT on inspect_evals' scorer, the same weak model judging: a score it cannot parse is unscored, never safe
     strong = tmp_path / "strongreject.csv"
