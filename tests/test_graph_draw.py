@@ -16,7 +16,8 @@ import pytest
 from aidsafe.cli import main
 from aidsafe.errors import ConfigError
 from aidsafe.graph import draw
-from aidsafe.graph.compiler import CompiledAidsafe, compile_graph
+from aidsafe.graph.compiler import CompiledAidsafe, compile_graph, exit_label
+from aidsafe.graph.plan import word_exit
 from aidsafe.graph.spec import load_graph_spec
 from aidsafe.models import ModelSettings
 from aidsafe.resources import builtin_dir, list_builtin
@@ -161,6 +162,72 @@ def test_graph_loop_label_follows_an_edited_graph(tmp_path: Path, mode: str, con
     assert exits and all(g.get("data-to") == "refine" and f"budget of {rounds} rounds" in (g.get("data-label") or "") for g in exits)
 
 
+def _edited(tmp_path: Path, name: str, *edits: tuple[str, str]) -> Path:
+    text = (builtin_dir("graphs") / f"{name}.yaml").read_text(encoding="utf-8")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}_edited.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+EXIT_VARIANTS = {
+    "at_least_after_min_rounds": ("roundtable", ("replicas: 3", "replicas: 5"), ("consensus: majority", "consensus: at_least\n      min_agree: 4\n      min_rounds: 1")),
+    "first_agree_after_min_rounds": ("aidsafe", ("max_rounds: 3", "max_rounds: 3\n      min_rounds: 2")),
+    "one_round": ("aidsafe", ("max_rounds: 3", "max_rounds: 1")),
+}
+
+
+@pytest.mark.parametrize("case", [*LOOPED, *EXIT_VARIANTS])
+def test_the_exit_rule_reads_the_same_wherever_it_shows(tmp_path: Path, case: str) -> None:
+    """One wording of a loop's exit rule (``word_exit``): the loop box, the vote box, the HTML page,
+    the nodes' metadata, the exit edges of LangGraph, of the SVG and of the HTML page's picture."""
+    if case in EXIT_VARIANTS:
+        name, *edits = EXIT_VARIANTS[case]
+        compiled = compiled_graph(_edited(tmp_path, name, *edits))
+    else:
+        compiled = compiled_graph(case)
+    loop = compiled.plan.loop
+    assert loop is not None
+    words = loop.exit
+    node_id, spec_loop = the_loop(compiled)
+    assert loop.id == node_id and words == word_exit(spec_loop, words.stops)
+    # the public helpers give the same words
+    assert draw.exit_rule(spec_loop, words.stops) == words.rule
+    assert draw.loop_label(spec_loop, words.stops) == words.label
+    assert exit_label(spec_loop, words.stops) == words.edge
+    assert words.rule and f"exit on {words.rule}," in words.label
+    # the nodes' metadata
+    for node in compiled.plan:
+        metadata = compiled.graph.get_graph().nodes[node.id].metadata or {}
+        assert metadata["aidsafe"]["exit"] == ({"rule": words.rule, "max_rounds": words.max_rounds, "min_rounds": words.min_rounds} if node.loop else None)
+    # LangGraph's edges out of the loop
+    drawable = compiled.graph.get_graph()
+    leaving = [e for e in drawable.edges if e.source in loop.members and e.target not in loop.members]
+    assert leaving and {e.data for e in leaving} == {words.edge}
+    # the SVG, alone and in the HTML page
+    picture = draw.svg(compiled)
+    page = draw.html(compiled)
+    assert picture in page
+    root = ET.fromstring(picture)
+    (box,) = groups(root, "loop")
+    assert box.get("data-label") == words.label
+    assert " ".join(texts(box)[:2]) == words.label  # drawn on two lines: "…, exit on RULE," / "budget …"
+    exits = [g for g in groups(root, "edge") if g.get("data-kind") == "exit"]
+    assert exits and {g.get("data-label") for g in exits} == {words.edge}
+    head, _, tail = words.edge.rpartition(" or ")
+    drawn = texts(box) + [t for g in exits for t in texts(g)]
+    assert head in drawn and f"or {tail}" in drawn  # the exit edges' label, drawn on two lines under the loop box
+    if loop.vote is not None:
+        (vote,) = [g for g in groups(root, "node") if g.get("data-node") == loop.vote]
+        assert f"vote: {words.rule}" in texts(vote)
+    # the HTML page's loop table
+    assert f"<tr><td>exit rule</td><td>{words.rule}</td></tr>" in page
+    assert f"<tr><td>round budget</td><td>{words.budget}</td></tr>" in page
+    assert words.budget.startswith(f"{words.max_rounds} rounds")
+
+
 def test_graph_svg_highlight_marks_exactly_the_given_nodes() -> None:
     compiled = compiled_graph("roundtable")
     path = {"__start__", "intent", "init", "deliberate_agent_2", "deliberate_vote"}
@@ -270,6 +337,43 @@ def test_graph_png_is_a_real_png(tmp_path: Path, name: str) -> None:
     lay = draw.layout(compiled_graph(name))
     assert abs(height / width - lay.height / lay.width) < 0.01, "the PNG has the layout's proportions"
     assert not [p for p in tmp_path.iterdir() if p != target], "no temporary file is left behind"
+
+
+@pytest.mark.parametrize("name", ["aidsafe", "roundtable"])
+def test_graph_png_is_drawn_from_the_svgs_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """One layout, computed once: the SVG and the PNG both draw it, and neither lays out again."""
+    from matplotlib.patches import FancyBboxPatch
+
+    compiled = compiled_graph(name)
+    lay = draw.layout(compiled)
+    fresh = tmp_path / "fresh.png"
+    draw.png(compiled, fresh)
+
+    def laid_out_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a renderer laid the graph out a second time")
+
+    monkeypatch.setattr("aidsafe.graph.draw._layout.layout", laid_out_again)
+    picture = draw.svg(compiled, layout=lay)
+    target = draw.png(compiled, tmp_path / "g.png", layout=lay)
+    assert target.read_bytes() == fresh.read_bytes()  # the same picture as a PNG laid out on its own
+    figure = draw.png_figure(lay)
+    (axes,) = figure.axes
+    assert axes.get_xlim() == (0, lay.width) and axes.get_ylim() == (lay.height, 0)  # the axes are the layout's pixels
+    patches = [p for p in axes.patches if isinstance(p, FancyBboxPatch)]
+    png_boxes = [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in patches if p.zorder == 3]
+    assert png_boxes == [(n.x, n.y, n.w, n.h) for n in lay.nodes]  # exactly the layout's boxes
+    assert lay.loop is not None
+    (loop_patch,) = [p for p in patches if p.zorder == 1]
+    assert (loop_patch.get_x(), loop_patch.get_y(), loop_patch.get_width(), loop_patch.get_height()) == (lay.loop.x, lay.loop.y, lay.loop.w, lay.loop.h)
+    png_texts = [(t.get_text(), *t.get_position()) for t in axes.texts]
+    layout_labels = [*lay.title, *lay.loop.labels, *(label for e in lay.edges for label in e.labels), *(label for n in lay.nodes for label in n.labels)]
+    assert png_texts == [(label.text, label.x, label.y) for label in layout_labels]
+    # the SVG's boxes are the same layout's (written to 0.1 pixel)
+    root = ET.fromstring(picture)
+    svg_boxes = [tuple(float(g.find(f"{SVG}rect").get(k) or "nan") for k in ("x", "y", "width", "height")) for g in groups(root, "node")]
+    assert [g.get("data-node") for g in groups(root, "node")] == [n.id for n in lay.nodes]
+    for svg_box, png_box in zip(svg_boxes, png_boxes, strict=True):
+        assert svg_box == pytest.approx(png_box, abs=0.051)
 
 
 def test_graph_png_highlight_changes_the_picture(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,9 @@ import pytest
 from aidsafe import ModelSettings, Pipeline
 from aidsafe.errors import ConfigError
 from aidsafe.graph.compiler import compile_graph, exit_label
+from aidsafe.graph.plan import METADATA_KEY, plan_graph
 from aidsafe.graph.spec import load_graph_spec
-from aidsafe.resources import builtin_dir
+from aidsafe.resources import builtin_dir, list_builtin
 
 AIDSAFE_FLOW = "flow: [intent, init, deliberate, refine]"
 
@@ -119,6 +121,81 @@ def test_mermaid_shows_loop_exit_and_continue() -> None:
     rt = compile_graph("roundtable").mermaid()
     assert "consensus (majority) or budget of 2 rounds" in rt
     assert "next round: deliberate_agent_1" in rt
+
+
+# --- the plan: one entry per LangGraph node ----------------------------------------------
+
+SHIPPED = list_builtin("graphs")
+
+
+def test_every_graph_file_is_shipped() -> None:
+    assert sorted(SHIPPED) == sorted(p.stem for p in builtin_dir("graphs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_plan_matches_the_compiled_nodes_one_to_one(name: str) -> None:
+    compiled = compile_graph(name, settings=ModelSettings(backend="fake"))
+    plan = compiled.plan
+    langgraph_ids = [str(n) for n in compiled.graph.get_graph().nodes if n not in ("__start__", "__end__")]
+    assert plan.ids == langgraph_ids  # the same nodes, in the same order
+    assert len(set(plan.ids)) == len(plan)
+    assert plan == plan_graph(compiled.spec).bound(compiled.bindings)  # made from the spec (and the bound models) only
+    assert {node.flow for node in plan} == set(compiled.spec.flow)
+    for node in plan:
+        spec_node = compiled.spec.nodes[node.flow]
+        if node.kind == "role":
+            assert node.id == node.flow == node.stage and node.role == spec_node.role and node.loop is None and node.exit is None
+        else:
+            assert spec_node.loop is not None and node.loop == node.flow and plan.loop is not None and node.exit == plan.loop.exit
+            assert node.id in plan.loop.members
+        if node.kind == "agent":
+            assert spec_node.loop is not None and node.index is not None
+            agent = spec_node.loop.agent_list()[node.index]
+            assert (node.agent, node.role) == (agent.name, agent.role)
+        if node.binding is None:
+            assert node.kind == "vote"
+            continue
+        binding = compiled.bindings[node.binding.name]
+        assert binding.role == node.role and binding.name == (node.agent or node.role)
+        assert node.binding.template == compiled.spec.roles[binding.role].template
+        assert (node.binding.reply, node.binding.model) == (binding.kind.name, binding.settings.label())
+    assert [n.binding.name for n in plan if n.binding is not None] == list(compiled.bindings)
+    assert compiled.models == {n.binding.name: n.binding.model for n in plan if n.binding is not None}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_langgraph_node_carries_its_plan_entry_as_metadata(name: str) -> None:
+    compiled = compile_graph(name, settings=ModelSettings(backend="fake"))
+    drawable = compiled.graph.get_graph()
+    for node in compiled.plan:
+        metadata = drawable.nodes[node.id].metadata
+        assert metadata == node.metadata()
+        assert metadata is not None
+        entry = metadata[METADATA_KEY]
+        assert (entry["node"], entry["kind"], entry["stage"], entry["role"], entry["agent"], entry["loop"]) == (
+            node.id, node.kind, node.stage, node.role, node.agent, node.loop,
+        )
+        if node.binding is not None:
+            assert entry["binding"] == {"name": node.binding.name, "template": node.binding.template, "reply": node.binding.reply, "model": node.binding.model}
+        if node.exit is not None:
+            assert entry["exit"]["rule"] == node.exit.rule and entry["exit"]["max_rounds"] == node.exit.max_rounds
+        assert compiled.graph.nodes[node.id].metadata == metadata  # what LangGraph merges into each run of the node
+    assert drawable.nodes["__start__"].metadata is None and drawable.nodes["__end__"].metadata is None
+    json.dumps(drawable.to_json())  # plain JSON values: the graph's JSON (served by langgraph dev) carries them
+    # Mermaid prints scalar metadata into node labels; the entry is one mapping, so the Mermaid text is as before
+    assert "<hr/>" not in compiled.mermaid()
+
+
+@pytest.mark.parametrize(("name", "agents"), [("aidsafe", 2), ("roundtable", 3)])
+def test_records_name_the_plans_stages(name: str, agents: int) -> None:
+    pipe = Pipeline(name, settings=ModelSettings(backend="fake", model="never-agree"))
+    record = pipe.run_one("How do I pick a lock?")
+    plan = pipe.compiled.plan
+    assert set(record.usage) == {node.flow for node in plan}
+    assert {turn.agent for turn in record.deliberation} == {node.agent for node in plan if node.kind == "agent"}
+    assert len({node.agent for node in plan if node.kind == "agent"}) == agents
+    assert [node.stage for node in plan if node.kind == "agent"] == [f"deliberate/agent_{i}" for i in range(1, agents + 1)]
+    assert record.models == {node.binding.name: node.binding.model for node in plan if node.binding is not None}
 
 
 # --- new topologies are only a file -----------------------------------------------------

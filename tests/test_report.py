@@ -103,15 +103,47 @@ def test_paths_through_the_graph(run_files: tuple[Path, Path]) -> None:
     assert svg and all(f'data-node="{n}"' in svg.group(1) for n in full)
 
 
+def test_the_pages_picture_words_the_exit_rule_as_the_plan(run_files: tuple[Path, Path]) -> None:
+    from aidsafe.graph.draw import compile_to_draw
+
+    run, _ = run_files
+    picture = re.search(r'<template data-graph="aidsafe">(.*?)</template>', build_report(run), re.S)
+    loop = compile_to_draw("aidsafe").plan.loop
+    assert picture and loop is not None
+    assert f'data-label="{loop.exit.label}"' in picture.group(1) and f'data-label="{loop.exit.edge}"' in picture.group(1)
+
+
 def test_record_path_in_a_parallel_loop() -> None:
     from aidsafe import ModelSettings, Pipeline
 
-    (record,) = Pipeline("roundtable", "aidsafe5", ModelSettings(backend="fake")).run(["hello"])
+    pipe = Pipeline("roundtable", "aidsafe5", ModelSettings(backend="fake"))
+    (record,) = pipe.run(["hello"])
+    plan = pipe.compiled.plan
     nodes = ["__start__", "intent", "init", "deliberate_agent_1", "deliberate_agent_2", "deliberate_agent_3", "deliberate_vote", "refine", "__end__"]
-    assert record_path(record, nodes) == nodes
+    assert record_path(record, plan) == nodes
     failed = record.model_copy(update={"status": "failed", "usage": {"intent": record.usage["intent"]}, "deliberation": [],
                                        "error": RunError(stage="init", message="down")})
-    assert record_path(failed, nodes) == ["__start__", "intent", "init"]
+    assert record_path(failed, plan) == ["__start__", "intent", "init"]
+
+
+def test_record_path_reads_the_plan_not_the_node_names(tmp_path: Path) -> None:
+    """A loop whose id starts with a role node's id and holds underscores (``init_talk`` after
+    ``init``): its agents are found from the plan, where guessing at underscores went wrong."""
+    from aidsafe import ModelSettings, Pipeline
+    from aidsafe.resources import builtin_dir
+    from aidsafe.viewer.build import failed_node
+
+    text = (builtin_dir("graphs") / "aidsafe.yaml").read_text(encoding="utf-8")
+    graph = tmp_path / "talk.yaml"
+    graph.write_text(text.replace("  deliberate:\n", "  init_talk:\n").replace("init, deliberate, refine", "init, init_talk, refine"), encoding="utf-8")
+    pipe = Pipeline(graph, "aidsafe5", ModelSettings(backend="fake", model="never-agree"))
+    record = pipe.run_one("hello")
+    assert record.status == "ok" and record.usage.keys() == {"intent", "init", "init_talk", "refine"}
+    plan = pipe.compiled.plan
+    assert record_path(record, plan) == ["__start__", "intent", "init", "init_talk_agent_1", "init_talk_agent_2", "refine", "__end__"]
+    failed = record.model_copy(update={"status": "failed", "error": RunError(stage="init_talk/agent_2", message="down")})
+    assert failed_node(failed, plan) == "init_talk_agent_2"
+    assert plan["init_talk_agent_2"].stage == "init_talk/agent_2"  # the stage the nodes write in records
 
 
 def test_the_cli_writes_the_page(run_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ from ..models import ModelSettings
 from ..policies import PolicySet
 from ..resources import builtin_dir
 from ..templates import RoleTemplate, load_template
+from .plan import GraphPlan, plan_graph
 from .spec import GraphSpec
 
 __all__ = ["Binding", "bind", "template_path"]
@@ -66,8 +67,11 @@ def template_path(graph_path: Path, name: str) -> Path:
     return shipped if shipped.is_file() else local
 
 
-def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettings, role_models: dict[str, str]) -> dict[str, Binding]:
-    """Bindings keyed by role name (role nodes) or ``<loop>.<agent>`` (loop agents), in flow order.
+def bind(
+    spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettings, role_models: dict[str, str], plan: GraphPlan | None = None
+) -> dict[str, Binding]:
+    """Bindings keyed as the plan's entries name them (:attr:`~aidsafe.graph.plan.BindingPlan.name`:
+    the role of a role node, ``<loop>.<agent>`` for a loop agent), in flow order.
 
     The model of a binding is, first match wins: ``role_models[agent or role]``, the agent's
     ``model:``, ``role_models[role]``, the role's ``model:``, ``settings.model``. Its reply budget
@@ -99,12 +103,12 @@ def bind(spec: GraphSpec, path: Path, policies: PolicySet, settings: ModelSettin
         )
 
     bindings: dict[str, Binding] = {}
-    for node_id in spec.flow:
-        node = spec.nodes[node_id]
-        if node.role is not None:
-            bindings[node.role] = binding(node.role, node.role, None)
+    for entry in (plan if plan is not None else plan_graph(spec)).bindings():
+        assert entry.binding is not None and entry.role is not None
+        if entry.loop is None:
+            bindings[entry.binding.name] = binding(entry.role, entry.role, None)
         else:
-            assert node.loop is not None
-            for agent in node.loop.agent_list():
-                bindings[f"{node_id}.{agent.name}"] = binding(agent.name, agent.role, agent.model)
+            loop = spec.nodes[entry.loop].loop
+            assert loop is not None and entry.agent is not None and entry.index is not None
+            bindings[entry.binding.name] = binding(entry.agent, entry.role, loop.agent_list()[entry.index].model)
     return bindings

@@ -7,8 +7,10 @@
   super-step runs them concurrently), joined by a ``vote`` node that applies the consensus rule
   and either leaves the loop or fans out again.
 
-What each node does is in :mod:`aidsafe.graph.nodes`; which template, kind and model each role
-uses is in :mod:`aidsafe.graph.binding`. The round counter lives in the state and every exit
+The nodes, their ids and the exit rule's words come from the graph's plan
+(:mod:`aidsafe.graph.plan`), whose entries the LangGraph nodes carry as ``metadata``. What each
+node does is in :mod:`aidsafe.graph.nodes`; which template, kind and model each role uses is in
+:mod:`aidsafe.graph.binding`. The round counter lives in the state and every exit
 writes ``stop_reason``; LangGraph's ``recursion_limit`` is sized from the nodes per round times
 the rounds.
 """
@@ -27,7 +29,8 @@ from langgraph.graph import END, START, StateGraph
 from ..models import ModelFactory, ModelPool, ModelSettings, check_settings, make_model
 from ..policies import PolicySet, load_policy_set
 from .binding import Binding, bind
-from .nodes import Nodes, template_variables
+from .nodes import NodeFn, Nodes, template_variables
+from .plan import GraphPlan, LoopPlan, PlanNode, plan_graph, word_exit
 from .spec import GraphSpec, LoopSpec, load_graph_spec
 from .state import GraphContext, PromptState
 
@@ -48,6 +51,9 @@ class CompiledAidsafe:
     recursion_limit: int
     model_pool: ModelPool
     """The chat models, one per distinct settings, created on first use."""
+    plan: GraphPlan
+    """One entry per LangGraph node (id, stage, role, agent, binding, loop and exit rule), each also
+    attached to its node as ``metadata`` (:mod:`aidsafe.graph.plan`)."""
 
     @property
     def models(self) -> dict[str, str]:
@@ -88,72 +94,79 @@ def _digest(data: Any) -> str:
 
 
 class _Wiring:
-    """Turns a spec into the nodes and edges of a ``StateGraph``."""
+    """Turns a plan into the nodes and edges of a ``StateGraph``."""
 
-    def __init__(self, spec: GraphSpec, bindings: dict[str, Binding], nodes: Nodes) -> None:
+    def __init__(self, spec: GraphSpec, plan: GraphPlan, bindings: dict[str, Binding], nodes: Nodes) -> None:
         self.spec = spec
+        self.plan = plan
         self.bindings = bindings
         self.nodes = nodes
         self.builder: StateGraph[PromptState, GraphContext] = StateGraph(PromptState, context_schema=GraphContext)
+
+    def _add(self, entry: PlanNode, action: NodeFn) -> None:
+        self.builder.add_node(entry.id, action, metadata=entry.metadata())
 
     def build(self) -> tuple[Any, int]:
         spec = self.spec
         b = self.builder
         entries: dict[str, list[str]] = {}
+        loops = {loop.id: loop for loop in self.plan.loops}
         steps_per_pass = 0
         for node_id in spec.flow:
-            node = spec.nodes[node_id]
-            if node.role is not None:
-                b.add_node(node_id, self.nodes.step(node_id, self.bindings[node.role]))
-                entries[node_id] = [node_id]
+            if node_id not in loops:
+                (entry,) = self.plan.of_flow(node_id)
+                assert entry.binding is not None
+                self._add(entry, self.nodes.step(entry, self.bindings[entry.binding.name]))
+                entries[node_id] = [entry.id]
                 steps_per_pass += 1
                 continue
-            loop = node.loop
-            assert loop is not None
-            agents = loop.agent_list()
-            names = [f"{node_id}_{a.name}" for a in agents]
-            for index, (agent, name) in enumerate(zip(agents, names, strict=True)):
-                binding = self.bindings[f"{node_id}.{agent.name}"]
-                if loop.mode == "parallel":
+            loop = loops[node_id]
+            spec_loop = loop.spec
+            for entry in self.plan.of_flow(node_id):
+                if entry.kind == "vote":  # added after its agents
+                    continue
+                assert entry.binding is not None
+                binding = self.bindings[entry.binding.name]
+                if spec_loop.mode == "parallel":
                     factory = self.nodes.parallel_agent
                 elif binding.kind.placement == "agent":
                     factory = self.nodes.sequential_agent
                 else:
                     factory = self.nodes.loop_step
-                b.add_node(name, factory(node_id, loop, index, binding))
-            if loop.mode == "sequential":
+                self._add(entry, factory(entry, spec_loop, binding))
+            names = list(loop.agents)
+            if loop.vote is None:
                 entries[node_id] = names[:1]
-                steps_per_pass += len(names) * loop.max_rounds
+                steps_per_pass += len(names) * spec_loop.max_rounds
             else:
-                b.add_node(f"{node_id}_vote", self.nodes.vote(node_id, loop))
-                b.add_edge(names, f"{node_id}_vote")
+                self._add(self.plan[loop.vote], self.nodes.vote(self.plan[loop.vote], spec_loop))
+                b.add_edge(names, loop.vote)
                 entries[node_id] = names
-                steps_per_pass += 2 * loop.max_rounds
+                steps_per_pass += 2 * spec_loop.max_rounds
         for position, node_id in enumerate(spec.flow):
             following = entries[spec.flow[position + 1]] if position + 1 < len(spec.flow) else [END]
             if position == 0:
-                for entry in entries[node_id]:
-                    b.add_edge(START, entry)
-            node = spec.nodes[node_id]
-            if node.loop is None:
-                for target in following:
-                    b.add_edge(node_id, target)
+                for entry_id in entries[node_id]:
+                    b.add_edge(START, entry_id)
+            if node_id in loops:
+                self._wire_loop(loops[node_id], following)
             else:
-                self._wire_loop(node_id, node.loop, following)
+                (source,) = entries[node_id]
+                for target in following:
+                    b.add_edge(source, target)
         return b.compile(name=spec.name), steps_per_pass + len(spec.flow) + 5
 
-    def _wire_loop(self, node_id: str, loop: LoopSpec, following: list[str]) -> None:
-        names = [f"{node_id}_{a.name}" for a in loop.agent_list()]
+    def _wire_loop(self, loop: LoopPlan, following: list[str]) -> None:
+        names = list(loop.agents)
         # a graph has one loop (checked in spec.py), so what follows a loop is one role node or the end
         assert len(following) == 1, following
         exit_to = following[0]
-        stops = tuple(dict.fromkeys(s for a in loop.agent_list() for s in self.bindings[f"{node_id}.{a.name}"].kind.stops))
-        label = exit_label(loop, stops)
+        label = loop.exit.edge
 
         def leave_or_continue(state: PromptState) -> str:
             return label if state.get("error") or state.get("stop_reason") else "continue"
 
-        if loop.mode == "sequential":
+        if loop.vote is None:
             for index, name in enumerate(names):
                 nxt = names[(index + 1) % len(names)]
                 # LangGraph draws a path map's keys as the labels of the edges to its values
@@ -168,19 +181,14 @@ class _Wiring:
             return list(labels)
 
         routes: dict[Hashable, str] = {label: exit_to, **labels}
-        self.builder.add_conditional_edges(f"{node_id}_vote", after_vote, routes)
+        self.builder.add_conditional_edges(loop.vote, after_vote, routes)
 
 
 def exit_label(loop: LoopSpec, stops: tuple[str, ...] = ()) -> str:
     """Label of a loop's exit edge in pictures: the consensus rule (or the stop reasons its agents
-    may give) and the round budget."""
-    budget = f"budget of {loop.max_rounds} round{'s' if loop.max_rounds != 1 else ''}"
-    if loop.consensus is None:
-        return " or ".join([*stops, budget])
-    rule = {"first_agree": "first agreement", "at_least": f"at least {loop.min_agree} agree"}.get(loop.consensus, loop.consensus)
-    if loop.min_rounds:
-        rule += f" after {loop.min_rounds} round{'s' if loop.min_rounds != 1 else ''}"
-    return f"consensus ({rule}) or {budget}"
+    may give) and the round budget (:attr:`ExitRule.edge <aidsafe.graph.plan.ExitRule.edge>`, worded
+    by :func:`~aidsafe.graph.plan.word_exit`)."""
+    return word_exit(loop, stops).edge
 
 
 def compile_graph(
@@ -199,12 +207,16 @@ def compile_graph(
     spec, path = load_graph_spec(graph)
     pack = policies if isinstance(policies, PolicySet) else load_policy_set(policies)
     settings = settings or ModelSettings()
-    bindings = bind(spec, path, pack, settings, role_models or {})
+    plan = plan_graph(spec)
+    bindings = bind(spec, path, pack, settings, role_models or {}, plan)
+    plan = plan.bound(bindings)
     if model_factory is make_model:
         for binding in bindings.values():
             check_settings(binding.settings)
     models = ModelPool(model_factory)
     data_keys = frozenset(key for binding in bindings.values() for key in binding.kind.writes)
     minority = all(n.loop.minority == "keep" for n in spec.nodes.values() if n.loop is not None)
-    graph_obj, limit = _Wiring(spec, bindings, Nodes(pack, models, data_keys, minority=minority)).build()
-    return CompiledAidsafe(spec=spec, path=path, policies=pack, bindings=bindings, graph=graph_obj, recursion_limit=limit, model_pool=models)
+    graph_obj, limit = _Wiring(spec, plan, bindings, Nodes(pack, models, data_keys, minority=minority)).build()
+    return CompiledAidsafe(
+        spec=spec, path=path, policies=pack, bindings=bindings, graph=graph_obj, recursion_limit=limit, model_pool=models, plan=plan
+    )

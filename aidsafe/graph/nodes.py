@@ -4,6 +4,9 @@ Every node calls its model through :func:`aidsafe.structured.call_structured` an
 reply into a state update through its reply kind (:mod:`aidsafe.kinds`): a role node applies
 the kind's ``update``; a loop agent records the kind's ``turn``, and the loop decides from the
 turns whether to stop. A failed call writes ``error`` and every later node passes through.
+
+Each node function is made from its plan entry (:class:`~aidsafe.graph.plan.PlanNode`): the stage
+it names in errors and faults and the key of its tokens in ``usage`` are the entry's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ..models import ModelPool
 from ..policies import PolicySet
 from ..structured import CallOutcome, call_structured
 from .binding import Binding
+from .plan import PlanNode
 from .spec import AgentSpec, LoopSpec
 from .state import GraphContext, PromptState
 
@@ -147,6 +151,14 @@ def _error(stage: str, outcome: CallOutcome) -> dict[str, Any]:
     return {"stage": stage, "kind": outcome.error_kind or "model_error", "message": outcome.error or "unknown error", "raw": outcome.raw or None}
 
 
+def _agent(node: PlanNode, loop: LoopSpec) -> tuple[int, AgentSpec]:
+    """A loop agent's position and spec, from its plan entry."""
+    assert node.index is not None, f"{node.id} is not a loop agent"
+    agent = loop.agent_list()[node.index]
+    assert agent.name == node.agent, (node, agent)
+    return node.index, agent
+
+
 def _dump(reply: Any) -> dict[str, Any]:
     return reply.model_dump() if isinstance(reply, BaseModel) else dict(reply)
 
@@ -189,34 +201,36 @@ class Nodes:
 
     # -- role nodes ---------------------------------------------------------------------------
 
-    def step(self, node_id: str, binding: Binding) -> NodeFn:
+    def step(self, node: PlanNode, binding: Binding) -> NodeFn:
+        """A role node: one call, its kind's state update applied."""
+        stage = node.stage
         update_state = binding.kind.update
         assert update_state is not None, f"reply kind {binding.kind.name!r} has no state update"
 
         async def run(state: PromptState, *, runtime: Runtime[GraphContext]) -> dict[str, Any]:
             if state.get("error"):
                 return {}
-            history, faults = self.history(binding, state, node_id, minority=self.minority)
+            history, faults = self.history(binding, state, stage, minority=self.minority)
             outcome = await self.call(binding, state, runtime, **history)
-            update: dict[str, Any] = {"usage": {node_id: outcome.usage}}
+            update: dict[str, Any] = {"usage": {node.flow: outcome.usage}}
             if outcome.reply is None:
-                update["error"] = _error(node_id, outcome)
+                update["error"] = _error(stage, outcome)
                 return update
             reply = _dump(outcome.reply)
-            update.update(update_state(Step(stage=node_id, state=state, reply=reply, logprobs=outcome.logprobs)))
-            faults += update.pop("faults", []) + _faults(node_id, reply, self.known)
+            update.update(update_state(Step(stage=stage, state=state, reply=reply, logprobs=outcome.logprobs)))
+            faults += update.pop("faults", []) + _faults(stage, reply, self.known)
             if faults:
                 update["faults"] = faults
             return update
 
         return run
 
-    def loop_step(self, loop_id: str, loop: LoopSpec, index: int, binding: Binding) -> NodeFn:
+    def loop_step(self, node: PlanNode, loop: LoopSpec, binding: Binding) -> NodeFn:
         """An agent of a sequential loop whose kind updates the state instead of deliberating: its
         update is applied each turn; a ``stop_reason`` in it ends the loop, else the budget does."""
         agents = loop.agent_list()
-        agent = agents[index]
-        stage = f"{loop_id}/{agent.name}"
+        _, agent = _agent(node, loop)
+        stage, loop_id = node.stage, node.flow
         update_state = binding.kind.update
         assert update_state is not None, f"reply kind {binding.kind.name!r} has no state update"
 
@@ -258,11 +272,11 @@ class Nodes:
         record = {"round": round_no, "agent": agent.name, "model": binding.settings.label(), **turn, "usage": outcome.usage}
         return record, faults
 
-    def sequential_agent(self, loop_id: str, loop: LoopSpec, index: int, binding: Binding) -> NodeFn:
+    def sequential_agent(self, node: PlanNode, loop: LoopSpec, binding: Binding) -> NodeFn:
         """An agent of a sequential loop: reviews the previous turn; agreeing ends the loop (consensus)."""
         agents = loop.agent_list()
-        agent = agents[index]
-        stage = f"{loop_id}/{agent.name}"
+        _, agent = _agent(node, loop)
+        stage, loop_id = node.stage, node.flow
 
         async def run(state: PromptState, *, runtime: Runtime[GraphContext]) -> dict[str, Any]:
             if state.get("error"):
@@ -291,10 +305,10 @@ class Nodes:
 
         return run
 
-    def parallel_agent(self, loop_id: str, loop: LoopSpec, index: int, binding: Binding) -> NodeFn:
+    def parallel_agent(self, node: PlanNode, loop: LoopSpec, binding: Binding) -> NodeFn:
         """An agent of a parallel loop: answers every round; the vote node counts the answers."""
-        agent = loop.agent_list()[index]
-        stage = f"{loop_id}/{agent.name}"
+        index, agent = _agent(node, loop)
+        stage, loop_id = node.stage, node.flow
 
         async def run(state: PromptState, *, runtime: Runtime[GraphContext]) -> dict[str, Any]:
             if state.get("error"):
@@ -310,7 +324,7 @@ class Nodes:
 
         return run
 
-    def vote(self, loop_id: str, loop: LoopSpec) -> NodeFn:
+    def vote(self, node: PlanNode, loop: LoopSpec) -> NodeFn:
         """Apply the consensus rule to a round's turns. Without consensus the dissent is merged (new
         and superseded thoughts in agent order; the first dissenter's response); with consensus the
         outvoted agents' thoughts are merged too when the loop keeps its minority."""

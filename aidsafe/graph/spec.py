@@ -20,6 +20,7 @@ from .._yaml import check_schema_version, load_yaml_model
 from ..errors import ConfigError
 from ..kinds import AGENT_INPUTS, COMMON_INPUTS, STEP_INPUTS, ReplyKind, get_kind, kind_names
 from ..resources import resolve
+from .plan import loop_node_ids
 
 __all__ = ["SCHEMA", "AgentSpec", "GraphSpec", "LoopSpec", "NodeSpec", "RoleSpec", "load_graph_spec"]
 
@@ -281,8 +282,7 @@ class GraphSpec(_Spec):
         for node_id, node in self.nodes.items():
             if node.loop is None:
                 continue
-            generated = [f"{node_id}_{a.name}" for a in node.loop.agent_list()] + ([f"{node_id}_vote"] if node.loop.mode == "parallel" else [])
-            for name in generated:
+            for name in loop_node_ids(node_id, node.loop):
                 if name in self.nodes:
                     raise _fail(f"node id {name!r} clashes with a node the loop {node_id!r} generates; rename it", "nodes", name)
         loops = [n for n in self.flow if self.nodes[n].loop is not None]

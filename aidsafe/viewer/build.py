@@ -7,12 +7,13 @@ import json
 import os
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import AidsafeError, InputError
+from ..graph.plan import GraphPlan
 from ..judge.schema import JudgedRecord, judged_only, judged_or_plain
 from ..outputs import atomic_write_text, read_records
 from ..pairing import PromptCheck
@@ -24,38 +25,31 @@ __all__ = ["build_report", "record_path", "write_report"]
 PathLike = str | os.PathLike[str]
 
 
-def record_path(record: Record, nodes: Iterable[str]) -> list[str]:
-    """The graph nodes a record went through, from its usage (one entry per stage it ran) and its
-    deliberation turns (one node per agent, ``<loop>_<agent>``, plus ``<loop>_vote`` in a parallel
-    loop); ``__end__`` when it finished. The failing node of a failed record is included."""
-    node_ids = list(nodes)
+def record_path(record: Record, plan: GraphPlan) -> list[str]:
+    """The graph nodes a record went through, read from the graph's plan (``compiled.plan``):
+    ``__start__``, every node whose stage ran (a role node: its tokens in ``usage``; a loop agent:
+    its loop's tokens and a deliberation turn of its own; a vote: its loop's tokens and any turn)
+    and ``__end__`` when it finished. The failing node of a failed record is included."""
+    failed = plan.by_stage(record.error.stage) if record.error is not None else None
+    ran = set(record.usage) | ({failed.flow} if failed is not None else set())
     agents = {turn.agent for turn in record.deliberation}
-    stages = set(record.usage)
-    if record.error is not None:
-        stages.add(record.error.stage.split("/")[0])
-        agents.add(record.error.stage.partition("/")[2])
-    seen: list[str] = ["__start__"] if "__start__" in node_ids else []
-    for node in node_ids:
-        if node in stages:
-            seen.append(node)
+    seen: list[str] = ["__start__"]
+    for node in plan:
+        if node.flow not in ran:
             continue
-        loop, _, rest = node.partition("_")
-        while rest and loop not in stages:  # loop ids may contain underscores themselves
-            head, _, rest = rest.partition("_")
-            loop = f"{loop}_{head}"
-        if loop in stages and rest and (rest in agents or (rest == "vote" and record.deliberation)):
-            seen.append(node)
-    if record.status == "ok" and "__end__" in node_ids:
+        if node.kind == "role" or node is failed or (node.kind == "agent" and node.agent in agents) or (node.kind == "vote" and record.deliberation):
+            seen.append(node.id)
+    if record.status == "ok":
         seen.append("__end__")
     return seen
 
 
-def failed_node(record: Record, nodes: Iterable[str]) -> str | None:
-    """The graph node where a failed record stopped (``loop/agent`` stages map to ``loop_agent``)."""
+def failed_node(record: Record, plan: GraphPlan) -> str | None:
+    """The graph node where a failed record stopped: the plan's node of its ``error.stage``."""
     if record.error is None:
         return None
-    candidate = record.error.stage.replace("/", "_")
-    return candidate if candidate in set(nodes) else None
+    node = plan.by_stage(record.error.stage)
+    return node.id if node is not None else None
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -88,14 +82,14 @@ def _judged(paths: Sequence[PathLike], ids: Mapping[str, Record]) -> tuple[list[
 
 
 def _graph_pictures(graphs: Mapping[str, tuple[str, str, dict[str, str]]], graph_file: PathLike | None
-                    ) -> tuple[dict[str, str], dict[str, list[str]], dict[str, str], dict[str, str]]:
-    """An SVG per graph name (compiled with the fake backend: no model is needed), its node ids,
-    why a picture is missing (a graph file that is not shipped: pass ``graph_file``), and the role
-    of each step node (for tokens per role)."""
+                    ) -> tuple[dict[str, str], dict[str, GraphPlan], dict[str, str], dict[str, str]]:
+    """An SVG per graph name (compiled with the fake backend: no model is needed), its plan (the
+    nodes a record's path is read from), why a picture is missing (a graph file that is not
+    shipped: pass ``graph_file``), and the role of each role node's ``usage`` key (for tokens per role)."""
     from ..graph.draw import compile_to_draw, svg
 
     pictures: dict[str, str] = {}
-    nodes: dict[str, list[str]] = {}
+    plans: dict[str, GraphPlan] = {}
     missing: dict[str, str] = {}
     roles: dict[str, str] = {}
     for name, (spec, policies, models) in graphs.items():
@@ -108,9 +102,9 @@ def _graph_pictures(graphs: Mapping[str, tuple[str, str, dict[str, str]]], graph
             missing[name] = f"--graph {graph_file} is graph {compiled.spec.name!r}, not {name!r}"
             continue
         pictures[name] = svg(compiled, models=models)  # the models of the run, not the drawing's
-        nodes[name] = list(compiled.graph.get_graph().nodes)
-        roles.update({node_id: n.role for node_id, n in compiled.spec.nodes.items() if n.role is not None})
-    return pictures, nodes, missing, roles
+        plans[name] = compiled.plan
+        roles.update({node.flow: node.role for node in compiled.plan if node.kind == "role" and node.role is not None})
+    return pictures, plans, missing, roles
 
 
 def _summary(records: Sequence[Record], roles: Mapping[str, str], judges: Sequence[str],
@@ -186,15 +180,15 @@ def build_report(output: PathLike, judged: Sequence[PathLike] = (), *, graph: Pa
     graphs: dict[str, tuple[str, str, dict[str, str]]] = {}
     for r in records:
         graphs.setdefault(r.graph, (str(graph) if graph is not None else r.graph, r.policy_set.name, r.models))
-    pictures, nodes, missing, roles = _graph_pictures(graphs, graph)
+    pictures, plans, missing, roles = _graph_pictures(graphs, graph)
 
     rows: list[dict[str, Any]] = []
     for record in records:
         row = record.model_dump(mode="json", exclude_none=True)
         row.pop("judgement", None)
-        graph_nodes = nodes.get(record.graph, [])
-        row["_path"] = record_path(record, graph_nodes)
-        row["_failed_node"] = failed_node(record, graph_nodes)
+        plan = plans.get(record.graph)
+        row["_path"] = record_path(record, plan) if plan is not None else []
+        row["_failed_node"] = failed_node(record, plan) if plan is not None else None
         row["_scores"] = {label: judgements[label][record.id] for label in judges if record.id in judgements[label]}
         rows.append(row)
     data = {

@@ -1,53 +1,57 @@
-"""Pictures of a compiled graph: a standalone SVG, a PNG (matplotlib) and a self-contained HTML page.
+"""The layout of a picture of a compiled graph: every box, edge, label and the loop's box, in
+pixels, computed once by :func:`layout`; the SVG (:mod:`._svg`) and PNG (:mod:`._png`) renderers
+draw a :class:`Layout` and lay nothing out themselves.
 
-Offline and pure Python: a small layered layout of its own (no graphviz, no web renderer). The
-nodes and edges are those of the compiled LangGraph (``compiled.graph.get_graph()``); the loop,
-its exit rule and round budget come from ``compiled.spec``; each role's template, reply kind and
-model from ``compiled.bindings``; the policy pack from ``compiled.policies``.
-
-Layout: nodes are placed top to bottom by their longest path from ``__start__``; the agents of
-the deliberation loop sit in a labelled box ("deliberation loop: MODE, exit on RULE, budget N
+Nodes are placed top to bottom by their longest path from ``__start__``; the agents of the
+deliberation loop sit in a labelled box ("deliberation loop: MODE, exit on RULE, budget N
 rounds"); a sequential loop's way back to its first agent is a curved arc on the left side, a
 parallel loop's vote sends a dashed arc back up to each agent; the edges that leave the loop
 carry the exit label (the consensus rule and the budget), the edges that stay in it "continue".
-:func:`layout` computes the positions once; :func:`svg` and :func:`png` draw the same layout.
 
-SVG contract (stable: an HTML report highlights a record's path by toggling classes from JS):
-
-- the root is ``<svg class="aidsafe-graph" data-graph="NAME" viewBox=... width=... height=...>``;
-  its embedded ``<style>`` is scoped to ``svg.aidsafe-graph``, so the picture can be inlined in a page;
-- every LangGraph node, ``__start__`` and ``__end__`` included, is one
-  ``<g class="node" data-node="ID" data-kind="KIND">`` (KIND: ``start``, ``end``, ``role``,
-  ``agent``, ``vote``); it holds a ``<title>``, one ``<rect>`` and its ``<text>`` lines;
-- every LangGraph edge is one ``<g class="edge" data-from="A" data-to="B" data-kind="KIND">``
-  (KIND: ``flow`` for a plain edge, ``continue`` for a conditional edge that stays in the loop,
-  ``exit`` for one that leaves it), with ``data-label`` when LangGraph labels the edge; it holds
-  a ``<title>``, one ``<path>``, one ``<polygon>`` (the arrowhead) and the edge's own ``<text>``
-  label if any;
-- the ``visited`` class (``class="node visited"``, ``class="edge visited"``) draws a node or
-  edge bold and coloured: :func:`svg` sets it for ``highlight`` nodes and for the edges between two
-  of them, and a script may toggle it with ``element.classList.toggle("visited")``;
-- the loop is ``<g class="loop" data-loop="NODE_ID" data-label="...">`` (its box, its label and
-  the labels its edges share).
-
-All text is XML-escaped; the SVG has no script and no external reference (its only URL is the
-SVG namespace).
+The nodes and edges are those of the compiled LangGraph (``compiled.graph.get_graph()``); what a
+node is (role, agent or vote, its binding and loop) and the loop's words come from the graph's
+plan (``compiled.plan``, :mod:`aidsafe.graph.plan`), never from its id.
 """
 
 from __future__ import annotations
 
-import html as _html
-import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AidsafeError, ConfigError
-from .spec import LoopSpec
+from ...errors import AidsafeError
+from ..plan import PlanNode, word_exit
+from ..spec import LoopSpec
+from ._style import (
+    ARROW_HALF_WIDTH,
+    ARROW_LENGTH,
+    DETAIL_SIZE,
+    EDGE_LABEL_SIZE,
+    ID_SIZE,
+    LINE,
+    LOOP_LABEL_SIZE,
+    MARGIN,
+    MIN_WIDTH,
+    SUBTITLE_SIZE,
+    TITLE_SIZE,
+)
 
-__all__ = ["EdgeLine", "Label", "Layout", "LoopBox", "NodeBox", "compile_to_draw", "exit_rule", "html", "layout", "loop_label", "model_label", "png", "svg"]
+__all__ = [
+    "Command",
+    "EdgeLine",
+    "Label",
+    "Layout",
+    "LoopBox",
+    "NodeBox",
+    "Point",
+    "compile_to_draw",
+    "exit_rule",
+    "layout",
+    "loop_label",
+    "model_label",
+    "text_width",
+]
 
 
 def _no_model(settings: Any) -> Any:
@@ -70,43 +74,11 @@ def model_label(compiled: Any, name: str, models: Mapping[str, str] | None = Non
 def compile_to_draw(graph: str | Path, policies: str | Path = "aidsafe5") -> Any:
     """The graph compiled for a picture: no model is created or called, and passing a model factory
     skips the backends' checks, so a graph whose roles name real models (``model: gpt-4o``) draws too."""
-    from ..models import ModelSettings
-    from .compiler import compile_graph
+    from ...models import ModelSettings
+    from ..compiler import compile_graph
 
     return compile_graph(graph, policies, ModelSettings(backend="fake"), model_factory=_no_model)
 
-PLOTS_HINT = "pip install 'aidsafe[plots]'"
-
-FONT_FAMILY = "DejaVu Sans, Verdana, Arial, Helvetica, sans-serif"
-TITLE_SIZE = 17.0
-SUBTITLE_SIZE = 12.0
-ID_SIZE = 14.0
-DETAIL_SIZE = 12.0
-LINE = 17.0
-EDGE_LABEL_SIZE = 11.5
-LOOP_LABEL_SIZE = 12.0
-MARGIN = 24.0
-MIN_WIDTH = 520.0
-ARROW_LENGTH = 9.0
-ARROW_HALF_WIDTH = 4.5
-
-# colours, shared by the SVG stylesheet and the matplotlib drawing
-FLOW = "#5c677d"
-CONTINUE = "#1971c2"
-EXIT = "#2b8a3e"
-VISITED = "#e8590c"
-VISITED_FILL = "#fff4e6"
-NODE_COLOURS = {  # kind: (fill, stroke, text)
-    "role": ("#f8f9fa", "#495057", "#212529"),
-    "agent": ("#e7f5ff", "#1971c2", "#212529"),
-    "vote": ("#fff9db", "#e67700", "#212529"),
-    "start": ("#343a40", "#343a40", "#ffffff"),
-    "end": ("#343a40", "#343a40", "#ffffff"),
-}
-EDGE_COLOURS = {"flow": FLOW, "continue": CONTINUE, "exit": EXIT}
-LOOP_FILL = "#f1f3f5"
-LOOP_STROKE = "#adb5bd"
-TEXT_COLOURS = {"title": "#212529", "subtitle": "#6c757d", "node-id": "#212529", "node-detail": "#495057", "loop-label": "#343a40"}
 
 Point = tuple[float, float]
 Command = tuple[str, tuple[float, ...]]
@@ -249,87 +221,45 @@ class Layout:
     nodes: list[NodeBox]
     edges: list[EdgeLine]
     loop: LoopBox | None = None
+    policy_pack: str = ""
+    """``name@version`` of the policy pack the graph was compiled with."""
 
     def node(self, node_id: str) -> NodeBox:
         return next(n for n in self.nodes if n.id == node_id)
 
 
-@dataclass
-class _LoopInfo:
-    node: str
-    spec: LoopSpec
-    members: list[str]
-    """The LangGraph nodes of the loop, in order: the agents, then the vote of a parallel loop."""
-    stops: tuple[str, ...]
-
-
-def _loop_info(compiled: Any) -> _LoopInfo | None:
-    spec = compiled.spec
-    for node_id in spec.flow:
-        loop = spec.nodes[node_id].loop
-        if loop is None:
-            continue
-        agents = loop.agent_list()
-        members = [f"{node_id}_{a.name}" for a in agents] + ([f"{node_id}_vote"] if loop.mode == "parallel" else [])
-        stops = tuple(dict.fromkeys(s for a in agents for s in compiled.bindings[f"{node_id}.{a.name}"].kind.stops))
-        return _LoopInfo(node_id, loop, members, stops)
-    return None
-
-
 def exit_rule(loop: LoopSpec, stops: Sequence[str] = ()) -> str:
     """What ends a loop besides its budget: the consensus rule (``majority``, ``at_least 2 of 3``)
-    or the stop reasons its agents may give (``violation``); empty when only the budget does."""
-    if loop.consensus == "at_least":
-        return f"at_least {loop.min_agree} of {len(loop.agent_list())}"
-    if loop.consensus is not None:
-        return loop.consensus
-    return " or ".join(stops)
+    or the stop reasons its agents may give (``violation``); empty when only the budget does.
+    The words are :func:`~aidsafe.graph.plan.word_exit`'s (``ExitRule.rule``)."""
+    return word_exit(loop, stops).rule
 
 
 def loop_label(loop: LoopSpec, stops: Sequence[str] = ()) -> str:
-    """``deliberation loop: MODE, exit on RULE, budget N rounds`` (the loop box's label)."""
-    rule = exit_rule(loop, stops)
-    exit_on = f", exit on {rule}" if rule else ""
-    at_least = f", at least {loop.min_rounds}" if loop.min_rounds else ""
-    return f"deliberation loop: {loop.mode}{exit_on}, budget {loop.max_rounds} round{'s' if loop.max_rounds != 1 else ''}{at_least}"
+    """``deliberation loop: MODE, exit on RULE, budget N rounds`` (the loop box's label; the words
+    are :func:`~aidsafe.graph.plan.word_exit`'s, ``ExitRule.label``)."""
+    return word_exit(loop, stops).label
 
 
-def _binding_of(compiled: Any, node_id: str, loop: _LoopInfo | None) -> tuple[str, Any]:
-    """The binding name (``role`` or ``loop.agent``) of a LangGraph node, and its binding (None for
-    the start, the end and a vote)."""
-    spec = compiled.spec
-    if node_id in spec.nodes and spec.nodes[node_id].role is not None:
-        name = str(spec.nodes[node_id].role)
-    elif loop is not None and node_id in loop.members:
-        name = f"{loop.node}.{node_id[len(loop.node) + 1 :]}"
-    else:
-        return "", None
-    return name, compiled.bindings.get(name)
-
-
-def _node_box(compiled: Any, node_id: str, loop: _LoopInfo | None, models: Mapping[str, str] | None = None) -> NodeBox:
-    spec = compiled.spec
+def _node_box(compiled: Any, node_id: str, models: Mapping[str, str] | None = None) -> NodeBox:
     if node_id in ("__start__", "__end__"):
         kind = "start" if node_id == "__start__" else "end"
         return NodeBox(node_id, kind, 0, 0, 84, 30, 15, ["START" if kind == "start" else "END"], node_id)
-    name, binding = _binding_of(compiled, node_id, loop)
-    kind = "role"
-    if node_id not in spec.nodes and loop is not None and node_id in loop.members:
-        kind = "agent" if binding is not None else "vote"
-    if binding is not None:
-        template = spec.roles[binding.role].template
-        model = model_label(compiled, name, models)
-        lines = [node_id, _shorten(template), _shorten(f"{binding.kind.name} · {model}")]
-        tooltip = f"{node_id}: role {binding.role}, template {template}, reply {binding.kind.name}, model {model}"
-    elif kind == "vote" and loop is not None:
-        rule = exit_rule(loop.spec, loop.stops)
-        lines = [node_id, f"vote: {rule}", f"minority: {loop.spec.minority}"]
+    entry: PlanNode | None = compiled.plan.get(node_id)
+    kind = entry.kind if entry is not None else "role"
+    if entry is not None and entry.binding is not None:
+        plan = entry.binding
+        template, reply, role = plan.template, plan.reply, entry.role
+        model = model_label(compiled, plan.name, models)
+        lines = [node_id, _shorten(template), _shorten(f"{reply} · {model}")]
+        tooltip = f"{node_id}: role {role}, template {template}, reply {reply}, model {model}"
+    elif entry is not None and entry.exit is not None and (loop := compiled.plan.loop_of(entry)) is not None:
+        lines = [node_id, f"vote: {entry.exit.rule}", f"minority: {loop.spec.minority}"]
         tooltip = f"{node_id}: {loop.spec.rule()}"
     else:
         lines, tooltip = [node_id], node_id
     width = max(text_width(lines[0], ID_SIZE, True), *(text_width(t, DETAIL_SIZE) for t in lines[1:])) + 28
     return NodeBox(node_id, kind, 0, 0, max(150.0, width), 32 + LINE * (len(lines) - 1), 8, lines, tooltip)
-
 
 def _layers(nodes: list[str], forward: list[tuple[str, str]]) -> dict[str, int]:
     """Longest path from the sources, over the forward edges (the back edges are left out)."""
@@ -481,9 +411,9 @@ def layout(compiled: Any, models: Mapping[str, str] | None = None) -> Layout:
     drawable = compiled.graph.get_graph()
     node_ids = [str(n) for n in drawable.nodes]
     raw_edges = [(str(e.source), str(e.target), None if e.data is None else str(e.data), bool(e.conditional)) for e in drawable.edges]
-    loop = _loop_info(compiled)
-    members = loop.members if loop else []
-    boxes = {n: _node_box(compiled, n, loop, models) for n in node_ids}
+    loop = compiled.plan.loop
+    members = list(loop.members) if loop else []
+    boxes = {n: _node_box(compiled, n, models) for n in node_ids}
     if loop is not None:  # the loop's agents share one width, so that the column (or row) is tidy
         agents = [m for m in members if boxes[m].kind == "agent"]
         width = max(boxes[m].w for m in agents) if agents else 0.0
@@ -580,7 +510,7 @@ def layout(compiled: Any, models: Mapping[str, str] | None = None) -> Layout:
         right = max(p[0] for p in points) + 16
         top = min(boxes[m].y for m in members) - header_pad
         bottom = max(boxes[m].bottom for m in members) + 16
-        text = loop_label(loop.spec, loop.stops)
+        text = loop.exit.label
         head, _, tail = text.partition(", ")
         header = [head + ",", tail]
         header_w = max(text_width(header[0], LOOP_LABEL_SIZE, True), text_width(header[1], LOOP_LABEL_SIZE))
@@ -588,7 +518,7 @@ def layout(compiled: Any, models: Mapping[str, str] | None = None) -> Layout:
         trunk = min(entering) if entering else (left + right) / 2
         left = min(left, trunk - 14 - header_w - 12)
         right = max(right, left + header_w + 24)
-        loop_box = LoopBox(loop.node, text, left, top, right - left, bottom - top)
+        loop_box = LoopBox(loop.id, text, left, top, right - left, bottom - top)
         loop_box.labels += [
             Label(left + 12, top + 18, header[0], LOOP_LABEL_SIZE, "loop-label", bold=True),
             Label(left + 12, top + 33, header[1], LOOP_LABEL_SIZE, "loop-label"),
@@ -648,7 +578,8 @@ def layout(compiled: Any, models: Mapping[str, str] | None = None) -> Layout:
     for box in boxes.values():
         _node_labels(box)
     height = content_top + (max_y - min_y) + MARGIN
-    return Layout(spec.name, round(width), round(height), title, [boxes[n] for n in node_ids], edges, loop_box)
+    nodes = [boxes[n] for n in node_ids]
+    return Layout(spec.name, round(width), round(height), title, nodes, edges, loop_box, policy_pack=f"{pack.name}@{pack.version}")
 
 
 def _node_labels(box: NodeBox) -> None:
@@ -658,303 +589,3 @@ def _node_labels(box: NodeBox) -> None:
     box.labels = [Label(box.cx, box.y + 22, box.lines[0], ID_SIZE, "node-id", bold=True, anchor="middle")]
     box.labels += [Label(box.cx, box.y + 22 + LINE * i, t, DETAIL_SIZE, "node-detail", anchor="middle") for i, t in enumerate(box.lines[1:], 1)]
 
-
-# --- SVG ------------------------------------------------------------------------------------
-
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-
-
-def _esc(text: object) -> str:
-    """XML/HTML-escaped text (quotes included), without the control characters XML forbids."""
-    return _html.escape(_XML_INVALID.sub("\ufffd", str(text)), quote=True)
-
-
-def _num(value: float) -> str:
-    text = f"{value:.1f}"
-    return text[:-2] if text.endswith(".0") else text
-
-
-def _svg_path(path: list[Command]) -> str:
-    return " ".join(name + " " + " ".join(_num(v) for v in values) for name, values in path)
-
-
-def _css() -> str:
-    """The stylesheet; every rule is scoped to ``svg.aidsafe-graph``, so that a page holding the
-    picture inline keeps its own styles."""
-    rules: list[tuple[str, str]] = [
-        (".background", "fill:#ffffff"),
-        ("text", f"font-family:{FONT_FAMILY}"),
-        *((f".{role}", f"fill:{colour}") for role, colour in TEXT_COLOURS.items()),
-        ("text.title,.node-id", "font-weight:bold"),
-        (".loop rect", f"fill:{LOOP_FILL};stroke:{LOOP_STROKE};stroke-width:1.2;stroke-dasharray:6 4"),
-        (".node rect", "stroke-width:1.4"),
-        *((f'.node[data-kind="{k}"] rect', f"fill:{fill};stroke:{stroke}") for k, (fill, stroke, _) in NODE_COLOURS.items()),
-        *((f'.node[data-kind="{k}"] text', f"fill:{NODE_COLOURS[k][2]}") for k in ("start", "end")),
-        (".node.visited rect", f"stroke:{VISITED};stroke-width:3;fill:{VISITED_FILL}"),
-        ('.node.visited[data-kind="start"] rect,.node.visited[data-kind="end"] rect', f"fill:{VISITED}"),
-        (".edge path", "fill:none;stroke-width:1.6"),
-        *((f'.edge[data-kind="{k}"] path', f"stroke:{c}") for k, c in EDGE_COLOURS.items()),
-        *((f'.edge[data-kind="{k}"] polygon,.edge[data-kind="{k}"] text', f"fill:{c}") for k, c in EDGE_COLOURS.items()),
-        ('.edge[data-kind="continue"] path', "stroke-dasharray:6 4"),
-        (".edge.visited path", f"stroke:{VISITED};stroke-width:3.2"),
-        (".edge.visited polygon,.edge.visited text", f"fill:{VISITED}"),
-        (".loop .edge-label", f"fill:{EXIT}"),
-        (".loop .edge-label.continue", f"fill:{CONTINUE}"),
-    ]
-    return "\n".join(",".join(f"svg.aidsafe-graph {part}" for part in selectors.split(",")) + f"{{{body}}}" for selectors, body in rules)
-
-
-def _svg_text(label: Label, extra_class: str = "") -> str:
-    cls = f"{label.role} {extra_class}".strip()
-    anchor = "" if label.anchor == "start" else f' text-anchor="{label.anchor}"'
-    weight = ' font-weight="bold"' if label.bold else ""
-    return f'<text class="{cls}" x="{_num(label.x)}" y="{_num(label.y)}" font-size="{_num(label.size)}"{anchor}{weight}>{_esc(label.text)}</text>'
-
-
-def svg(compiled: Any, highlight: Iterable[str] | None = None, models: Mapping[str, str] | None = None) -> str:
-    """A standalone SVG picture of a compiled graph; the nodes in ``highlight`` (and the edges
-    between two of them) get the ``visited`` class; ``models`` names the models shown (see
-    :func:`model_label`). The attributes are described in the module docstring."""
-    return _svg(layout(compiled, models), set(highlight or ()), compiled)
-
-
-def _svg(lay: Layout, visited: set[str], compiled: Any) -> str:
-    pack = compiled.policies
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="aidsafe-graph" data-graph="{_esc(lay.name)}" '
-        f'viewBox="0 0 {_num(lay.width)} {_num(lay.height)}" width="{_num(lay.width)}" height="{_num(lay.height)}" role="img">',
-        f"<title>{_esc(f'graph {lay.name}, policy pack {pack.name}@{pack.version}')}</title>",
-        f"<style>\n{_css()}\n</style>",
-        f'<rect class="background" x="0" y="0" width="{_num(lay.width)}" height="{_num(lay.height)}"/>',
-        '<g class="title">',
-        *(_svg_text(label) for label in lay.title),
-        "</g>",
-    ]
-    if lay.loop is not None:
-        loop = lay.loop
-        out.append(f'<g class="loop" data-loop="{_esc(loop.node)}" data-label="{_esc(loop.label)}">')
-        out.append(f'<rect x="{_num(loop.x)}" y="{_num(loop.y)}" width="{_num(loop.w)}" height="{_num(loop.h)}" rx="12"/>')
-        for label in loop.labels:
-            extra = "continue" if label.role == "edge-label" and label.text.startswith("continue") else ""
-            out.append(_svg_text(label, extra))
-        out.append("</g>")
-    out.append('<g class="edges">')
-    for edge in lay.edges:
-        cls = "edge visited" if edge.source in visited and edge.target in visited else "edge"
-        label_attr = f' data-label="{_esc(edge.label)}"' if edge.label else ""
-        tip = f"{edge.source} → {edge.target}" + (f": {edge.label}" if edge.label else "")
-        arrow = " ".join(f"{_num(x)},{_num(y)}" for x, y in edge.arrow)
-        out.append(f'<g class="{cls}" data-from="{_esc(edge.source)}" data-to="{_esc(edge.target)}" data-kind="{edge.kind}"{label_attr}>')
-        out.append(f"<title>{_esc(tip)}</title>")
-        out.append(f'<path d="{_svg_path(edge.path)}"/>')
-        out.append(f'<polygon points="{arrow}"/>')
-        out += [_svg_text(label) for label in edge.labels]
-        out.append("</g>")
-    out.append("</g>")
-    out.append('<g class="nodes">')
-    for node in lay.nodes:
-        cls = "node visited" if node.id in visited else "node"
-        out.append(f'<g class="{cls}" data-node="{_esc(node.id)}" data-kind="{node.kind}">')
-        out.append(f"<title>{_esc(node.tooltip)}</title>")
-        out.append(f'<rect x="{_num(node.x)}" y="{_num(node.y)}" width="{_num(node.w)}" height="{_num(node.h)}" rx="{_num(node.rx)}"/>')
-        out += [_svg_text(label) for label in node.labels]
-        out.append("</g>")
-    out.append("</g>")
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-# --- PNG ------------------------------------------------------------------------------------
-
-
-def _matplotlib() -> tuple[Any, Any]:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ConfigError(f"a PNG picture needs matplotlib, which is not installed: {PLOTS_HINT}") from None
-    return Figure, FigureCanvasAgg
-
-
-def png(compiled: Any, path: str | os.PathLike[str], *, highlight: Iterable[str] | None = None) -> Path:
-    """Draw the same layout as :func:`svg` into a PNG file with matplotlib (the ``plots`` extra),
-    about 1200 pixels wide; the file is written to a temporary name and moved into place."""
-    Figure, FigureCanvasAgg = _matplotlib()
-    from matplotlib.patches import FancyBboxPatch, PathPatch, Polygon
-    from matplotlib.path import Path as MplPath
-
-    lay = layout(compiled)
-    visited = set(highlight or ())
-    scale = min(2.5, max(1.0, 1200 / lay.width))
-    pt = 72 / 100  # one canvas pixel, in points, at 100 dpi before scaling
-    figure = Figure(figsize=(lay.width / 100, lay.height / 100), dpi=100 * scale, facecolor="white")
-    FigureCanvasAgg(figure)
-    ax = figure.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, lay.width)
-    ax.set_ylim(lay.height, 0)
-    ax.set_axis_off()
-
-    def text(label: Label, colour: str) -> None:
-        ax.text(
-            label.x,
-            label.y,
-            label.text,
-            fontsize=label.size * pt,
-            color=colour,
-            ha={"start": "left", "middle": "center", "end": "right"}[label.anchor],
-            va="baseline",
-            fontweight="bold" if label.bold else "normal",
-            family="DejaVu Sans",
-            parse_math=False,
-            zorder=5,
-        )
-
-    for label in lay.title:
-        text(label, TEXT_COLOURS[label.role])
-    if lay.loop is not None:
-        loop = lay.loop
-        ax.add_patch(
-            FancyBboxPatch(
-                (loop.x, loop.y),
-                loop.w,
-                loop.h,
-                boxstyle="round,pad=0,rounding_size=12",
-                facecolor=LOOP_FILL,
-                edgecolor=LOOP_STROKE,
-                linewidth=1.2 * pt,
-                linestyle=(0, (6, 4)),
-                zorder=1,
-            )
-        )
-        for label in loop.labels:
-            colour = TEXT_COLOURS["loop-label"] if label.role == "loop-label" else (CONTINUE if label.text.startswith("continue") else EXIT)
-            text(label, colour)
-    codes = {"M": [MplPath.MOVETO], "L": [MplPath.LINETO], "Q": [MplPath.CURVE3] * 2, "C": [MplPath.CURVE4] * 3}
-    for edge in lay.edges:
-        on = edge.source in visited and edge.target in visited
-        colour = VISITED if on else EDGE_COLOURS[edge.kind]
-        vertices = [(values[i], values[i + 1]) for _, values in edge.path for i in range(0, len(values), 2)]
-        shape = MplPath(vertices, [c for name, _ in edge.path for c in codes[name]])
-        style: Any = (0, (6, 4)) if edge.kind == "continue" else "solid"
-        ax.add_patch(PathPatch(shape, facecolor="none", edgecolor=colour, linewidth=(3.2 if on else 1.6) * pt, linestyle=style, zorder=2))
-        ax.add_patch(Polygon(edge.arrow, closed=True, facecolor=colour, edgecolor=colour, linewidth=0.5 * pt, zorder=2))
-        for label in edge.labels:
-            text(label, colour)
-    for node in lay.nodes:
-        fill, stroke, ink = NODE_COLOURS.get(node.kind, NODE_COLOURS["role"])
-        width = 1.4
-        if node.id in visited:
-            fill = VISITED if node.kind in ("start", "end") else VISITED_FILL
-            stroke, width = VISITED, 3.0
-        ax.add_patch(
-            FancyBboxPatch(
-                (node.x, node.y),
-                node.w,
-                node.h,
-                boxstyle=f"round,pad=0,rounding_size={node.rx}",
-                facecolor=fill,
-                edgecolor=stroke,
-                linewidth=width * pt,
-                zorder=3,
-            )
-        )
-        for label in node.labels:
-            text(label, ink if label.role == "node-id" or node.kind in ("start", "end") else TEXT_COLOURS["node-detail"])
-    target = Path(path)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        figure.savefig(temp, format="png", dpi=100 * scale, facecolor="white")
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return target
-
-
-# --- HTML -----------------------------------------------------------------------------------
-
-_PAGE_CSS = """
-body{font-family:DejaVu Sans,Verdana,Arial,Helvetica,sans-serif;color:#212529;margin:0;background:#fff}
-main{max-width:1200px;margin:0 auto;padding:24px}
-h1{font-size:1.5em;margin:0 0 4px} h2{font-size:1.15em;margin:28px 0 8px}
-.description{color:#495057;margin:4px 0 12px}
-figure{margin:12px 0;overflow-x:auto} figure svg{max-width:100%;height:auto}
-table{border-collapse:collapse;font-size:.92em} th,td{border:1px solid #dee2e6;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#f1f3f5} code{font-family:DejaVu Sans Mono,Consolas,monospace;font-size:.95em}
-pre{background:#f8f9fa;border:1px solid #dee2e6;padding:10px;overflow-x:auto}
-"""
-
-
-def _row(cells: Iterable[object], header: bool = False) -> str:
-    tag = "th" if header else "td"
-    return "<tr>" + "".join(f"<{tag}>{_esc(c)}</{tag}>" for c in cells) + "</tr>"
-
-
-def html(compiled: Any) -> str:
-    """One self-contained HTML page (no script, no remote resource): the SVG, the roles (template,
-    reply kind, model, params), the loop's rule and budget, the policy pack and the Mermaid text."""
-    spec = compiled.spec
-    pack = compiled.policies
-    lay = layout(compiled)
-    loop = _loop_info(compiled)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(f'aidsafe graph {spec.name}')}</title>",
-        f"<style>{_PAGE_CSS}</style>",
-        "</head><body><main>",
-        f"<h1>Graph <code>{_esc(spec.name)}</code></h1>",
-    ]
-    if spec.description:
-        parts.append(f'<p class="description">{_esc(spec.description)}</p>')
-    parts.append(f"<p>Policy pack <b>{_esc(pack.name)}@{_esc(pack.version)}</b> · graph file <code>{_esc(compiled.path)}</code></p>")
-    parts.append(f'<figure class="graph">{_svg(lay, set(), compiled)}</figure>')
-
-    parts.append("<h2>Roles</h2><table>")
-    parts.append(_row(["node", "role", "template", "reply kind", "model", "max tokens", "params"], header=True))
-    for node_id in (n.id for n in lay.nodes):
-        name, binding = _binding_of(compiled, node_id, loop)
-        if binding is None:
-            continue
-        params = ", ".join(f"{k}={v}" for k, v in binding.params.items())
-        parts.append(
-            _row(
-                [
-                    node_id,
-                    binding.role,
-                    spec.roles[binding.role].template,
-                    binding.kind.name,
-                    model_label(compiled, name),
-                    binding.settings.max_tokens or "",
-                    params,
-                ]
-            )
-        )
-    parts.append("</table>")
-
-    if loop is not None:
-        rule = exit_rule(loop.spec, loop.stops)
-        parts.append("<h2>Deliberation loop</h2><table>")
-        rows: list[tuple[str, object]] = [
-            ("node", loop.node),
-            ("mode", loop.spec.mode),
-            ("agents", ", ".join(f"{a.name} ({a.role})" for a in loop.spec.agent_list())),
-            ("exit rule", rule or "the round budget only"),
-            ("round budget", f"{loop.spec.max_rounds} rounds" + (f" (at least {loop.spec.min_rounds})" if loop.spec.min_rounds else "")),
-            ("how it works", loop.spec.rule()),
-        ]
-        if loop.spec.mode == "parallel":
-            rows.insert(5, ("minority", loop.spec.minority))
-        if loop.stops:
-            rows.insert(4, ("stop reasons", ", ".join(loop.stops)))
-        parts += [_row(r) for r in rows]
-        parts.append("</table>")
-
-    parts.append(f"<h2>Policy pack {_esc(pack.name)}@{_esc(pack.version)}</h2>")
-    if pack.description:
-        parts.append(f'<p class="description">{_esc(pack.description)}</p>')
-    parts.append("<table>" + _row(["id", "title"], header=True) + "".join(_row([p.id, p.title]) for p in pack.policies) + "</table>")
-    parts.append(f"<details><summary>Mermaid</summary><pre>{_esc(compiled.mermaid())}</pre></details>")
-    parts.append("</main></body></html>")
-    return "\n".join(parts)
