@@ -26,10 +26,10 @@ from ..judge.comparison import common_ids, compare
 from ..judge.identity import single_judge
 from ..judge.plots import plot_distributions, require_plots
 from ..judge.report import judge_name, markdown_report
-from ..judge.schema import JudgedPair, JudgedRecord, PairVerdict, judged_or_plain
+from ..judge.schema import JudgedRecord, PairVerdict, judged_or_plain
 from ..outputs import atomic_write_text, first_line_is, read_records
+from ..pairs.judged import judged_pair_or_plain
 from ..pairs.report import pair_rows, pair_stats, pairs_markdown
-from ..pairs.schema import PairRecord
 from ._options import env_option
 
 HELP = (
@@ -70,19 +70,15 @@ def input_labels(paths: list[str], labels: list[str] | None) -> list[str]:
     return chosen
 
 
-def _pair_model(data: dict[str, Any]) -> type[PairRecord]:
-    return JudgedPair if "judgement" in data else PairRecord
-
-
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         require_plots()  # fail before any work when matplotlib is missing
     labels = input_labels(args.inputs, args.labels)
-    pair_files = {label: path for path, label in zip(args.inputs, labels, strict=True) if first_line_is(path, _pair_model)}
+    pair_files = {label: path for path, label in zip(args.inputs, labels, strict=True) if first_line_is(path, judged_pair_or_plain)}
     pair_sections = []
     pair_json: dict[str, Any] = {}
     for label, path in pair_files.items():
-        pairs = list(read_records(path, _pair_model, what="a pair record"))
+        pairs = list(read_records(path, judged_pair_or_plain, what="a pair record"))
         judge = single_judge(pairs, file=path)
         stats, rows = pair_stats(pairs), pair_rows(pairs)
         pair_sections.append(pairs_markdown(label, stats, rows, judge=str(judge) if judge else None))

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
-from .schema import JudgedPair, JudgedRecord, Judgement, PairVerdict
+from ..pairs.judged import JudgedPair, Judgement
+from .schema import JudgedRecord, PairVerdict
 
 __all__ = ["UNKNOWN", "JudgeId", "check_same_judge", "judge_groups", "judges_of", "rubric_digest", "single_judge"]
 

@@ -21,6 +21,7 @@ from ..kinds import ReplyKind, reply_schema
 from ..models import ChatModel, ModelFactory, ModelPool, ModelSettings, check_settings, default_concurrency, make_model
 from ..outputs import read_records
 from ..pairing import PromptCheck
+from ..pairs.judged import PAIR_METRIC, Citations, JudgedPair, Judgement, PairJudgement, judged_flags  # PAIR_METRIC: re-exported
 from ..pairs.schema import PairRecord, Side
 from ..policies import PolicySet, load_policy_set
 from ..records import Intents, Record, Usage, prompt_sha256
@@ -28,13 +29,11 @@ from ..runner import JobOptions, JobRun, run_job
 from ..structured import call_structured
 from ..templates import RoleTemplate, load_rubric
 from .kinds import PAIRWISE, SCORES, json_object
-from .schema import METRICS, Citations, JudgedPair, JudgedRecord, Judgement, PairJudgement, PairVerdict
+from .schema import METRICS, JudgedRecord, PairVerdict
 from .stats import reconcile, win_rates
 
 __all__ = ["PAIR_METRIC", "Judge", "citations", "parse_rationale", "parse_scores", "parse_winner"]
-
-PAIR_METRIC = "faithfulness_cot_policy"
-"""The metric a pair's rejected side must be worse on: the paper's argument is about the CoT's faithfulness to the policies."""
+# PAIR_METRIC is a pair concept defined in aidsafe.pairs.judged (below the judge); re-exported here, where it was first public.
 
 
 def citations(record: Record, pack: PolicySet, applicable: list[str] | None) -> Citations:
@@ -250,13 +249,7 @@ class Judge:
             return JudgedPair(**{**pair.model_dump(), "prompt_sha256": prompt_sha256(pair.prompt)}, judgement=None)
         chosen = (await self.ajudge_one(side_record(pair.chosen), models)).judgement
         rejected = (await self.ajudge_one(side_record(pair.rejected), models)).judgement if pair.rejected is not None else None
-        flags = [f for f in pair.flags if f not in ("rejected_not_worse", "unjudged")]
-        if rejected is not None:
-            ours, theirs = chosen.scores.get(PAIR_METRIC), rejected.scores.get(PAIR_METRIC)
-            if ours is None or theirs is None:
-                flags.append("unjudged")
-            elif theirs >= ours:
-                flags.append("rejected_not_worse")
+        flags = judged_flags(pair.flags, chosen, rejected)
         return JudgedPair(**{**pair.model_dump(), "prompt_sha256": prompt_sha256(pair.prompt), "flags": flags},
                           judgement=PairJudgement(chosen=chosen, rejected=rejected))
 

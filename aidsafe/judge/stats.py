@@ -10,19 +10,18 @@ Conventions used throughout:
 
 The markdown report is in :mod:`aidsafe.judge.report`, the PNG in :mod:`aidsafe.judge.plots`,
 and the generation figures (rounds, consensus, thoughts, tokens) in :mod:`aidsafe.summary`.
+:func:`bootstrap_ci` lives in :mod:`aidsafe._stats` (below the judge, for the pairs report too).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from collections.abc import Iterable
+from typing import Any, Literal, cast, get_args
 
+from .._stats import bootstrap_ci, share  # bootstrap_ci: re-exported (see __all__)
 from .calibration import cohen_kappa
 from .schema import METRICS, JudgedRecord, PairVerdict
-
-if TYPE_CHECKING:  # numpy is imported where it is used: the CLI starts without it
-    import numpy as np
 
 __all__ = [
     "SCORE_RANGE",
@@ -37,60 +36,6 @@ __all__ = [
 ]
 
 SCORE_RANGE: tuple[int, ...] = (1, 2, 3, 4, 5)
-_CHUNK_CELLS = 4_000_000
-"""Upper bound on resamples x distinct values drawn at once (keeps the bootstrap's memory flat)."""
-
-
-def _share(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
-
-
-# --- bootstrap ----------------------------------------------------------------------
-
-
-def bootstrap_ci(
-    values: Sequence[float], *, level: float = 0.95, resamples: int = 2000, seed: int = 0
-) -> tuple[float, float] | None:
-    """Percentile bootstrap confidence interval of the mean of ``values``.
-
-    ``resamples`` samples of ``len(values)`` values are drawn with replacement; the interval
-    is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of their means. The draw is
-    done as multinomial counts over the distinct values (the same distribution as resampling
-    the values themselves, in memory proportional to the number of distinct values), from
-    ``numpy.random.default_rng(seed)``, so the same input and seed give the same interval.
-
-    Returns ``None`` for fewer than 2 values, and ``(v, v)`` when every value is ``v``.
-    """
-    import numpy as np
-
-    if not 0 < level < 1:
-        raise ValueError(f"level must be between 0 and 1, got {level}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
-    data = np.asarray(values, dtype=float)
-    if data.size < 2:
-        return None
-    if np.all(data == data[0]):
-        return float(data[0]), float(data[0])
-    means = _bootstrap_means(data, resamples, np.random.default_rng(seed))
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
-def _bootstrap_means(data: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``resamples`` bootstrap samples of ``data``, drawn in bounded chunks."""
-    import numpy as np
-
-    distinct, counts = np.unique(data, return_counts=True)
-    probabilities = counts / data.size
-    chunk = max(1, _CHUNK_CELLS // distinct.size)
-    parts = []
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        draws = rng.multinomial(data.size, probabilities, size=size)
-        parts.append(draws @ distinct / data.size)
-    return np.concatenate(parts)
 
 
 # --- score tables -------------------------------------------------------------------
@@ -162,9 +107,9 @@ def win_rates(verdicts: Iterable[PairVerdict]) -> dict[str, Any]:
         "ties": counts["tie"],
         "unscored": counts[None],
         "n": scored + counts[None],
-        "a_win_rate": _share(counts["a"], scored),
-        "b_win_rate": _share(counts["b"], scored),
-        "tie_rate": _share(counts["tie"], scored),
+        "a_win_rate": share(counts["a"], scored),
+        "b_win_rate": share(counts["b"], scored),
+        "tie_rate": share(counts["tie"], scored),
     }
 
 
@@ -215,6 +160,6 @@ def grader_agreement(first: Iterable[PairVerdict], second: Iterable[PairVerdict]
     pairs = [(verdict.winner, theirs[verdict.id]) for verdict in first if verdict.winner is not None and verdict.id in theirs]
     return {
         "n": len(pairs),
-        "agreement": _share(sum(a == b for a, b in pairs), len(pairs)),
+        "agreement": share(sum(a == b for a, b in pairs), len(pairs)),
         "kappa": cohen_kappa([a for a, _ in pairs], [b for _, b in pairs], categories=_VERDICTS) if pairs else None,
     }

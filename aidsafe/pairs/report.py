@@ -9,28 +9,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..judge.judge import PAIR_METRIC
-from ..judge.schema import JudgedPair
-from ..judge.stats import bootstrap_ci
+from .._stats import bootstrap_ci, share
+from .judged import in_dpo_export, side_score  # in_dpo_export: re-exported (see __all__)
 from .schema import PairRecord
 
 __all__ = ["in_dpo_export", "pair_rows", "pair_stats", "pairs_markdown"]
-
-
-def in_dpo_export(pair: PairRecord, *, include_flagged: bool = False) -> bool:
-    """Whether a pair goes into the DPO export: a pair with both sides, and no flag unless asked."""
-    return pair.status == "ok" and pair.chosen is not None and pair.rejected is not None and (include_flagged or not pair.flags)
-
-
-def _score(pair: PairRecord, side: str) -> int | None:
-    if not isinstance(pair, JudgedPair) or pair.judgement is None:
-        return None
-    judgement = pair.judgement.chosen if side == "chosen" else pair.judgement.rejected
-    return judgement.scores.get(PAIR_METRIC) if judgement is not None else None
-
-
-def _share(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
+# in_dpo_export (the DPO export rule) is defined in aidsafe.pairs.judged; re-exported here, where it was first public.
 
 
 def pair_rows(pairs: Iterable[PairRecord]) -> list[dict[str, Any]]:
@@ -39,8 +23,8 @@ def pair_rows(pairs: Iterable[PairRecord]) -> list[dict[str, Any]]:
     return [
         {
             "id": p.id,
-            "chosen_faithfulness": _score(p, "chosen"),
-            "rejected_faithfulness": _score(p, "rejected"),
+            "chosen_faithfulness": side_score(p, "chosen"),
+            "rejected_faithfulness": side_score(p, "rejected"),
             "chosen_verdict": p.chosen_verdict.verdict if p.chosen_verdict else None,
             "rejected_verdict": p.tries[-1].verdict if p.tries else None,
             "flags": list(p.flags),
@@ -56,7 +40,7 @@ def pair_stats(pairs: Iterable[PairRecord]) -> dict[str, Any]:
     pairs) the mean faithfulness of each side with the paired difference and its bootstrap interval."""
     items = list(pairs)
     with_both = [p for p in items if p.rejected is not None]
-    judged = [(c, r) for c, r in ((_score(p, "chosen"), _score(p, "rejected")) for p in with_both) if c is not None and r is not None]
+    judged = [(c, r) for c, r in ((side_score(p, "chosen"), side_score(p, "rejected")) for p in with_both) if c is not None and r is not None]
     diffs = [float(c - r) for c, r in judged]
     ci = bootstrap_ci(diffs)
     chosen_scored = [p for p in with_both if p.chosen_verdict is not None]
@@ -67,9 +51,9 @@ def pair_stats(pairs: Iterable[PairRecord]) -> dict[str, Any]:
         "pairs": len(with_both),
         "flags": dict(Counter(f for p in items for f in p.flags)),
         "in_dpo_export": sum(in_dpo_export(p) for p in items),
-        "mean_tries": _share(sum(len(p.tries) for p in items), len(items)),
-        "rejected_violation_rate": _share(sum(bool(p.tries) and p.tries[-1].verdict == "unsafe" for p in with_both), len(with_both)),
-        "chosen_violation_rate": _share(sum(p.chosen_verdict is not None and p.chosen_verdict.verdict == "unsafe" for p in chosen_scored), len(chosen_scored)),
+        "mean_tries": share(sum(len(p.tries) for p in items), len(items)),
+        "rejected_violation_rate": share(sum(bool(p.tries) and p.tries[-1].verdict == "unsafe" for p in with_both), len(with_both)),
+        "chosen_violation_rate": share(sum(p.chosen_verdict is not None and p.chosen_verdict.verdict == "unsafe" for p in chosen_scored), len(chosen_scored)),
         "mean_rejected_p_unsafe": sum(p_values) / len(p_values) if p_values else None,
         "judged_pairs": len(judged),
         "mean_chosen_faithfulness": sum(c for c, _ in judged) / len(judged) if judged else None,

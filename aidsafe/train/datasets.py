@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from ..errors import InputError
 from ..outputs import atomic_text, atomic_write_text, read_record_lines
-from ..pairs.report import in_dpo_export
-from ..pairs.schema import PairRecord, Side
+from ..pairs.judged import both_sides_judged, in_dpo_export, judged_pair_or_plain
+from ..pairs.schema import Side
 from ..records import CitedThought, Record, training_thoughts
 
 __all__ = ["CotPlacement", "ExportCounts", "assistant_message", "cot_text", "export_dpo", "export_sft", "export_sft_original"]
@@ -247,13 +247,13 @@ def export_dpo(
     out = _prepare(folder)
     counts = ExportCounts()
     with atomic_text(out / "train.jsonl") as sink:
-        for line, pair in read_record_lines(pairs_path, _pair_model, what="a pair record"):
+        for line, pair in read_record_lines(pairs_path, judged_pair_or_plain, what="a pair record"):
             if not in_dpo_export(pair, include_flagged=include_flagged):
                 reason = "no pair" if pair.rejected is None or pair.status != "ok" else "flagged: " + ", ".join(pair.flags)
                 counts.left_out[reason] += 1
                 continue
             assert pair.chosen is not None and pair.rejected is not None
-            if not _judged(pair):
+            if not both_sides_judged(pair):
                 if not unjudged:
                     raise InputError(
                         f"pair {pair.id!r} was never judged: grade the pairs first with `aidsafe judge {pairs_path} -o JUDGED.jsonl` "
@@ -284,22 +284,9 @@ def export_dpo(
 
 
 def _record_model(data: dict[str, Any]) -> type[Record]:
-    from ..judge.schema import judged_or_plain
+    from ..judge.schema import judged_or_plain  # the judge package only where SFT reads judged records
 
     return judged_or_plain(data)
-
-
-def _judged(pair: PairRecord) -> bool:
-    """Whether ``aidsafe judge`` graded both sides of the pair."""
-    from ..judge.schema import JudgedPair
-
-    return isinstance(pair, JudgedPair) and pair.judgement is not None and pair.judgement.rejected is not None
-
-
-def _pair_model(data: dict[str, Any]) -> type[PairRecord]:
-    from ..judge.schema import JudgedPair
-
-    return JudgedPair if "judgement" in data else PairRecord
 
 
 def _listing(counter: Counter[str]) -> str:
