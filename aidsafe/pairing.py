@@ -26,7 +26,7 @@ MOST_LISTED = 5
 
 _HINT = (
     "records are paired by id, so these files cannot be paired: were they made from different inputs, or is one "
-    "older than the rule that numbers the records of a file without an id column 1, 2, 3 ... (README, Ids)? "
+    "older than the rule that numbers the records of a file without an id column 1, 2, 3 ... (docs/records-and-ids.md, Ids)? "
     "Pair outputs of the same input, made by the same aidsafe, or give the input an id column"
 )
 

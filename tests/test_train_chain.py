@@ -8,7 +8,7 @@ eval safety`` on the final merged model.
 What runs on a real model and what is scripted: ``generate`` and all the training run the embedded
 model. The ear-whisperer (``pairs``) and the ``judge`` run against the scripted OpenAI-compatible
 server of ``conftest.py`` (``stub_server``): SmolLM2-135M rarely produces a violation the scorer
-catches within the budget (see the README's measured chain), so a real-model pairs run gives no
+catches within the budget (see the measured chain in docs/benchmarks.md), so a real-model pairs run gives no
 pair to train on most of the time. For the evaluation the same server answers as the model under
 test by generating with the final merged model in transformers (greedy, a reply ending at EOS or
 at its first blank line, as a server with a stop sequence would end it), and as the grader with a

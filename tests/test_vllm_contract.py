@@ -1,5 +1,5 @@
 """aidsafe against vLLM's own code: every request the ``openai`` backend sends, read by vLLM's request
-model; every ``vllm serve`` command in docs/vllm.md and the README, parsed by vLLM's argument parser;
+model; every ``vllm serve`` command in docs/*.md and the README, parsed by vLLM's argument parser;
 and vLLM's answer to a chat template that refuses a system message, recognised by aidsafe.
 
 The requests are recorded by the scripted server of conftest while aidsafe runs as it would against
@@ -242,7 +242,9 @@ def test_the_chat_template_in_the_docs_renders_what_aidsafe_merges() -> None:
 def test_every_vllm_serve_command_in_the_docs_parses(tmp_path):
     commands = serve_commands(DOC.read_text(encoding="utf-8"))
     assert len(commands) >= 5
-    commands += serve_commands(README.read_text(encoding="utf-8"))
+    for page in [README, *sorted(DOC.parent.glob("*.md"))]:  # the README's and the other pages' too
+        if page != DOC:
+            commands += serve_commands(page.read_text(encoding="utf-8"))
     flags = {word.split("=")[0] for argv in commands for word in argv if word.startswith("--")}
     assert {"--tensor-parallel-size", "--enable-prefix-caching", "--max-num-seqs", "--chat-template", "--enable-lora"} <= flags
     removed = ["some/model", "--guided-decoding-backend", "xgrammar"]  # the pre-0.11 name, which the page says is gone

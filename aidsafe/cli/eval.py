@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tasks = p.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     for name in TASKS:
         t = tasks.add_parser(name, help=TASK_HELP[name], description=TASK_HELP[name])
-        t.add_argument("--data", required=True, help="the benchmark file (its upstream format; see README) or hf:NAME[:SPLIT]")
+        t.add_argument("--data", required=True, help="the benchmark file (its upstream format; see docs/evaluation.md) or hf:NAME[:SPLIT]")
         env_option(t, "--model", required=True, help="the model under test, as inspect names it", env="AIDSAFE_EVAL_MODEL")
         env_option(t, "--model-base-url", help="its OpenAI-compatible base URL", env="AIDSAFE_EVAL_MODEL_BASE_URL")
         if name in GRADED:
