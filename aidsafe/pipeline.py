@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from .models import ModelFactory, ModelPool, ModelSettings, default_concurrency,
 from .outputs import OUTPUT_FORMATS, convert_output
 from .policies import PolicySet
 from .records import Record, prompt_sha256
-from .runner import JobOptions, JobRun, run_job
+from .runner import JobOptions, JobRun, portable_path, run_job
 from .summary import RunSummary, summarize_output
 
 __all__ = ["Pipeline", "RunSummary", "record_from_state"]
@@ -77,7 +80,11 @@ class Pipeline:
         model_factory: ModelFactory = make_model,
     ) -> None:
         self.settings = settings or ModelSettings()
+        self.role_models = dict(role_models or {})
+        self.model_factory = model_factory
         self.compiled = compile_graph(graph, policies, self.settings, role_models=role_models, model_factory=model_factory)
+        self.graph = portable_path(graph, self.compiled.path)
+        """The graph as another process (a Ray actor, on a node of a shared file system) loads it."""
         if not any(b.kind.name == "draft" for b in self.compiled.bindings.values()):
             raise ConfigError(
                 f"graph {self.compiled.spec.name!r} writes no chain of thought (no role replies 'draft'), so it makes no "
@@ -188,20 +195,22 @@ class Pipeline:
         self,
         input_path: str | Path,
         output_path: str | Path,
+        options: JobOptions | None = None,
         *,
         prompt_field: str = "prompt",
         id_field: str = "id",
         limit: int | None = None,
-        concurrency: int | None = None,
-        overwrite: bool = False,
-        retry_failed: bool = False,
         shard: tuple[int, int] | None = None,
         output_format: str = "jsonl",
-        cache: bool = True,
-        progress: bool = True,
         lenient: bool = False,
+        **job_options: Any,
     ) -> RunSummary:
         """Run every prompt of a file; one JSON record per prompt, appended as each finishes.
+
+        ``options`` (:class:`~aidsafe.runner.JobOptions`) are the options every file job takes
+        (concurrency, overwrite, retry_failed, cache, progress, and ``executor``: where the
+        prompts run, e.g. :class:`aidsafe.engines.ray_data.RayExecutor`); they may also be given
+        as keywords (``concurrency=8, progress=False``).
 
         The file-job runner (:mod:`aidsafe.runner`) does the rest:
 
@@ -231,19 +240,18 @@ class Pipeline:
         destination = Path(output_path)
         records_path = destination if output_format == "jsonl" else destination.with_name(destination.name + ".jsonl")
         job = _GenerateJob(self, Path(input_path), prompt_field, id_field, limit, shard, lenient)
-        options = JobOptions(
-            concurrency=concurrency, overwrite=overwrite, retry_failed=retry_failed, cache=cache, progress=progress,
-            on_input_problems=report_problems,
-        )
+        options = dataclasses.replace(options or JobOptions(), **job_options)
+        if options.on_input_problems is None:
+            options.on_input_problems = report_problems
         summary = await run_job(job, records_path, options, sidecar_of=destination)
         if output_format != "jsonl":
             convert_output(records_path, output_format, destination)
         assert isinstance(summary, RunSummary)
         return summary
 
-    def generate(self, input_path: str | Path, output_path: str | Path, **options: Any) -> RunSummary:
+    def generate(self, input_path: str | Path, output_path: str | Path, options: JobOptions | None = None, **kwargs: Any) -> RunSummary:
         """Sync :meth:`agenerate`."""
-        return run_sync(lambda: self.agenerate(input_path, output_path, **options))
+        return run_sync(lambda: self.agenerate(input_path, output_path, options, **kwargs))
 
 
 class _GenerateJob:
@@ -267,13 +275,7 @@ class _GenerateJob:
         return self.pipe.compiled.config()
 
     def items(self, problems: list[InputError] | None) -> Iterator[PromptItem]:
-        items = read_prompts(
-            self.input_path, prompt_field=self.prompt_field, id_field=self.id_field, limit=self.limit,
-            lenient=self.lenient, problems=problems,
-        )
-        for index, item in enumerate(items):
-            if self.shard is None or index % self.shard[1] == self.shard[0]:
-                yield item
+        return _read_shard(self.input_path, self.prompt_field, self.id_field, self.limit, self.lenient, self.shard, problems)
 
     def item_id(self, item: PromptItem) -> str:
         return item.id
@@ -300,3 +302,58 @@ class _GenerateJob:
         run.extra["shard"] = f"{self.shard[0]}/{self.shard[1]}" if self.shard else None
         summary.run = run.as_dict()
         return summary
+
+    def crashed(self, item: PromptItem, message: str) -> Record:
+        """The failed record of a prompt whose worker process died (``error.kind: worker_crash``)."""
+        state = initial_state(item.id, item.prompt)
+        state["error"] = {"stage": "worker", "kind": "worker_crash", "message": message, "raw": None}
+        return record_from_state(state, self.pipe.compiled)
+
+    def worker_factory(self, settings: Callable[[ModelSettings], ModelSettings]) -> _GenerateWorkers:
+        """This job, rebuilt in another process (with ``settings(model settings)``)."""
+        pipe = self.pipe
+        return _GenerateWorkers(
+            graph=pipe.graph, policies=pipe.compiled.policies, settings=settings(pipe.settings), role_models=pipe.role_models,
+            model_factory=pipe.model_factory, input_path=str(self.input_path.absolute()), prompt_field=self.prompt_field,
+            id_field=self.id_field, limit=self.limit, lenient=self.lenient, shard=self.shard,
+        )
+
+
+def _read_shard(input_path: str | os.PathLike[str], prompt_field: str, id_field: str, limit: int | None, lenient: bool,
+                shard: tuple[int, int] | None, problems: list[InputError] | None) -> Iterator[PromptItem]:
+    """The prompts of a file, then the shard (every n-th prompt starting at i)."""
+    items = read_prompts(input_path, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient, problems=problems)
+    for index, item in enumerate(items):
+        if shard is None or index % shard[1] == shard[0]:
+            yield item
+
+
+@dataclass(frozen=True)
+class _GenerateWorkers:
+    """The generate job's worker factory: it pickles, and builds the same pipeline elsewhere."""
+
+    graph: str
+    policies: PolicySet
+    settings: ModelSettings
+    role_models: dict[str, str]
+    model_factory: ModelFactory
+    input_path: str
+    prompt_field: str
+    id_field: str
+    limit: int | None
+    lenient: bool
+    shard: tuple[int, int] | None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input_path,)
+
+    def __call__(self) -> _GenerateJob:
+        pipe = Pipeline(self.graph, self.policies, self.settings, role_models=self.role_models, model_factory=self.model_factory)
+        return _GenerateJob(pipe, Path(self.input_path), self.prompt_field, self.id_field, self.limit, self.shard, self.lenient)
+
+    def items(self) -> Iterator[PromptItem]:
+        return _read_shard(self.input_path, self.prompt_field, self.id_field, self.limit, self.lenient, self.shard, None)
+
+    def item_id(self, item: PromptItem) -> str:
+        return item.id

@@ -1,7 +1,11 @@
-"""One runner for file jobs: ``aidsafe generate``, ``aidsafe judge`` and the jobs to come.
+"""One runner for file jobs: ``aidsafe generate``, ``aidsafe judge``, ``aidsafe pairs`` and the jobs to come.
 
 A *file job* turns a stream of input items into one JSON line per item in an output file. The
-runner owns everything such a job needs besides the work itself, so every job gets it alike:
+runner owns everything such a job needs besides the work itself, so every job gets it alike,
+wherever its items run: an :class:`Executor` passed to :func:`run_job` runs them
+(:class:`LocalExecutor`: in this process, ``concurrency`` in flight; the Ray Data executor,
+:class:`aidsafe.engines.ray_data.RayExecutor`: on a pool of Ray actors, each building the job's
+worker from the job's picklable :meth:`FileJob.worker_factory`). The rest exists once:
 
 - **one live run per output**: ``OUT.lock`` (``fcntl.flock``); a second run is refused at once;
 - **the configuration the output was written with** (in the summary sidecar, from the start of
@@ -14,7 +18,9 @@ runner owns everything such a job needs besides the work itself, so every job ge
   against that record's prompt, and an input whose ids name other prompts than the output's is
   refused (:class:`~aidsafe.pairing.ResumeCheck`);
 - **the input streamed and validated** in full before the first model call;
-- **concurrency**: ``concurrency`` items in flight, records written (and flushed) as they finish;
+- **concurrency**: ``concurrency`` items in flight (per worker with an executor elsewhere),
+  records written (and flushed) as they finish, by the runner itself or, from workers elsewhere,
+  as whole block files (:func:`~aidsafe.outputs.write_block`) merged into the output once;
 - **the response cache** (``OUT.cache.sqlite``): the job's models answer a request seen before
   from it, so a resumed run pays only for the calls that were in flight;
 - **progress** (done, ok, failed, in flight, tokens/s, ETA) and **the summary sidecar**;
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,12 +43,12 @@ from pydantic import BaseModel
 
 from ._concurrency import bounded
 from .errors import AidsafeError, ConfigMismatchError, InputError, JobInterrupted
-from .models import ModelPool, ResponseCache
+from .models import ModelPool, ModelSettings, ResponseCache
 from .models.endpoints import all_stats as all_endpoint_stats
 from .outputs import LineModel, OutputLock, OutputState, drop_records, read_sidecar, scan_output, write_sidecar
 from .pairing import ResumeCheck
 
-__all__ = ["FileJob", "JobOptions", "JobRun", "Summary", "run_job"]
+__all__ = ["Executed", "Executor", "FileJob", "JobOptions", "JobRun", "LocalExecutor", "Prior", "Summary", "Work", "WorkerFactory", "portable_path", "run_job"]
 
 ItemT = TypeVar("ItemT")
 RecordT = TypeVar("RecordT", bound=BaseModel)
@@ -110,6 +117,28 @@ class FileJob(Protocol[ItemT, RecordT]):
         ...
 
 
+class WorkerFactory(Protocol[ItemT, RecordT]):
+    """What a job gives an executor that runs its items in other processes (a Ray actor): it
+    pickles, and rebuilds the job there (``factory()``), with the same configuration.
+
+    A job offers one by ``worker_factory(settings)``, ``settings`` mapping its model settings to a
+    worker's (e.g. a share of each endpoint's calls in flight); the job that ``factory()`` builds
+    also answers ``crashed(item, message)``: the failed record of an item whose worker died."""
+
+    inputs: tuple[str, ...]
+    """The input files, as absolute paths (read where the items run)."""
+    settings: ModelSettings
+    """The workers' model settings."""
+
+    def __call__(self) -> FileJob[ItemT, RecordT]: ...
+
+    def items(self) -> Iterator[ItemT]:
+        """The input, streamed as :meth:`FileJob.items` streams it (the same items and ids)."""
+        ...
+
+    def item_id(self, item: ItemT) -> str: ...
+
+
 @dataclass
 class JobOptions:
     """How to run a file job (library defaults; the CLI passes its flags through)."""
@@ -126,6 +155,8 @@ class JobOptions:
     """Show a progress bar (tqdm, on stderr)."""
     on_input_problems: Callable[[list[InputError]], None] | None = None
     """Called once, before the run, with the input lines a lenient read skipped."""
+    executor: Executor | None = None
+    """Where the items run; None: :class:`LocalExecutor` (this process)."""
 
 
 @dataclass
@@ -162,6 +193,15 @@ class JobRun:
             **self.extra,
             "skipped_input_lines": self.skipped_input_lines,
         }
+
+
+def portable_path(given: str | os.PathLike[str], resolved: Path) -> str:
+    """A graph, rubric or pack as a worker in another process (a Ray actor, on a node of a shared
+    file system) loads it: a shipped name stays a name, a file becomes an absolute path
+    (``resolved`` is the file that ``given`` was loaded from)."""
+    text = os.fspath(given)
+    shipped = resolved != Path(text).expanduser()  # a name resolves to the package's own file
+    return text if shipped else str(resolved.resolve())
 
 
 def cache_path(output: Path) -> Path:
@@ -246,6 +286,8 @@ class _Meter:
                  endpoints: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
                  notes: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None) -> None:
         self.done = self.failed = self.in_flight = self.tokens = 0
+        self.counts_in_flight = False
+        """Whether this process sees items start (not so when workers elsewhere run them)."""
         self.endpoints = endpoints
         self.notes = notes
         self.started_at = time.monotonic()
@@ -257,18 +299,23 @@ class _Meter:
             self.bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True)
 
     def started(self) -> None:
+        self.counts_in_flight = True
         self.in_flight += 1
 
     def finished(self, failed: bool, tokens: int) -> None:
         self.in_flight -= 1
-        self.done += 1
+        self.add(1, int(failed), tokens)
+
+    def add(self, count: int, failed: int, tokens: int) -> None:
+        """``count`` items finished at once (a batch that workers elsewhere ran)."""
+        self.done += count
         self.failed += failed
         self.tokens += tokens
         if self.bar is not None:
             now = time.monotonic()
             if now - self.shown_at >= 0.2:  # the figures at most 5 times a second: they cost more than the count
                 self._figures(now)
-            self.bar.update(1)
+            self.bar.update(count)
 
     def _figures(self, now: float) -> None:
         self.shown_at = now
@@ -276,8 +323,9 @@ class _Meter:
         per_endpoint = {"endpoints": _endpoint_postfix(stats)} if len(stats) > 1 else {}
         notes = self.notes() if self.notes is not None else {}
         wire = wire_postfix(notes)
+        in_flight = {"in_flight": self.in_flight} if self.counts_in_flight else {}
         self.bar.set_postfix(
-            ok=self.done - self.failed, failed=self.failed, in_flight=self.in_flight,
+            ok=self.done - self.failed, failed=self.failed, **in_flight,
             tok_s=f"{self.tokens / max(now - self.started_at, 1e-9):.0f}", **per_endpoint, **wire, refresh=False,
         )
 
@@ -287,6 +335,133 @@ class _Meter:
             self.bar.close()
 
 
+# --- executors -------------------------------------------------------------------------------
+
+
+@dataclass
+class Prior:
+    """Records an interrupted run left beside the output, not yet in it (an executor's block files)."""
+
+    done: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Each such record's prompt key, by id (checked against a resumed input)."""
+    files: list[Path] = field(default_factory=list)
+    last_run: int = 0
+
+
+@dataclass
+class Work:
+    """What :func:`run_job` hands an executor: everything decided, the output ready."""
+
+    output: Path
+    concurrency: int
+    """Items in flight (per worker, for an executor with several)."""
+    skip: frozenset[str]
+    """Ids that already have a record (the executor runs every other item of the input)."""
+    total: int
+    """Items in the input."""
+    todo: int
+    """Items to run."""
+    pending_ids: set[str]
+    """Their ids (collected only for an executor that asks, ``wants_ids``)."""
+    cache: Path | None
+    """The response cache (made already), or None (``--no-cache``)."""
+    cache_read: bool
+    """False with ``retry_failed``: the cache is written, not read."""
+    models: ModelPool
+    """The job's models, answered from the cache (for items run in this process)."""
+    prior: Prior
+    meter: _Meter
+    write: Callable[[Any], None]
+    """Append one record to the output (flushed) and count it: for records that come back to this process."""
+
+
+@dataclass
+class Executed:
+    """What an executor reports of a run (its records are written, the output whole)."""
+
+    done: int | None = None
+    """Items run this time, None: as many as were written through :attr:`Work.write`."""
+    tokens: int | None = None
+    cache_hits: int = 0
+    """Calls answered from the response cache elsewhere (workers in other processes)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Run figures (``JobRun.extra``): the executor's own, the endpoints, how requests travelled."""
+
+
+class Executor(Protocol):
+    """Where a file job's items run. :func:`run_job` does the rest (lock, configuration, resume,
+    sidecar, progress, Ctrl-C) and calls these in this order."""
+
+    name: str
+    """``local``, ``ray``: named in progress and in errors."""
+    wants_ids: bool
+    """Whether :attr:`Work.pending_ids` must be collected."""
+
+    def prior(self, job: FileJob[Any, Any], output: Path) -> Prior:
+        """Records an interrupted run of this executor left beside ``output`` (none: an empty ``Prior``)."""
+        ...
+
+    def discard(self, output: Path) -> None:
+        """``overwrite``: delete what this executor keeps beside ``output``."""
+        ...
+
+    def session(self, job: FileJob[Any, Any], output: Path, needed: bool) -> contextlib.AbstractContextManager[None]:
+        """Hold what the run needs (a cluster), checked before anything is deleted or called;
+        ``needed`` is False when no item is left to run."""
+        ...
+
+    async def execute(self, job: FileJob[Any, Any], pending: Callable[[], Iterator[Any]], work: Work) -> Executed:
+        """Run the items of ``pending()`` (the input without ``work.skip``) until each has its record in
+        ``work.output``. Ctrl-C: raise ``KeyboardInterrupt`` or ``CancelledError``."""
+        ...
+
+    def written(self, work: Work) -> int:
+        """Records of this run that are safe (after Ctrl-C)."""
+        ...
+
+    def where(self, output: Path) -> str:
+        """Where the records are (for the Ctrl-C message)."""
+        ...
+
+
+class LocalExecutor:
+    """Items run in this process through the job's async ``run``, ``concurrency`` in flight; records are
+    appended to the output as they finish."""
+
+    name = "local"
+    wants_ids = False
+
+    def prior(self, job: FileJob[Any, Any], output: Path) -> Prior:
+        return Prior()
+
+    def discard(self, output: Path) -> None:
+        return None
+
+    def session(self, job: FileJob[Any, Any], output: Path, needed: bool) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def execute(self, job: FileJob[Any, Any], pending: Callable[[], Iterator[Any]], work: Work) -> Executed:
+        endpoints_before = all_endpoint_stats()  # routers live as long as the process: count this run only
+        results = bounded(pending(), lambda item: job.run(item, work.models), work.concurrency, work.meter.started)
+        async with contextlib.aclosing(results):
+            async for record in results:
+                work.write(record)
+        extra: dict[str, Any] = {}
+        endpoints = _endpoint_figures(endpoints_before, job.models.endpoint_stats())
+        if endpoints:
+            extra["endpoints"] = endpoints
+        extra.update({key: notes for key, notes in job.models.wire_notes().items() if notes})
+        return Executed(extra=extra)
+
+    def written(self, work: Work) -> int:
+        return work.meter.done
+
+    def where(self, output: Path) -> str:
+        return str(output)
+
+
 async def run_job(
     job: FileJob[ItemT, RecordT],
     output: str | Path,
@@ -294,12 +469,14 @@ async def run_job(
     *,
     sidecar_of: str | Path | None = None,
 ) -> Summary:
-    """Run ``job`` into the JSONL file ``output``; see the module docstring for what that includes.
+    """Run ``job`` into the JSONL file ``output``, its items where ``options.executor`` runs them;
+    see the module docstring for what that includes.
 
     The summary goes to ``<sidecar_of>.summary.json`` (default: the output's), with the
     configuration. Returns the job's summary.
     """
     options = options or JobOptions()
+    executor: Executor = options.executor or LocalExecutor()
     output = Path(output)
     sidecar_owner = Path(sidecar_of) if sidecar_of is not None else output
     concurrency = job.default_concurrency if options.concurrency is None else options.concurrency
@@ -307,23 +484,31 @@ async def run_job(
         raise AidsafeError("concurrency must be at least 1")
     config = {"job": job.name, **job.config()}
     with OutputLock(output):
-        if not options.overwrite:
-            _check_config(output, sidecar_owner, config)
+        prior = executor.prior(job, output) if not options.overwrite else Prior()
+        if not options.overwrite and ((output.exists() and output.stat().st_size > 0) or prior.files):  # else no record to protect
+            refuse_other_config(output, sidecar_owner, config)
         state = (
             OutputState() if options.overwrite
             else scan_output(output, repair=True, model=job.record_model, what=job.what, prompts=True)
         )
-        skip = state.done if options.retry_failed else state.done | state.failed
+        done = state.done | prior.done
+        failed = (state.failed | prior.failed) - done
+        skip = frozenset(done if options.retry_failed else done | failed)
+        stored = {**prior.prompts, **state.prompts}
         item_prompt: Callable[[ItemT], str] | None = getattr(job, "item_prompt", None)
         resumed = (
-            ResumeCheck(state.prompts, str(getattr(job, "input_name", "the input")), output)
-            if item_prompt is not None and state.prompts else None
+            ResumeCheck(stored, str(getattr(job, "input_name", "the input")), output, others=prior.files)
+            if item_prompt is not None and stored else None
         )
 
-        def selected(problems: list[InputError] | None = None, check: ResumeCheck | None = None) -> Iterator[ItemT]:
-            """The items that have no record yet (``check`` sees every item)."""
+        total = 0
+
+        def selected(problems: list[InputError] | None = None, check: ResumeCheck | None = None, count: bool = False) -> Iterator[ItemT]:
+            """The items that have no record yet (``check`` sees every item; ``count`` counts them in ``total``)."""
+            nonlocal total
             for item in job.items(problems):
                 item_id = job.item_id(item)
+                total += count
                 if check is not None and item_prompt is not None:
                     check.item(item_id, item_prompt(item))
                 if item_id not in skip:
@@ -333,48 +518,60 @@ async def run_job(
         # overwrite deletes anything and before any record is written), checks it against the
         # records already written, and counts what is left to do
         problems: list[InputError] = []
-        todo = sum(1 for _ in selected(problems, resumed))
+        pending_ids: set[str] = set()
+        todo = 0
+        for item in selected(problems, resumed, count=True):
+            todo += 1
+            if executor.wants_ids:
+                pending_ids.add(job.item_id(item))
         if resumed is not None:
             resumed.raise_if_any()
         if problems and options.on_input_problems is not None:
             options.on_input_problems(problems)
         cache_file = cache_path(output)
-        if options.overwrite:
-            for stale in (output, cache_file, Path(f"{cache_file}-wal"), Path(f"{cache_file}-shm")):
-                stale.unlink(missing_ok=True)
-        kept = state.lines
-        if options.retry_failed and state.failed:
-            kept -= drop_records(output, state.failed, model=job.record_model, what=job.what)
-        write_sidecar(sidecar_owner, {"output": str(sidecar_owner), "complete": False, "config": config})
-        run = JobRun(unit=job.unit, skipped=len(skip), repaired_last_line=state.repaired, skipped_input_lines=len(problems))
-        cache = ResponseCache(cache_file, read=not options.retry_failed) if options.cache else None
-        models = job.models.cached(cache) if cache is not None else job.models
-        meter = _Meter(todo, options.progress, job.name, job.unit, job.models.endpoint_stats, job.models.wire_notes)
-        endpoints_before = all_endpoint_stats()  # routers live as long as the process: count this run only
-        started, cpu_started = time.monotonic(), time.process_time()
-        try:
+        with executor.session(job, output, todo > 0):  # a cluster checked before anything is deleted
+            if options.overwrite:
+                for stale in (output, cache_file, Path(f"{cache_file}-wal"), Path(f"{cache_file}-shm")):
+                    stale.unlink(missing_ok=True)
+                executor.discard(output)
+            kept = len(done | failed)
+            if options.retry_failed and state.failed:
+                kept -= drop_records(output, state.failed, model=job.record_model, what=job.what)
+            write_sidecar(sidecar_owner, {"output": str(sidecar_owner), "complete": False, "config": config})
+            run = JobRun(unit=job.unit, skipped=len(skip), repaired_last_line=state.repaired, skipped_input_lines=len(problems))
+            cache = ResponseCache(cache_file, read=not options.retry_failed) if options.cache else None
+            desc = job.name if executor.name == "local" else f"{job.name} ({executor.name})"
+            meter = _Meter(todo, options.progress, desc, job.unit, job.models.endpoint_stats, job.models.wire_notes)
+            started, cpu_started = time.monotonic(), time.process_time()
             # a local append-only file, written in order as records finish: blocking writes are brief
             with output.open("a", encoding="utf-8") as sink:  # noqa: ASYNC230
-                results = bounded(selected(), lambda item: job.run(item, models), concurrency, meter.started)
-                async with contextlib.aclosing(results):
-                    async for record in results:
-                        sink.write(record.model_dump_json() + "\n")
-                        sink.flush()
-                        meter.finished(job.failed(record), job.tokens(record))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            raise JobInterrupted(str(output), kept + meter.done, kept + todo) from None
-        finally:
-            meter.close()
-            if cache is not None:
-                run.cache_hits = cache.hits
-                cache.close()
-            await job.models.aclose()
-        run.done, run.tokens, run.seconds = meter.done, meter.tokens, time.monotonic() - started
+
+                def write(record: Any) -> None:
+                    sink.write(record.model_dump_json() + "\n")
+                    sink.flush()
+                    meter.finished(job.failed(record), job.tokens(record))
+
+                work = Work(
+                    output=output, concurrency=concurrency, skip=skip, total=total, todo=todo, pending_ids=pending_ids,
+                    cache=cache_file if cache is not None else None, cache_read=not options.retry_failed,
+                    models=job.models.cached(cache) if cache is not None else job.models, prior=prior, meter=meter, write=write,
+                )
+                try:
+                    executed = await executor.execute(job, selected, work)
+                except (KeyboardInterrupt, asyncio.CancelledError):
+                    raise JobInterrupted(executor.where(output), kept + executor.written(work), kept + todo) from None
+                finally:
+                    meter.close()
+                    if cache is not None:
+                        run.cache_hits = cache.hits
+                        cache.close()
+                    await job.models.aclose()
+        run.done = meter.done if executed.done is None else executed.done
+        run.tokens = meter.tokens if executed.tokens is None else executed.tokens
+        run.cache_hits += executed.cache_hits
+        run.seconds = time.monotonic() - started
         run.cpu_seconds = time.process_time() - cpu_started
-        endpoints = _endpoint_figures(endpoints_before, job.models.endpoint_stats())
-        if endpoints:
-            run.extra["endpoints"] = endpoints
-        run.extra.update({key: notes for key, notes in job.models.wire_notes().items() if notes})
+        run.extra.update(executed.extra)
         summary = job.summarize(output, run)
         write_sidecar(sidecar_owner, {**summary.as_dict(), "complete": True, "config": config})
     return summary

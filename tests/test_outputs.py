@@ -14,11 +14,15 @@ from aidsafe.outputs import (
     JSON_FIELDS,
     OutputState,
     atomic_write_text,
+    blocks_dir,
     convert_output,
     drop_records,
+    merge_blocks,
     merge_outputs,
+    read_records,
     record_features,
     records_from_dataset,
+    scan_blocks,
     scan_output,
     sidecar_path,
     write_sidecar,
@@ -362,3 +366,35 @@ def test_cli_merge_output_from_env(tmp_path: Path, mixed: list[Record], monkeypa
     monkeypatch.setenv("AIDSAFE_MERGE_OUTPUT", str(dest))
     assert main(["merge", *shards]) == 0
     assert len(_read(dest)) == len(mixed)
+
+
+# --- block files (an output written by workers elsewhere, e.g. --engine ray) ---------------------
+
+
+def _block_records(behaviour: str, ids: list[str]) -> list[Record]:
+    from aidsafe.inputs import PromptItem
+
+    pipe = Pipeline("single", "aidsafe5", ModelSettings(backend="fake", model=behaviour))
+    return pipe.run([PromptItem(id=i, prompt=f"prompt {i}", source="-", line=1) for i in ids])
+
+
+def test_block_merge_keeps_each_id_once_ok_first_else_the_latest(tmp_path: Path) -> None:
+    ok = {r.id: r for r in _block_records("default", ["a", "b", "c"])}
+    failed = {r.id: r for r in _block_records("garbage", ["a", "b", "d"])}
+    assert failed["b"].status == "failed" and ok["b"].status == "ok"
+    out = tmp_path / "out.jsonl"
+    parts = blocks_dir(out)
+    parts.mkdir()
+    _write(out, [ok["a"], failed["b"]])
+    _write(parts / "r0001-aa.jsonl", [ok["b"], ok["c"]])
+    _write(parts / "r0001-bb.jsonl", [ok["c"]])  # a batch written twice (its first attempt's actor died after the rename)
+    _write(parts / "r0002-aa.jsonl", [failed["a"], failed["d"]])  # a rerun of a that failed this time: the ok record stays
+    (parts / ".r0003-cc.jsonl.123.tmp").write_text("{\"id\": \"torn", encoding="utf-8")  # a killed writer's temporary file
+    state = scan_blocks(parts, model=Record, what="an aidsafe record")
+    assert state.done == {"b", "c"} and state.failed == {"a", "d"} and state.last_run == 2 and len(state.files) == 3
+    merged = merge_blocks(out, parts, model=Record)
+    assert merged.ids == {"a", "b", "c", "d"} and merged.parts == 3 and merged.duplicates == 3
+    got = {r.id: r for r in read_records(out, Record)}
+    assert len(list(read_records(out, Record))) == 4
+    assert got["a"].status == "ok" and got["b"].status == "ok" and got["c"].status == "ok" and got["d"].status == "failed"
+    assert not parts.exists()

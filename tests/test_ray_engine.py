@@ -1,4 +1,4 @@
-"""``aidsafe generate --engine ray``: Ray Data on a local two-CPU cluster (one for the module).
+"""``--engine ray``: Ray Data on a local two-CPU cluster (one for the module).
 
 Checked: every input id exactly once in the merged output, the same records as the local engine
 (fake backend; JSONL, Parquet and a saved dataset folder), a resume that skips the ids already in
@@ -9,7 +9,8 @@ that kills its actor every time: bounded retries, a ``worker_crash`` record for 
 for the rest; with no retries left, an error naming it and the finished batches merged. Each
 actor's share of an endpoint's limit. A cluster that cannot see the output's folder or the input
 is refused before any model call; and a run over Ray Client (``ray://``) against a head started
-for the test.
+for the test. ``aidsafe judge`` (records, pairs, pairwise) and ``aidsafe pairs`` with ``--engine
+ray``: the local engine's records, a resume, the remembered configuration.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import pytest
 from aidsafe.cli import main
 from aidsafe.errors import AidsafeError, ConfigError
 from aidsafe.models import FakeChatModel, ModelSettings
-from aidsafe.outputs import read_records, read_sidecar
-from aidsafe.records import Record
+from aidsafe.outputs import read_sidecar
 
 if importlib.util.find_spec("ray") is None:
     if os.environ.get("AIDSAFE_REQUIRE_E2E"):
@@ -39,7 +39,7 @@ if importlib.util.find_spec("ray") is None:
 import ray
 import ray.cloudpickle
 
-from aidsafe.engines.ray_data import RayOptions, generate_ray, merge_parts, parts_dir
+from aidsafe.engines.ray_data import RayOptions, generate_ray, parts_dir
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 if str(BENCH) not in sys.path:
@@ -218,40 +218,69 @@ def _without_usage(value: Any) -> Any:
     return value
 
 
-def _records(tmp_path: Path, behaviour: str, ids: list[str]) -> list[Record]:
-    from aidsafe import Pipeline
-    from aidsafe.inputs import PromptItem
-
-    pipe = Pipeline("single", "aidsafe5", ModelSettings(backend="fake", model=behaviour))
-    return pipe.run([PromptItem(id=i, prompt=f"prompt {i}", source="-", line=1) for i in ids])
+# --- judge and pairs on Ray --------------------------------------------------------------------
 
 
-def _write(path: Path, records: list[Record]) -> None:
-    path.write_text("".join(record.model_dump_json() + "\n" for record in records), encoding="utf-8")
+def _generation(tmp_path: Path, name: str, graph: str = "aidsafe", behaviour: str = "agree") -> Path:
+    src = _write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"g{i}", "prompt": p} for i, p in enumerate(PROMPTS[:6])])
+    out = tmp_path / name
+    assert _generate(src, "-o", out, "--backend", "fake", "--model", behaviour, "--graph", graph) == 0
+    return out
 
 
-def test_merge_keeps_each_id_once_ok_first_else_the_latest(tmp_path: Path) -> None:
-    ok = {r.id: r for r in _records(tmp_path, "default", ["a", "b", "c"])}
-    failed = {r.id: r for r in _records(tmp_path, "garbage", ["a", "b", "d"])}
-    assert failed["b"].status == "failed" and ok["b"].status == "ok"
-    out = tmp_path / "out.jsonl"
-    parts = parts_dir(out)
-    parts.mkdir()
-    _write(out, [ok["a"], failed["b"]])
-    _write(parts / "r0001-aa.jsonl", [ok["b"], ok["c"]])
-    _write(parts / "r0001-bb.jsonl", [ok["c"]])  # a batch written twice (its first attempt's actor died after the rename)
-    _write(parts / "r0002-aa.jsonl", [failed["a"], failed["d"]])  # a rerun of a that failed this time: the ok record stays
-    (parts / ".r0003-cc.jsonl.123.tmp").write_text("{\"id\": \"torn", encoding="utf-8")  # a killed writer's temporary file
-    from aidsafe.engines.ray_data import scan_parts
+def test_judge_on_ray_gives_the_local_engines_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``aidsafe judge --engine ray``: scored records (a first run of 3, then a resume), both
+    sides of each pair of an ``aidsafe pairs`` output, and two outputs compared pairwise."""
+    gen = _generation(tmp_path, "gen.jsonl")
+    ray_flags = ["--backend", "fake", "--no-progress", "--engine", "ray", "--ray-actors", "2", "--ray-batch-size", "2"]
+    judged, local = tmp_path / "judged.jsonl", tmp_path / "judged_local.jsonl"
+    assert main(["judge", str(gen), "-o", str(judged), *ray_flags, "--limit", "3"]) == 0
+    assert main(["judge", str(gen), "-o", str(judged), *ray_flags]) == 0
+    assert main(["judge", str(gen), "-o", str(local), "--backend", "fake", "--no-progress"]) == 0
+    assert _by_id(judged) == _by_id(local) and len(_by_id(judged)) == 6
+    sidecar, local_sidecar = read_sidecar(judged) or {}, read_sidecar(local) or {}
+    assert sidecar["complete"] is True and sidecar["records"] == 6 and sidecar["config"] == local_sidecar["config"]
+    assert sidecar["run"]["engine"] == "ray" and sidecar["run"]["records"] == 3 and sidecar["run"]["skipped"] == 3
+    assert not parts_dir(judged).exists()
+    # another policy pack is refused before anything runs, as with the local engine
+    before = judged.read_bytes()
+    capsys.readouterr()
+    assert main(["judge", str(gen), "-o", str(judged), *ray_flags, "--policies", "llamaguard3"]) == 2
+    assert "another configuration" in capsys.readouterr().err and judged.read_bytes() == before
 
-    state = scan_parts(parts)
-    assert state.done == {"b", "c"} and state.failed == {"a", "d"} and state.last_run == 2 and state.files == 3
-    merged = merge_parts(out, parts)
-    assert merged.ids == {"a", "b", "c", "d"} and merged.parts == 3 and merged.duplicates == 3
-    got = {r.id: r for r in read_records(out, Record)}
-    assert len(list(read_records(out, Record))) == 4
-    assert got["a"].status == "ok" and got["b"].status == "ok" and got["c"].status == "ok" and got["d"].status == "failed"
-    assert not parts.exists()
+    # both sides of each pair (an aidsafe pairs output, made locally)
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["pairs", str(gen), "-o", str(pairs), "--backend", "fake", "--model", "agree", "--no-progress"]) == 0
+    judged_pairs, judged_pairs_local = tmp_path / "jp.jsonl", tmp_path / "jp_local.jsonl"
+    assert main(["judge", str(pairs), "-o", str(judged_pairs), *ray_flags]) == 0
+    assert main(["judge", str(pairs), "-o", str(judged_pairs_local), "--backend", "fake", "--no-progress"]) == 0
+    assert _by_id(judged_pairs) == _by_id(judged_pairs_local) and (read_sidecar(judged_pairs) or {})["run"]["engine"] == "ray"
+
+    # two outputs of the same prompts, compared pairwise
+    other = _generation(tmp_path, "other.jsonl", graph="single", behaviour="default")
+    verdicts, verdicts_local = tmp_path / "verdicts.jsonl", tmp_path / "verdicts_local.jsonl"
+    assert main(["judge", str(gen), "--against", str(other), "-o", str(verdicts), *ray_flags]) == 0
+    assert main(["judge", str(gen), "--against", str(other), "-o", str(verdicts_local), "--backend", "fake", "--no-progress"]) == 0
+    assert _by_id(verdicts) == _by_id(verdicts_local) and len(_by_id(verdicts)) == 6
+
+
+def test_pairs_on_ray_gives_the_local_engines_records(tmp_path: Path) -> None:
+    gen = _generation(tmp_path, "gen.jsonl")
+    out, local = tmp_path / "pairs.jsonl", tmp_path / "pairs_local.jsonl"
+    common = ["--backend", "fake", "--model", "agree", "--no-progress"]
+    assert main(["pairs", str(gen), "-o", str(out), *common, "--engine", "ray", "--ray-actors", "2", "--ray-batch-size", "2"]) == 0
+    assert main(["pairs", str(gen), "-o", str(local), *common]) == 0
+    pairs = _by_id(out)
+    assert pairs == _by_id(local) and set(pairs) == {f"g{i}" for i in range(6)}
+    assert all(p["status"] == "ok" and p["rejected"] is not None for p in pairs.values())
+    sidecar = read_sidecar(out) or {}
+    assert sidecar["complete"] is True and sidecar["pairs"] == 6 and sidecar["run"]["engine"] == "ray"
+    assert sidecar["run"]["blocks_merged"] == 3 and sidecar["config"] == (read_sidecar(local) or {})["config"]
+    assert not parts_dir(out).exists()
+    # the same command again: nothing left to run, nothing changes
+    before = out.read_bytes()
+    assert main(["pairs", str(gen), "-o", str(out), *common, "--engine", "ray"]) == 0
+    assert out.read_bytes() == before and (read_sidecar(out) or {})["run"]["prompts"] == 0
 
 
 # --- a prompt that kills its worker every time ---------------------------------------------------

@@ -7,11 +7,16 @@ import os
 import sys
 from typing import Any
 
+from ..engines import ENGINES
 from ..errors import ConfigError
 from ..models import ModelSettings, backend_names
 from ..models.endpoints import endpoints_from_urls, load_endpoints
+from ..runner import JobOptions
 
-__all__ = ["add_graph_options", "add_model_options", "env_option", "role_models_from_args", "settings_from_args"]
+__all__ = [
+    "add_graph_options", "add_job_options", "add_model_options", "env_option", "job_options_from_args", "role_models_from_args",
+    "settings_from_args",
+]
 
 
 def _env_name(flag: str) -> str:
@@ -62,6 +67,51 @@ def env_option(
         parser.add_argument(*flags, default=default, help=text, **kwargs)
     else:
         parser.add_argument(*flags, default=default, type=type, help=text, **kwargs)
+
+
+def add_job_options(parser: argparse.ArgumentParser, unit: str, *, env_prefix: str = "", retry_failed: bool = True) -> None:
+    """The flags every file job takes (``aidsafe generate``, ``judge``, ``pairs``): concurrency,
+    overwrite, retry, cache, progress, and where the items run (``--engine`` and its Ray flags).
+    ``unit`` names an item in the help (``prompt``, ``record``); each flag's variable is
+    ``AIDSAFE_<env_prefix>_<FLAG>`` (``AIDSAFE_<FLAG>`` without a prefix)."""
+    units = f"{unit}s"
+
+    def env(flag: str) -> str:
+        return "AIDSAFE_" + (f"{env_prefix}_" if env_prefix else "") + flag.upper().replace("-", "_")
+
+    env_option(parser, "--concurrency", type=int, env=env("concurrency"),
+               help=f"{units} in flight at once (default: 16 with an openai endpoint, 1 for the local model, which runs one call "
+                    "at a time; per actor with --engine ray)")
+    env_option(parser, "--overwrite", action="store_true", env=env("overwrite"),
+               help="start from scratch: delete the output and its response cache first")
+    if retry_failed:
+        env_option(parser, "--retry-failed", action="store_true", env=env("retry-failed"),
+                   help=f"run the {units} whose records failed again, replacing those records")
+    env_option(parser, "--no-cache", action="store_true", env=env("no-cache"), help="do not keep the response cache that makes resumes free")
+    env_option(parser, "--no-progress", action="store_true", env=env("no-progress"), help="no progress bar")
+    env_option(parser, "--engine", choices=list(ENGINES), default="local", env=env("engine"),
+               help="local: this process; ray: Ray Data, an actor pool (extra [ray]; RAY_ADDRESS names a cluster)")
+    env_option(parser, "--ray-actors", type=int, default=2, env=env("ray-actors"),
+               help=f"with --engine ray: actors in the pool, each with --concurrency {units} in flight")
+    env_option(parser, "--ray-batch-size", type=int, default=32, env=env("ray-batch-size"),
+               help=f"with --engine ray: {units} per batch (one block file OUTPUT.parts/*.jsonl each)")
+    env_option(parser, "--ray-batch-retries", type=int, default=3, env=env("ray-batch-retries"),
+               help=f"with --engine ray: times a batch whose actor died runs again; a {unit} that kills its actor gets a failed "
+                    "record (worker_crash)")
+
+
+def job_options_from_args(args: argparse.Namespace) -> JobOptions:
+    """:class:`~aidsafe.runner.JobOptions` from the flags of :func:`add_job_options`; ``--engine ray``
+    gives a Ray executor (Ray is imported only then)."""
+    executor = None
+    if args.engine == "ray":
+        from ..engines.ray_data import RayExecutor, RayOptions
+
+        executor = RayExecutor(RayOptions(actors=args.ray_actors, batch_size=args.ray_batch_size, max_batch_retries=args.ray_batch_retries))
+    return JobOptions(
+        concurrency=args.concurrency, overwrite=args.overwrite, retry_failed=getattr(args, "retry_failed", False),
+        cache=not args.no_cache, progress=not args.no_progress, executor=executor,
+    )
 
 
 def add_graph_options(parser: argparse.ArgumentParser) -> None:

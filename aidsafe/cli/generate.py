@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import sys
-from typing import Any
 
 from ..pipeline import Pipeline
-from ._options import add_graph_options, add_model_options, env_option, role_models_from_args, settings_from_args
+from ._options import (
+    add_graph_options,
+    add_job_options,
+    add_model_options,
+    env_option,
+    job_options_from_args,
+    role_models_from_args,
+    settings_from_args,
+)
 
 HELP = "run a graph on a file of prompts (JSONL, CSV, text, or a saved HF dataset) and write JSONL records"
 
@@ -22,21 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     env_option(p, "--prompt-field", default="prompt", help="field or column holding the prompt")
     env_option(p, "--id-field", default="id", help="field or column holding the id (default id: the record's number in the file, 1, 2, 3 ...)")
     env_option(p, "--limit", type=int, help="only the first N prompts")
-    env_option(p, "--concurrency", type=int, help="prompts in flight at once (default: 16 with an openai endpoint, 1 for the local model, which runs one call at a time)")
-    env_option(p, "--overwrite", action="store_true", help="start from scratch: delete the output and its response cache first")
-    env_option(p, "--retry-failed", action="store_true", help="run the prompts whose records failed again, replacing those records")
     env_option(p, "--shard", type=_shard, metavar="I/N", help="run every N-th prompt starting at I (0-based), e.g. 0/4; join with 'aidsafe merge'")
     env_option(
         p, "--format", choices=["jsonl", "parquet", "hf"], default="jsonl", env="AIDSAFE_GENERATE_FORMAT",
         help="output format: JSONL, Parquet, or a Hugging Face save_to_disk folder (the JSONL is kept as OUTPUT.jsonl)",
     )
-    env_option(p, "--no-cache", action="store_true", help="do not keep the response cache that makes resumes free")
-    env_option(p, "--no-progress", action="store_true", help="no progress bar")
     env_option(p, "--lenient", action="store_true", help="skip bad input lines (each reported with file:line) and run the valid prompts; default: refuse the whole file before any model call")
-    env_option(p, "--engine", choices=["local", "ray"], default="local", help="local: this process; ray: Ray Data, an actor pool (extra [ray]; RAY_ADDRESS names a cluster)")
-    env_option(p, "--ray-actors", type=int, default=2, help="with --engine ray: actors in the pool, each with --concurrency prompts in flight")
-    env_option(p, "--ray-batch-size", type=int, default=32, help="with --engine ray: prompts per batch (one block file OUTPUT.parts/*.jsonl each)")
-    env_option(p, "--ray-batch-retries", type=int, default=3, help="with --engine ray: times a batch whose actor died runs again; a prompt that kills its actor gets a failed record (worker_crash)")
+    add_job_options(p, "prompt")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -79,31 +77,13 @@ def run(args: argparse.Namespace) -> int:
         print("aidsafe generate: -o/--output is required", file=sys.stderr)
         return 2
     settings = settings_from_args(args)
-    if args.engine == "ray":
-        from ..engines.ray_data import RayOptions, generate_ray
-
-        run_file: Any = functools.partial(
-            generate_ray, graph=args.graph, policies=args.policies, settings=settings, role_models=role_models_from_args(args),
-            ray_options=RayOptions(actors=args.ray_actors, batch_size=args.ray_batch_size, max_batch_retries=args.ray_batch_retries),
-        )
-    else:
-        run_file = Pipeline(args.graph, args.policies, settings, role_models=role_models_from_args(args)).generate
+    options = job_options_from_args(args)
+    pipe = Pipeline(args.graph, args.policies, settings, role_models=role_models_from_args(args))
     if getattr(args, "own_process", False):
         tune_gc(settings.backend)
-    summary = run_file(
-        args.input,
-        args.output,
-        prompt_field=args.prompt_field,
-        id_field=args.id_field,
-        limit=args.limit,
-        concurrency=args.concurrency,
-        overwrite=args.overwrite,
-        retry_failed=args.retry_failed,
-        shard=args.shard,
-        output_format=args.format,
-        cache=not args.no_cache,
-        progress=not args.no_progress,
-        lenient=args.lenient,
+    summary = pipe.generate(
+        args.input, args.output, options, prompt_field=args.prompt_field, id_field=args.id_field, limit=args.limit,
+        shard=args.shard, output_format=args.format, lenient=args.lenient,
     )
     print(f"wrote {args.output}: {summary}", file=sys.stderr)
     if summary.total and summary.ok == 0:

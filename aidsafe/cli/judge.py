@@ -10,7 +10,7 @@ import sys
 from ..judge import Judge
 from ..outputs import first_line_is
 from ..pairs import PairRecord
-from ._options import add_model_options, env_option, settings_from_args
+from ._options import add_job_options, add_model_options, env_option, job_options_from_args, settings_from_args
 
 HELP = "score records 1-5 on the paper's six metrics with an LLM judge (or compare two outputs with --against)"
 
@@ -25,10 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     env_option(p, "--pairwise-rubric", default="judge_pairwise.jinja", help="pairwise rubric template (shipped name or path)")
     env_option(p, "--policies", env="AIDSAFE_JUDGE_POLICIES", help="policy pack to judge against (default: the pack each record names)")
     env_option(p, "--limit", type=int, env="AIDSAFE_JUDGE_LIMIT", help="only the first N records")
-    env_option(p, "--concurrency", type=int, env="AIDSAFE_JUDGE_CONCURRENCY", help="records in flight (default: 16 with an endpoint, 1 locally)")
-    env_option(p, "--overwrite", action="store_true", env="AIDSAFE_JUDGE_OVERWRITE", help="start from scratch: delete the output and its response cache first")
-    env_option(p, "--no-cache", action="store_true", env="AIDSAFE_JUDGE_NO_CACHE", help="do not keep the response cache")
-    env_option(p, "--no-progress", action="store_true", env="AIDSAFE_JUDGE_NO_PROGRESS", help="no progress bar")
+    add_job_options(p, "record", env_prefix="JUDGE", retry_failed=False)
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -38,15 +35,12 @@ def run(args: argparse.Namespace) -> int:
         print("aidsafe judge: -o/--output is required", file=sys.stderr)
         return 2
     judge = Judge(settings_from_args(args), rubric=args.rubric, pairwise_rubric=args.pairwise_rubric, policies=args.policies)
-    options = {
-        "concurrency": args.concurrency, "limit": args.limit, "cache": not args.no_cache, "progress": not args.no_progress,
-        "overwrite": args.overwrite,
-    }
+    options = job_options_from_args(args)
     if args.against:
-        summary = asyncio.run(judge.apairwise_file(args.records, args.against, args.output, **options))
+        summary = asyncio.run(judge.apairwise_file(args.records, args.against, args.output, options, limit=args.limit))
     elif first_line_is(args.records, PairRecord):  # an aidsafe pairs output: both sides of each pair
-        summary = asyncio.run(judge.ajudge_pairs_file(args.records, args.output, **options))
+        summary = asyncio.run(judge.ajudge_pairs_file(args.records, args.output, options, limit=args.limit))
     else:
-        summary = asyncio.run(judge.ajudge_file(args.records, args.output, **options))
+        summary = asyncio.run(judge.ajudge_file(args.records, args.output, options, limit=args.limit))
     print(f"wrote {args.output}: {json.dumps(summary)}", file=sys.stderr)
     return 0

@@ -9,8 +9,7 @@ import sys
 
 from ..errors import InputError
 from ..pairs import PairMaker, pack_of
-from ..runner import JobOptions
-from ._options import add_model_options, env_option, role_models_from_args, settings_from_args
+from ._options import add_job_options, add_model_options, env_option, job_options_from_args, role_models_from_args, settings_from_args
 
 HELP = "make DPO pairs from a generation output: the ear-whisperer's violating answer is the rejected side, the record's refined CoT the chosen"
 
@@ -22,11 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     env_option(p, "--graph", default="ear_whisperer", env="AIDSAFE_PAIRS_GRAPH", help="the whisperer graph (shipped name or path)")
     env_option(p, "--policies", env="AIDSAFE_PAIRS_POLICIES", help="policy pack (default: the one the records were generated with)")
     env_option(p, "--limit", type=int, env="AIDSAFE_PAIRS_LIMIT", help="only the first N records")
-    env_option(p, "--concurrency", type=int, env="AIDSAFE_PAIRS_CONCURRENCY", help="prompts in flight (default: 16 with an endpoint, 1 locally)")
-    env_option(p, "--overwrite", action="store_true", env="AIDSAFE_PAIRS_OVERWRITE", help="start from scratch: delete the output and its response cache first")
-    env_option(p, "--retry-failed", action="store_true", env="AIDSAFE_PAIRS_RETRY_FAILED", help="run the failed prompts again")
-    env_option(p, "--no-cache", action="store_true", env="AIDSAFE_PAIRS_NO_CACHE", help="do not keep the response cache")
-    env_option(p, "--no-progress", action="store_true", env="AIDSAFE_PAIRS_NO_PROGRESS", help="no progress bar")
+    add_job_options(p, "prompt", env_prefix="PAIRS")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -36,8 +31,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("-o/--output is required (or set AIDSAFE_PAIRS_OUTPUT)")
     maker = PairMaker(args.policies or pack_of(args.records), settings_from_args(args), graph=args.graph,
                       role_models=role_models_from_args(args))
-    options = JobOptions(concurrency=args.concurrency, overwrite=args.overwrite, retry_failed=args.retry_failed,
-                         cache=not args.no_cache, progress=not args.no_progress)
-    summary = asyncio.run(maker.apairs_file(args.records, args.output, limit=args.limit, options=options))
+    summary = asyncio.run(maker.apairs_file(args.records, args.output, job_options_from_args(args), limit=args.limit))
     print(f"wrote {args.output}: {json.dumps(summary.as_dict())}", file=sys.stderr)
     return 0 if summary.data["pairs"] or not summary.data["records"] else 1

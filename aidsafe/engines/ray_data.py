@@ -1,45 +1,55 @@
-"""``aidsafe generate --engine ray``: the same records as the local engine, run on Ray Data.
+"""``--engine ray``: a file job's items run on Ray Data (:class:`RayExecutor`), the same records as
+``--engine local``. ``aidsafe generate``, ``aidsafe judge`` and ``aidsafe pairs`` take it alike.
 
-How a run goes (``OUT`` is the JSONL output, ``OUT.parts/`` its block folder):
+The runner (:func:`aidsafe.runner.run_job`) does what every file job gets, wherever its items run:
+``OUT.lock``, the configuration the output was written with, the resume (the ids already in
+``OUT`` and in the blocks an interrupted Ray run left in ``OUT.parts/``; an input whose ids name
+other prompts than those records is refused: :class:`~aidsafe.pairing.ResumeCheck`), the whole
+input validated once before any model call, the sidecar, the progress bar and Ctrl-C. This
+executor adds where the items run:
 
-1. **The driver** (the ``aidsafe`` process) takes ``OUT.lock``, refuses a resume with another
-   configuration (the sidecar's, as the local engine does), repairs a torn last line of ``OUT``,
-   reads the ids already written (in ``OUT`` and in every block of ``OUT.parts/``), and validates
-   the whole input once, before any model call, with aidsafe's own readers (an input whose ids
-   name other prompts than those records is refused: :class:`~aidsafe.pairing.ResumeCheck`).
-2. **The read** is a Ray Data datasource that streams the input with the same readers (so every
-   id is the one ``--engine local`` gives: the id field, else the record number) and leaves
-   out the ids already written; it yields blocks of ``--ray-batch-size`` prompts.
-3. **The actors**: ``map_batches`` over a pool of ``--ray-actors`` actors. Each builds the
-   pipeline once (graph, policy pack, models, from the same options), with the shared response
-   cache ``OUT.cache.sqlite``, and runs each batch through the async graph with at most
-   ``--concurrency`` prompts in flight in that actor (batches overlap, so no slot idles at the
-   tail of a batch). A finished batch is written as one block file
-   ``OUT.parts/r<run>-<digest of its ids>.jsonl``: a temporary name, fsync, then a rename. The
-   name is a function of the run and the batch's ids, so a batch that Ray runs again replaces
-   its block instead of adding one; calls the killed attempt made are answered from the cache.
-   Each actor gets ``ceil(max_in_flight / actors)`` calls in flight per endpoint (the run's
-   ``--max-in-flight`` and each endpoint's own ``max_in_flight``, at least 1), so the pool
-   together keeps an endpoint's limit, not ``actors`` times it.
-4. **The merge**, once every batch is written: ``OUT`` and the blocks (oldest first) are joined
-   into ``OUT`` (a temporary file, then a rename) with each id exactly once: an ``ok`` record is
-   kept over any other copy, else the latest copy (a ``--retry-failed`` rerun) wins. Then the
-   blocks are deleted. A crash at any point loses nothing written: the blocks (or the merged
-   ``OUT``) hold every finished batch, and the next run skips their ids and merges again.
-5. **The summary** (the same :class:`~aidsafe.summary.RunSummary` over every record of
-   ``OUT``, with ``run.engine = "ray"``) goes to ``OUT.summary.json`` and is returned.
+1. **The read** is a Ray Data datasource that streams the input with the job's own reader (its
+   :meth:`~aidsafe.runner.WorkerFactory.items`: so every id is the one ``--engine local`` gives)
+   and leaves out the ids already written; it yields blocks of ``--ray-batch-size`` items.
+2. **The actors**: ``map_batches`` over a pool of ``--ray-actors`` actors. Each builds the job's
+   worker once from its picklable :meth:`~aidsafe.runner.FileJob.worker_factory` (graph, rubric,
+   policy pack, models, from the same options; a worker whose configuration differs from the
+   driver's is refused), with the shared response cache ``OUT.cache.sqlite``, and runs each
+   batch with at most ``--concurrency`` items in flight in that actor (batches overlap, so no
+   slot idles at the tail of a batch). A finished batch is written as one block file
+   ``OUT.parts/r<run>-<digest of its ids>.jsonl`` (:func:`~aidsafe.outputs.write_block`: a
+   temporary name, fsync, then a rename). The name is a function of the run and the batch's
+   ids, so a batch that Ray runs again replaces its block instead of adding one; calls the
+   killed attempt made are answered from the cache. Each actor gets ``ceil(max_in_flight /
+   actors)`` calls in flight per endpoint (the run's ``--max-in-flight`` and each endpoint's own
+   ``max_in_flight``, at least 1), so the pool together keeps an endpoint's limit, not
+   ``actors`` times it.
+3. **The merge**, once every batch is written (:func:`~aidsafe.outputs.merge_blocks`): ``OUT``
+   and the blocks (oldest first) are joined into ``OUT`` (a temporary file, then a rename) with
+   each id exactly once: a record that did not fail is kept over any other copy, else the latest
+   copy (a ``--retry-failed`` rerun) wins. Then the blocks are deleted. A crash at any point
+   loses nothing written: the blocks (or the merged ``OUT``) hold every finished batch, and the
+   next run skips their ids and merges again.
+4. **The summary** is the job's, over every record of ``OUT``, with ``run.engine = "ray"``.
+
+Why block files and not the records streamed back to this process: with Ray Client
+(``ray://``) this process cannot drive Ray Data (see below), and the blocks are what the task
+that does drive it leaves for this process to follow and merge; a block is also what survives
+when the driver dies, so a resume loses no finished batch. The records stream back as
+figures only (per batch: ids, failed, tokens, cache hits, wire notes) for the progress bar.
 
 **An actor that dies** (a native crash, the OOM killer): Ray restarts it (``max_restarts`` -1)
 and runs its batches again, at most ``max_batch_retries`` times each (Ray's ``max_task_retries``;
 default 3). Each batch keeps a journal, ``OUT.parts/.<block>.journal``, of the attempts and of
-the prompts each one started and finished. An attempt after a death runs the prompts that were in
-flight then one at a time, alone in the actor, before the others; a prompt whose actor died while
-it ran alone is not run again: it gets a ``failed`` record (``error.kind: worker_crash``, the
-batch named), as do, on the last attempt, the prompts still under suspicion. So a prompt that
-kills its worker every time costs its own record, never the run, and every other prompt's record
-lands (``--retry-failed`` runs those prompts again). If Ray still gives up on a batch (its
-retries spent on deaths the journal cannot pin on a prompt), the run stops with an error naming
-the prompts in flight at those deaths, after merging every finished block into ``OUT``.
+the items each one started and finished. An attempt after a death runs the items that were in
+flight then one at a time, alone in the actor, before the others; an item whose actor died while
+it ran alone is not run again: it gets the job's failed record (``crashed``: for ``generate``,
+``error.kind: worker_crash``, the batch named), as do, on the last attempt, the items still
+under suspicion. So an item that kills its worker every time costs its own record, never the
+run, and every other item's record lands (``--retry-failed`` runs those items again). If Ray
+still gives up on a batch (its retries spent on deaths the journal cannot pin on an item), the
+run stops with an error naming the items in flight at those deaths, after merging every
+finished block into ``OUT``.
 
 Ray runs where ``RAY_ADDRESS`` points (a cluster), or on a local cluster started for the run.
 With Ray Client (``RAY_ADDRESS=ray://head:10001``) this process is not a worker of the cluster,
@@ -51,7 +61,7 @@ share, at the same absolute paths (and the SQLite cache then wants a local-disk-
 ``--no-cache`` turns it off). With a cluster that this run did not start (``RAY_ADDRESS``, a Ray
 Client address ``ray://host:10001``, or a ``ray.init`` of the caller), a probe task on every
 node checks this before any model call: it reads a marker the driver wrote beside ``OUT`` (a
-random token), writes one back that the driver must see, and finds the input; if any node
+random token), writes one back that the driver must see, and finds each input; if any node
 cannot, the run is refused naming the path and the node.
 """
 
@@ -61,14 +71,15 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import inspect
 import json
 import logging
 import os
-import re
+import pickle
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -76,26 +87,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AidsafeError, ConfigError, InputError, JobInterrupted
-from ..graph.state import initial_state
-from ..inputs import PromptItem, read_prompts, report_problems
+from ..errors import AidsafeError, ConfigError, InputError
+from ..inputs import PromptItem, read_prompts
 from ..models import ModelFactory, ModelSettings, ResponseCache, make_model
-from ..outputs import (
-    OUTPUT_FORMATS,
-    OutputLock,
-    atomic_text,
-    convert_output,
-    read_record_lines,
-    read_records,
-    scan_output,
-    write_sidecar,
-)
-from ..pairing import ResumeCheck
-from ..pipeline import Pipeline, record_from_state
+from ..outputs import BlocksState, MergedBlocks, block_name, blocks_dir, merge_blocks, read_records, scan_blocks, write_block
 from ..policies import PolicySet
 from ..records import Record
-from ..runner import JobRun, cache_path, config_differences, refuse_other_config, wire_postfix
-from ..summary import RunSummary, total_tokens
+from ..runner import Executed, FileJob, JobOptions, Prior, Work, WorkerFactory, config_differences
+from ..summary import RunSummary
 
 try:
     import pyarrow as pa
@@ -110,11 +109,11 @@ except ImportError as exc:  # pragma: no cover - the [ray] extra is missing
 if TYPE_CHECKING:
     from ray.data.context import DataContext
 
-__all__ = ["RayOptions", "check_shared_paths", "generate_ray", "merge_parts", "parts_dir", "per_actor_settings", "read_input"]
+__all__ = [
+    "RayExecutor", "RayOptions", "check_shared_paths", "generate_ray", "merge_parts", "parts_dir", "per_actor_settings", "read_input",
+    "scan_parts",
+]
 
-"""Input files read as Parquet (aidsafe's own readers take every other format)."""
-
-_PART = re.compile(r"^r(\d+)-[0-9a-f]+\.jsonl$")
 JOURNAL_SUFFIX = ".journal"
 """A batch's journal: ``OUT.parts/.<block name>.journal`` (see :class:`BatchJournal`)."""
 
@@ -124,13 +123,13 @@ class RayOptions:
     """How the Ray engine spreads the work (the records do not depend on it)."""
 
     actors: int = 2
-    """Actors in the pool, each with its own pipeline and ``concurrency`` prompts in flight."""
+    """Actors in the pool, each with its own worker and ``concurrency`` items in flight."""
     batch_size: int = 32
-    """Prompts per batch: the unit of work Ray hands an actor, and of one block file."""
+    """Items per batch: the unit of work Ray hands an actor, and of one block file."""
     actor_cpus: float | None = None
     """CPUs Ray reserves per actor; None: 1 for the embedded local model, else 0.5 (I/O-bound)."""
     max_batch_retries: int = 3
-    """Times a batch whose actor died is run again (Ray's ``max_task_retries``); a prompt that
+    """Times a batch whose actor died is run again (Ray's ``max_task_retries``); an item that
     kills its actor is recorded as failed (``worker_crash``) within this bound."""
 
 
@@ -154,13 +153,18 @@ def per_actor_settings(settings: ModelSettings, actors: int) -> ModelSettings:
     return dataclasses.replace(settings, max_in_flight=share(settings.max_in_flight), endpoints=endpoints)
 
 
-def parts_dir(records_path: str | os.PathLike[str]) -> Path:
-    """The block folder of a JSONL output: ``out.jsonl`` -> ``out.jsonl.parts``."""
-    path = Path(records_path)
-    return path.with_name(path.name + ".parts")
+parts_dir = blocks_dir
+"""The block folder of a JSONL output: ``out.jsonl`` -> ``out.jsonl.parts``."""
 
 
-# --- input ---------------------------------------------------------------------------------
+def scan_parts(folder: Path, *, clean: bool = True) -> BlocksState:
+    """:func:`~aidsafe.outputs.scan_blocks` of generation records."""
+    return scan_blocks(folder, model=Record, what="an aidsafe record", clean=clean)
+
+
+def merge_parts(records_path: Path, folder: Path) -> MergedBlocks:
+    """:func:`~aidsafe.outputs.merge_blocks` of generation records."""
+    return merge_blocks(records_path, folder, model=Record)
 
 
 def read_input(
@@ -183,36 +187,37 @@ def read_input(
             yield item
 
 
-def _todo_blocks(read: Callable[[], Iterator[PromptItem]], skip: frozenset[str], rows: int) -> Iterator[pa.Table]:
-    """The read task: the input's prompts without the ids already written, ``rows`` per block."""
+# --- input ---------------------------------------------------------------------------------
+
+
+def _todo_blocks(factory: WorkerFactory[Any, Any], skip: frozenset[str], rows: int) -> Iterator[pa.Table]:
+    """The read task: the input's items without the ids already written, ``rows`` per block (each
+    item pickled: any item a job reads, a prompt, a record, a pair of records)."""
     ids: list[str] = []
-    prompts: list[str] = []
-    lines: list[int] = []
-    sources: list[str] = []
+    items: list[bytes] = []
 
     def block() -> pa.Table:
-        return pa.table({"id": ids, "prompt": prompts, "line": lines, "source": sources})
+        return pa.table({"id": pa.array(ids, pa.string()), "item": pa.array(items, pa.binary())})
 
-    for item in read():
-        if item.id in skip:
+    for item in factory.items():
+        item_id = factory.item_id(item)
+        if item_id in skip:
             continue
-        ids.append(item.id)
-        prompts.append(item.prompt)
-        lines.append(item.line)
-        sources.append(item.source)
+        ids.append(item_id)
+        items.append(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
         if len(ids) >= rows:
             yield block()
-            ids, prompts, lines, sources = [], [], [], []
+            ids, items = [], []
     if ids:
         yield block()
 
 
-class _PromptSource(Datasource):
-    """A Ray Data datasource over an aidsafe input: one read task that streams the file (the ids
-    depend on the position in it) and yields blocks as it goes."""
+class _ItemSource(Datasource):
+    """A Ray Data datasource over a job's input: one read task that streams the file (the ids
+    may depend on the position in it) and yields blocks as it goes."""
 
-    def __init__(self, read: Callable[[], Iterator[PromptItem]], skip: frozenset[str], rows: int) -> None:
-        self._read = read
+    def __init__(self, factory: WorkerFactory[Any, Any], skip: frozenset[str], rows: int) -> None:
+        self._factory = factory
         self._skip = skip
         self._rows = rows
 
@@ -222,119 +227,10 @@ class _PromptSource(Datasource):
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, data_context: DataContext | None = None
     ) -> list[ReadTask]:
-        read_fn = functools.partial(_todo_blocks, self._read, self._skip, self._rows)
+        read_fn = functools.partial(_todo_blocks, self._factory, self._skip, self._rows)
         known = {f.name for f in dataclasses.fields(BlockMetadata)}  # Ray < 2.46 kept the schema here
         metadata = BlockMetadata(**{name: None for name in ("num_rows", "size_bytes", "schema", "input_files", "exec_stats") if name in known})
         return [ReadTask(read_fn, metadata)]
-
-
-# --- blocks --------------------------------------------------------------------------------
-
-
-def part_name(run: int, ids: list[str]) -> str:
-    """The block file of one batch: the same run and ids always give the same name."""
-    digest = hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:20]
-    return f"r{run:04d}-{digest}.jsonl"
-
-
-def write_part(path: Path, lines: list[str]) -> None:
-    """Write a block atomically: a temporary file (unique to this process), fsync, rename."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temp.open("w", encoding="utf-8") as handle:
-            handle.writelines(line + "\n" for line in lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-@dataclass
-class PartsState:
-    """What the block folder of an output holds."""
-
-    done: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
-    prompts: dict[str, str] = field(default_factory=dict)
-    """Each block record's prompt key, by id (to check a resumed input, as ``OutputState.prompts``)."""
-    files: int = 0
-    last_run: int = 0
-
-
-def scan_parts(folder: Path, *, clean: bool = True) -> PartsState:
-    """Ids in the blocks of ``folder`` (each block is whole: blocks are written atomically);
-    with ``clean``, the temporary files that a killed writer left, and the journals of batches
-    that never finished (a new run starts their attempts afresh), are removed."""
-    state = PartsState()
-    if not folder.is_dir():
-        return state
-    for temp in [*folder.glob(".*.tmp"), *folder.glob(f".*{JOURNAL_SUFFIX}")] if clean else ():
-        temp.unlink(missing_ok=True)
-    for part in sorted(folder.glob("*.jsonl")):
-        scanned = scan_output(part, repair=False, prompts=True)
-        state.done |= scanned.done
-        state.failed |= scanned.failed
-        for record_id, key in scanned.prompts.items():
-            state.prompts.setdefault(record_id, key)
-        state.files += 1
-        match = _PART.match(part.name)
-        if match:
-            state.last_run = max(state.last_run, int(match.group(1)))
-    state.failed -= state.done
-    return state
-
-
-@dataclass
-class Merged:
-    """What :func:`merge_parts` did."""
-
-    ids: set[str]
-    """Every id in the merged output."""
-    parts: int
-    """Block files merged (and deleted)."""
-    duplicates: int
-    """Copies of an id left out (a batch that Ray ran twice, a failed record run again)."""
-
-
-def merge_parts(records_path: Path, folder: Path) -> Merged:
-    """Join ``records_path`` and the blocks of ``folder`` into ``records_path``, each id once.
-
-    Sources are read in order (the output, then the blocks by name: by run, oldest first). Of
-    the copies of an id, the first ``ok`` one is kept, else the last one. The output is
-    replaced atomically; then the blocks are deleted. Memory grows with the number of ids, not
-    of records.
-    """
-    parts = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    sources = ([records_path] if records_path.exists() else []) + parts
-    chosen: dict[str, tuple[int, int, bool]] = {}  # id -> (source, line number, ok)
-    duplicates = 0
-    for index, source in enumerate(sources):
-        for line, record in read_record_lines(source, Record):
-            previous = chosen.get(record.id)
-            if previous is not None:
-                duplicates += 1
-                if previous[2]:
-                    continue
-            chosen[record.id] = (index, line.number, record.status == "ok")
-    keep: dict[int, set[int]] = {}
-    for index, number, _ok in chosen.values():
-        keep.setdefault(index, set()).add(number)
-    if parts:
-        with atomic_text(records_path) as out:
-            for index, source in enumerate(sources):
-                wanted = keep.get(index, set())
-                with source.open("rb") as handle:
-                    for number, raw in enumerate(handle, start=1):
-                        if number in wanted:
-                            text = raw.decode("utf-8")
-                            out.write(text if text.endswith("\n") else text + "\n")
-        for part in parts:
-            part.unlink()
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-    return Merged(ids=set(chosen), parts=len(parts), duplicates=duplicates)
 
 
 # --- actors ---------------------------------------------------------------------------------
@@ -473,16 +369,12 @@ class _Gate:
 
 
 @dataclass(frozen=True)
-class _WorkerSpec:
-    """What an actor needs to build the driver's pipeline and write its blocks."""
+class _ActorSpec:
+    """What an actor needs to build the driver's worker and write its blocks."""
 
-    graph: str
-    policies: PolicySet
-    settings: ModelSettings
-    """The driver's, with the calls in flight per endpoint shared out (:func:`per_actor_settings`)."""
-    role_models: dict[str, str]
-    model_factory: ModelFactory
+    factory: WorkerFactory[Any, Any]
     config: dict[str, Any]
+    """The driver's configuration: an actor that builds another is refused."""
     concurrency: int
     folder: str
     run: int
@@ -491,89 +383,87 @@ class _WorkerSpec:
     max_batch_retries: int = 3
 
 
-class _PromptWorker:
-    """One actor of the pool: a pipeline built once, batches run through its async graph."""
+class _JobActor:
+    """One actor of the pool: the job's worker built once, batches run through its async ``run``."""
 
-    def __init__(self, spec: _WorkerSpec) -> None:
-        self.pipe = Pipeline(spec.graph, spec.policies, spec.settings, role_models=spec.role_models, model_factory=spec.model_factory)
-        config = {"job": "generate", **self.pipe.compiled.config()}
+    def __init__(self, spec: _ActorSpec) -> None:
+        self.job: Any = spec.factory()
+        config = {"job": self.job.name, **self.job.config()}
         if config != spec.config:  # e.g. a node with other templates or another aidsafe
             listed = "; ".join(config_differences(spec.config, config))
             raise ConfigError(f"a Ray actor built another configuration than the driver: {listed}")
         self.spec = spec
         self.cache = ResponseCache(spec.cache, read=spec.cache_read) if spec.cache else None
-        pool = self.pipe.compiled.model_pool
+        pool = self.job.models
         self.models = pool.cached(self.cache) if self.cache is not None else pool
         self.slots = asyncio.Semaphore(spec.concurrency)
         self.gate = _Gate()
+        self.hits_reported = 0
 
-    async def _one(self, item: PromptItem, journal: BatchJournal) -> Record:
+    async def _one(self, item_id: str, item: Any, journal: BatchJournal) -> Any:
         async with self.slots, self.gate.shared():
-            journal.note("start", item.id)
-            record = await self.pipe.arun_one(item, models=self.models)
-            journal.note("end", item.id)
+            journal.note("start", item_id)
+            record = await self.job.run(item, self.models)
+            journal.note("end", item_id)
             return record
 
-    async def _alone(self, item: PromptItem, journal: BatchJournal) -> Record:
+    async def _alone(self, item_id: str, item: Any, journal: BatchJournal) -> Any:
         async with self.gate.exclusive():
-            journal.note("solo", item.id)
-            record = await self.pipe.arun_one(item, models=self.models)
-            journal.note("end", item.id)
+            journal.note("solo", item_id)
+            record = await self.job.run(item, self.models)
+            journal.note("end", item_id)
             return record
 
-    def _crashed(self, item: PromptItem, message: str) -> Record:
-        state = initial_state(item.id, item.prompt)
-        state["error"] = {"stage": "worker", "kind": "worker_crash", "message": message, "raw": None}
-        return record_from_state(state, self.pipe.compiled)
-
-    async def _records(self, items: list[PromptItem], name: str, journal: BatchJournal) -> list[Record]:
-        """The batch's records. After attempts that died: the prompts that killed their actor
-        alone get a ``worker_crash`` record, the others in flight at a death run alone first
-        (on the last attempt they get a ``worker_crash`` record too), then the rest as usual."""
+    async def _records(self, ids: list[str], items: list[Any], name: str, journal: BatchJournal) -> list[Any]:
+        """The batch's records. After attempts that died: the items that killed their actor
+        alone get the job's ``crashed`` record, the others in flight at a death run alone first
+        (on the last attempt they get a ``crashed`` record too), then the rest as usual."""
         history = journal.history()
         attempt, allowed = history.attempts + 1, self.spec.max_batch_retries + 1
         journal.note("attempt")
-        by_id: dict[str, Record] = {}
+        by_id: dict[str, Any] = {}
         tries = f"{history.attempts} attempt(s) of batch {name} died"
         killed_alone, suspects = set(history.killed_alone), set(history.suspects)
-        for item in items:
-            if item.id in killed_alone:
-                by_id[item.id] = self._crashed(item, f"the Ray worker died while this prompt ran alone in it ({tries}); not run again")
-            elif item.id in suspects and attempt >= allowed:
-                by_id[item.id] = self._crashed(
-                    item, f"the Ray worker died with this prompt in flight ({tries}; {allowed} allowed); not run again"
+        for item_id, item in zip(ids, items, strict=True):
+            if item_id in killed_alone:
+                by_id[item_id] = self.job.crashed(item, f"the Ray worker died while this {self.job.unit} ran alone in it ({tries}); not run again")
+            elif item_id in suspects and attempt >= allowed:
+                by_id[item_id] = self.job.crashed(
+                    item, f"the Ray worker died with this {self.job.unit} in flight ({tries}; {allowed} allowed); not run again"
                 )
-        for item in items:
-            if item.id in suspects and item.id not in by_id:
-                by_id[item.id] = await self._alone(item, journal)
-        rest = [item for item in items if item.id not in by_id]
-        for item, record in zip(rest, await asyncio.gather(*(self._one(item, journal) for item in rest)), strict=True):
-            by_id[item.id] = record
-        return [by_id[item.id] for item in items]
+        for item_id, item in zip(ids, items, strict=True):
+            if item_id in suspects and item_id not in by_id:
+                by_id[item_id] = await self._alone(item_id, item, journal)
+        rest = [(item_id, item) for item_id, item in zip(ids, items, strict=True) if item_id not in by_id]
+        for (item_id, _), record in zip(rest, await asyncio.gather(*(self._one(i, item, journal) for i, item in rest)), strict=True):
+            by_id[item_id] = record
+        return [by_id[item_id] for item_id in ids]
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
         """Run one batch, write its block, and yield what the driver counts (an async generator:
         Ray Data runs several batches of an actor at once on the actor's event loop)."""
-        items = [PromptItem(id=str(row["id"]), prompt=row["prompt"], source=row["source"], line=int(row["line"])) for row in batch.to_pylist()]
-        ids = [item.id for item in items]
-        name = part_name(self.spec.run, ids)
+        ids = [str(i) for i in batch.column("id").to_pylist()]
+        items = [pickle.loads(raw) for raw in batch.column("item").to_pylist()]
+        name = block_name(self.spec.run, ids)
         block = Path(self.spec.folder) / name
         journal = BatchJournal(journal_path(block))
         if block.exists():  # an earlier attempt wrote it, then died before Ray heard of it
-            records = list(read_records(block, Record))
+            records = list(read_records(block, self.job.record_model, what=self.job.what))
         else:
-            records = await self._records(items, name, journal)
-            await asyncio.to_thread(write_part, block, [record.model_dump_json() for record in records])
+            records = await self._records(ids, items, name, journal)
+            await asyncio.to_thread(write_block, block, [record.model_dump_json() for record in records])
         journal.remove()
+        hits = self.cache.hits if self.cache is not None else 0
+        cached, self.hits_reported = hits - self.hits_reported, hits  # this actor's cache hits since its last batch
         yield pa.table(
             {
-                "id": [record.id for record in records],
-                "failed": [record.status == "failed" for record in records],
-                "tokens": [total_tokens(record) for record in records],
-                "cached": [sum(u.cached for u in record.usage.values()) for record in records],
+                "id": [str(record.id) for record in records],
+                "failed": [bool(self.job.failed(record)) for record in records],
+                "tokens": [int(self.job.tokens(record)) for record in records],
+                "cached": [cached] + [0] * (len(records) - 1),
                 "part": [name] * len(records),
                 # how this actor's requests travel (json_object fallback, merged system text): the driver's summary says so
-                "wire": [json.dumps(self.pipe.compiled.model_pool.wire_notes())] * len(records),
+                "wire": [json.dumps(self.job.models.wire_notes())] * len(records),
             }
         )
 
@@ -581,59 +471,243 @@ class _PromptWorker:
 # --- the driver ----------------------------------------------------------------------------
 
 
-def _check_config(destination: Path, config: dict[str, Any], has_records: bool) -> None:
-    """Refuse to resume an output (its records or blocks) written with another configuration."""
-    if has_records:
-        refuse_other_config(destination, destination, config)
+class _Figures:
+    """What the batches report (for the runner's progress bar, when there is one here): items,
+    failed, tokens, cache hits, and the actors' wire notes merged."""
 
-
-def _portable(graph: str | Path, pipe: Pipeline) -> str:
-    """The graph as actors (other processes, other nodes of a shared file system) can load it: a
-    shipped name stays a name, a file becomes an absolute path."""
-    text = os.fspath(graph)
-    shipped = pipe.compiled.path != Path(text).expanduser()  # a name resolves to the package's own file
-    return text if shipped else str(pipe.compiled.path.resolve())
-
-
-class _Meter:
-    """Progress bar over batches: done, ok, failed, prompts/s, tokens/s, ETA."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.done = self.failed = self.tokens = self.cached = 0
+    def __init__(self, meter: Any | None = None) -> None:
+        self.meter = meter
+        self.cached = 0
         self.notes: dict[str, dict[str, Any]] = {}
         """The actors' :meth:`~aidsafe.models.ModelPool.wire_notes`, merged."""
-        self.started = time.monotonic()
-        self.bar: Any = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, unit="prompt", desc="generate (ray)", dynamic_ncols=True)
 
     def add(self, batch: pa.Table) -> None:
         if "wire" in batch.column_names and batch.num_rows:
-            for key, notes in json.loads(batch.column("wire")[0].as_py()).items():
-                self.notes.setdefault(key, {}).update(notes)
-        self._count(batch.num_rows, sum(batch.column("failed").to_pylist()), sum(batch.column("tokens").to_pylist()),
-                    sum(batch.column("cached").to_pylist()))
+            self.merge_notes(json.loads(batch.column("wire")[0].as_py()))
+        self.cached += sum(batch.column("cached").to_pylist())
+        if self.meter is not None:
+            self.meter.add(batch.num_rows, sum(batch.column("failed").to_pylist()), sum(batch.column("tokens").to_pylist()))
 
-    def add_records(self, records: list[Record]) -> None:
-        self._count(len(records), sum(r.status == "failed" for r in records), sum(total_tokens(r) for r in records),
-                    sum(u.cached for r in records for u in r.usage.values()))
+    def merge_notes(self, notes: dict[str, dict[str, Any]]) -> None:
+        for key, value in notes.items():
+            self.notes.setdefault(key, {}).update(value)
 
-    def _count(self, count: int, failed: int, tokens: int, cached: int) -> None:
-        self.done += count
-        self.failed += failed
-        self.tokens += tokens
-        self.cached += cached
-        if self.bar is not None:
-            elapsed = max(time.monotonic() - self.started, 1e-9)
-            self.bar.set_postfix(ok=self.done - self.failed, failed=self.failed, tok_s=f"{self.tokens / elapsed:.0f}",
-                                 **wire_postfix(self.notes), refresh=False)
-            self.bar.update(count)
+    def totals(self) -> dict[str, Any]:
+        return {"cached": self.cached, "notes": self.notes}
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+
+def _actor_cpus(options: RayOptions, settings: ModelSettings) -> float:
+    return options.actor_cpus if options.actor_cpus is not None else (1.0 if settings.backend == "local" else 0.5)
+
+
+def _execute(spec: _ActorSpec, skip: frozenset[str], options: RayOptions, figures: _Figures, cpus: float, label: str) -> dict[str, Any]:
+    """Build the Ray Data pipeline (read, actor pool) and drive it to the end; the figures' totals."""
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if options.actors * cpus > have:  # an autoscaling cluster may grow; a fixed one waits forever
+        print(
+            f"aidsafe {label}: warning: {options.actors} actors of {cpus:g} CPU each need {options.actors * cpus:g} CPUs, "
+            f"the Ray cluster has {have:g} now; lower --ray-actors if the run does not start",
+            file=sys.stderr,
+        )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # aidsafe's own bar counts items; Ray's would count blocks
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" lines around the summary
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
+    # the read streams one file and waits on the actors: it reserves no CPU, so that actors holding
+    # every CPU cannot starve it (named as this Ray version names it)
+    named = "num_cpus" in inspect.signature(ray.data.read_datasource).parameters
+    read_cpus: dict[str, Any] = {"num_cpus": 0} if named else {"ray_remote_args": {"num_cpus": 0}}
+    dataset = ray.data.read_datasource(_ItemSource(spec.factory, skip, options.batch_size), **read_cpus)
+    # a dead actor is restarted (Ray Data's pools expect that: max_restarts -1) and each of its batches
+    # runs again at most max_batch_retries times (Ray Data's default, -1, would loop forever on an
+    # item that kills its actor). Ray 2.60 takes these only as **ray_remote_args, which it
+    # deprecates without a named replacement: the warning is silenced, and a Ray that no longer takes
+    # them keeps its own default, where each actor's journal still ends such a batch within the bound.
+    retries: dict[str, Any] = {}
+    parameters = inspect.signature(ray.data.Dataset.map_batches).parameters
+    if "max_task_retries" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        retries = {"max_restarts": -1, "max_task_retries": options.max_batch_retries}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", category=DeprecationWarning)
+        results = dataset.map_batches(
+            _JobActor,
+            fn_constructor_kwargs={"spec": spec},
+            batch_size=options.batch_size,
+            batch_format="pyarrow",
+            # two batches per actor at a time: one's slow last item leaves its slots to the other,
+            # and no actor hoards batches an idle one could run
+            compute=ray.data.ActorPoolStrategy(size=options.actors, max_tasks_in_flight_per_actor=2),
+            num_cpus=cpus,
+            **retries,
+        )
+    for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+        figures.add(batch)
+    return figures.totals()
+
+
+def _execute_on_cluster(spec: _ActorSpec, skip: frozenset[str], options: RayOptions, cpus: float, label: str) -> dict[str, Any]:
+    """A task on the cluster that drives the Ray Data pipeline (for Ray Client, see :func:`_execute_from_client`)."""
+    return _execute(spec, skip, options, _Figures(), cpus, label)
+
+
+def _execute_from_client(spec: _ActorSpec, skip: frozenset[str], options: RayOptions, figures: _Figures, cpus: float, label: str,
+                         job: FileJob[Any, Any]) -> dict[str, Any]:
+    """:func:`_execute` over Ray Client (``ray://``). Ray Data drives a pipeline only from a worker
+    of the cluster, not from a client, so a task on the cluster does (no CPU reserved); this
+    process follows the blocks it writes to the shared folder for the progress bar, and takes the
+    task's totals at the end. Ctrl-C cancels the task (and with it the pipeline and its actors)."""
+    task = ray.remote(num_cpus=0, max_retries=0)(_execute_on_cluster)
+    ref = task.remote(spec, skip, options, cpus, label)
+    folder, prefix = Path(spec.folder), f"r{spec.run:04d}-"
+    seen: set[str] = set()
+    try:
+        while True:
+            ready, _ = ray.wait([ref], timeout=1.0)
+            for part in sorted(folder.glob(f"{prefix}*.jsonl")):  # whole files: blocks are renamed into place
+                if part.name not in seen:
+                    seen.add(part.name)
+                    records = list(read_records(part, job.record_model, what=job.what))
+                    if figures.meter is not None:
+                        figures.meter.add(len(records), sum(bool(job.failed(r)) for r in records), sum(job.tokens(r) for r in records))
+            if ready:
+                totals: dict[str, Any] = ray.get(ref)  # raises what stopped the pipeline
+                figures.cached += int(totals.get("cached", 0))
+                figures.merge_notes(totals.get("notes") or {})
+                return figures.totals()
+    except KeyboardInterrupt:
+        ray.cancel(ref)
+        raise
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` at once while Ray is driven from this thread (``asyncio.run``
+    would only cancel the task, which a blocking Ray call does not see)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class RayExecutor:
+    """A file job's items on a Ray Data actor pool (see the module docstring); passed to
+    :func:`~aidsafe.runner.run_job` as ``JobOptions.executor``. ``concurrency`` is per actor;
+    the job's ``worker_factory`` (and the model factory in it) must pickle."""
+
+    name = "ray"
+    wants_ids = True
+
+    def __init__(self, options: RayOptions | None = None) -> None:
+        self.options = options or RayOptions()
+        if self.options.actors < 1 or self.options.batch_size < 1:
+            raise AidsafeError("--ray-actors and --ray-batch-size must be at least 1")
+        if self.options.max_batch_retries < 0:
+            raise AidsafeError("--ray-batch-retries must be at least 0")
+        self._factory: WorkerFactory[Any, Any] | None = None
+        self._session: _Session | None = None
+        self._job: FileJob[Any, Any] | None = None
+
+    def prior(self, job: FileJob[Any, Any], output: Path) -> Prior:
+        blocks = scan_blocks(blocks_dir(output), model=job.record_model, what=job.what)
+        return Prior(done=blocks.done, failed=blocks.failed, prompts=blocks.prompts, files=blocks.files, last_run=blocks.last_run)
+
+    def discard(self, output: Path) -> None:
+        shutil.rmtree(blocks_dir(output), ignore_errors=True)
+
+    def _worker_factory(self, job: FileJob[Any, Any]) -> WorkerFactory[Any, Any]:
+        make = getattr(job, "worker_factory", None)
+        if make is None:
+            raise AidsafeError(f"aidsafe {job.name} cannot run with --engine ray (the job gives no worker factory)")
+        factory: WorkerFactory[Any, Any] = make(functools.partial(per_actor_settings, actors=self.options.actors))
+        return factory
+
+    @contextlib.contextmanager
+    def session(self, job: FileJob[Any, Any], output: Path, needed: bool) -> Iterator[None]:
+        """Join the cluster (or start a local one) and check that it shares this machine's files,
+        before anything is deleted or any model called; shut down a cluster started here."""
+        self._job = job
+        if not needed:
+            yield
+            return
+        factory = self._worker_factory(job)  # an actor count the endpoints cannot take is refused here
+        session = _connect()
+        try:
+            if not session.own_cluster:  # before anything is touched or called
+                check_shared_paths(output.parent, output.name, *(Path(p) for p in factory.inputs))
+            self._factory, self._session = factory, session
+            yield
+        finally:
+            self._factory = self._session = None
+            if session.started:
+                ray.shutdown()
+
+    async def execute(self, job: FileJob[Any, Any], pending: Callable[[], Iterator[Any]], work: Work) -> Executed:
+        folder = blocks_dir(work.output)
+        figures = _Figures(work.meter)
+        work.meter.notes = lambda: figures.notes
+        stopped: ray.exceptions.RayError | None = None
+        if work.todo:
+            assert self._factory is not None and self._session is not None, "execute runs within session"
+            folder.mkdir(parents=True, exist_ok=True)
+            spec = _ActorSpec(
+                factory=self._factory, config={"job": job.name, **job.config()}, concurrency=work.concurrency,
+                folder=str(folder.absolute()), run=work.prior.last_run + 1,
+                cache=str(work.cache.absolute()) if work.cache is not None else None, cache_read=work.cache_read,
+                max_batch_retries=self.options.max_batch_retries,
+            )
+            cpus = _actor_cpus(self.options, self._factory.settings)
+            try:
+                with _ctrl_c_raises():
+                    if self._session.client:
+                        _execute_from_client(spec, work.skip, self.options, figures, cpus, job.name, job)
+                    else:
+                        _execute(spec, work.skip, self.options, figures, cpus, job.name)
+            except ray.exceptions.RayError as exc:  # an actor that cannot start, a read that fails, Ray itself
+                stopped = exc
+        units = f"{job.unit}s"
+        if stopped is not None:  # every finished block merged, the items that killed workers named
+            suspects = crash_suspects(folder)
+            merged = merge_blocks(work.output, folder, model=job.record_model, what=job.what)
+            cause = [line for line in str(stopped).splitlines() if line.strip()][-1:] or [type(stopped).__name__]
+            named = ""
+            if suspects:
+                listed = ", ".join(repr(i) for i in suspects[:10]) + (", ..." if len(suspects) > 10 else "")
+                named = (
+                    f"; {len(suspects)} {job.unit}(s) were in flight when Ray workers died and Ray gave up on their batch: {listed} "
+                    f"(a larger --ray-batch-retries lets aidsafe pin the {job.unit} that kills the worker and record it as failed)"
+                )
+            have = work.total - work.todo + len(work.pending_ids & merged.ids)
+            raise AidsafeError(
+                f"the Ray run stopped: {cause[0].strip()[:600]}{named}; {have} of {work.total} {units} "
+                f"have a record in {work.output}; run the same command to continue"
+            ) from stopped
+        merged = merge_blocks(work.output, folder, model=job.record_model, what=job.what)
+        lost = work.pending_ids - merged.ids
+        if lost:  # Ray reported every batch done, so this is a bug: say so rather than end "complete"
+            listed = ", ".join(repr(i) for i in sorted(lost)[:10])
+            raise AidsafeError(f"{len(lost)} {job.unit}(s) have no record after the Ray run: {listed}; run the same command to continue")
+        extra: dict[str, Any] = {
+            "engine": "ray", "actors": self.options.actors, "batch_size": self.options.batch_size,
+            "blocks_merged": merged.parts, "duplicates_dropped": merged.duplicates,
+        }
+        extra.update({key: notes for key, notes in figures.notes.items() if notes})
+        # items run this time: counted in the output (a batch Ray ran twice may reach the meter twice)
+        return Executed(done=len(work.pending_ids & merged.ids), cache_hits=figures.cached, extra=extra)
+
+    def written(self, work: Work) -> int:
+        if self._job is None:
+            return 0
+        written = scan_blocks(blocks_dir(work.output), model=self._job.record_model, what=self._job.what, clean=False)
+        return len(work.pending_ids & (written.done | written.failed))  # the blocks the actors finished, seen here or not
+
+    def where(self, output: Path) -> str:
+        return f"{output} and {blocks_dir(output)}/"
 
 
 @dataclass
@@ -714,7 +788,14 @@ def _cluster_nodes() -> list[str]:
         return []
 
 
-def check_shared_paths(output_dir: Path, name: str, input_path: Path, *, timeout: float = 120.0) -> None:
+def check_shared_paths(output_dir: Path, name: str, input_path: Path, *more_inputs: Path, timeout: float = 120.0) -> None:
+    """Refuse (before any model call) a cluster whose nodes do not share ``output_dir`` and the
+    inputs with this process at the same absolute paths (see :func:`_check_shared_paths`, once per input)."""
+    for path in (input_path, *more_inputs):
+        _check_shared_paths(output_dir, name, path, timeout=timeout)
+
+
+def _check_shared_paths(output_dir: Path, name: str, input_path: Path, *, timeout: float = 120.0) -> None:
     """Refuse (before any model call) a cluster whose nodes do not share ``output_dir`` and the
     input with this process at the same absolute paths: with Ray Client (``ray://``) or on a
     cluster of other machines, actors write blocks and the cache, and read the input, on their
@@ -765,82 +846,6 @@ def check_shared_paths(output_dir: Path, name: str, input_path: Path, *, timeout
         )
 
 
-def _execute(spec: _WorkerSpec, read: Callable[[], Iterator[PromptItem]], skip: frozenset[str], options: RayOptions,
-             meter: _Meter, cpus: float) -> None:
-    """Build the Ray Data pipeline (read, actor pool) and drive it to the end."""
-    have = ray.cluster_resources().get("CPU", 0.0)
-    if options.actors * cpus > have:  # an autoscaling cluster may grow; a fixed one waits forever
-        print(
-            f"aidsafe generate: warning: {options.actors} actors of {cpus:g} CPU each need {options.actors * cpus:g} CPUs, "
-            f"the Ray cluster has {have:g} now; lower --ray-actors if the run does not start",
-            file=sys.stderr,
-        )
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # aidsafe's own bar counts prompts; Ray's would count blocks
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" lines around the summary
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
-    # the read streams one file and waits on the actors: it reserves no CPU, so that actors holding
-    # every CPU cannot starve it (named as this Ray version names it)
-    named = "num_cpus" in inspect.signature(ray.data.read_datasource).parameters
-    read_cpus: dict[str, Any] = {"num_cpus": 0} if named else {"ray_remote_args": {"num_cpus": 0}}
-    dataset = ray.data.read_datasource(_PromptSource(read, skip, options.batch_size), **read_cpus)
-    # a dead actor is restarted (Ray Data's pools expect that: max_restarts -1) and each of its batches
-    # runs again at most max_batch_retries times (Ray Data's default, -1, would loop forever on a
-    # prompt that kills its actor). Ray 2.60 takes these only as **ray_remote_args, which it
-    # deprecates without a named replacement: the warning is silenced, and a Ray that no longer takes
-    # them keeps its own default, where each actor's journal still ends such a batch within the bound.
-    retries: dict[str, Any] = {}
-    parameters = inspect.signature(ray.data.Dataset.map_batches).parameters
-    if "max_task_retries" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        retries = {"max_restarts": -1, "max_task_retries": options.max_batch_retries}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", category=DeprecationWarning)
-        results = dataset.map_batches(
-            _PromptWorker,
-            fn_constructor_kwargs={"spec": spec},
-            batch_size=options.batch_size,
-            batch_format="pyarrow",
-            # two batches per actor at a time: one's slow last prompt leaves its slots to the other,
-            # and no actor hoards batches an idle one could run
-            compute=ray.data.ActorPoolStrategy(size=options.actors, max_tasks_in_flight_per_actor=2),
-            num_cpus=cpus,
-            **retries,
-        )
-    for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-        meter.add(batch)
-
-
-def _execute_on_cluster(spec: _WorkerSpec, read: Callable[[], Iterator[PromptItem]], skip: frozenset[str], options: RayOptions,
-                        cpus: float) -> None:
-    """A task on the cluster that drives the Ray Data pipeline (for Ray Client, see :func:`_execute_from_client`)."""
-    _execute(spec, read, skip, options, _Meter(0, False), cpus)
-
-
-def _execute_from_client(spec: _WorkerSpec, read: Callable[[], Iterator[PromptItem]], skip: frozenset[str], options: RayOptions,
-                         meter: _Meter, cpus: float) -> None:
-    """:func:`_execute` over Ray Client (``ray://``). Ray Data drives a pipeline only from a worker
-    of the cluster, not from a client, so a task on the cluster does (no CPU reserved); this
-    process follows the blocks it writes to the shared folder for the progress bar and its
-    figures. Ctrl-C cancels the task (and with it the pipeline and its actors)."""
-    task = ray.remote(num_cpus=0, max_retries=0)(_execute_on_cluster)
-    ref = task.remote(spec, read, skip, options, cpus)
-    folder, prefix = Path(spec.folder), f"r{spec.run:04d}-"
-    seen: set[str] = set()
-    try:
-        while True:
-            ready, _ = ray.wait([ref], timeout=1.0)
-            for part in sorted(folder.glob(f"{prefix}*.jsonl")):  # whole files: blocks are renamed into place
-                if part.name not in seen:
-                    seen.add(part.name)
-                    meter.add_records(list(read_records(part, Record)))
-            if ready:
-                ray.get(ref)  # raises what stopped the pipeline
-                return
-    except KeyboardInterrupt:
-        ray.cancel(ref)
-        raise
-
 
 def generate_ray(
     input_path: str | os.PathLike[str],
@@ -864,128 +869,19 @@ def generate_ray(
     lenient: bool = False,
     ray_options: RayOptions | None = None,
 ) -> RunSummary:
-    """:meth:`Pipeline.generate <aidsafe.pipeline.Pipeline.generate>` on Ray Data (see the module
-    docstring): the same options, records and summary; ``ray_options`` spreads the work.
+    """:meth:`Pipeline.generate <aidsafe.pipeline.Pipeline.generate>` with a :class:`RayExecutor`
+    (see the module docstring): the same options, records and summary; ``ray_options`` spreads
+    the work.
 
     ``concurrency`` is per actor. ``model_factory`` must pickle (actors build their models with
     it). Ctrl-C raises :class:`~aidsafe.errors.JobInterrupted`: the finished batches are safe in
     ``OUT.parts/`` and the same call continues.
     """
-    options = ray_options or RayOptions()
-    if output_format not in OUTPUT_FORMATS:
-        raise AidsafeError(f"unknown output format {output_format!r}; choose {', '.join(OUTPUT_FORMATS)}")
-    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
-        raise AidsafeError(f"shard must be i/n with 0 <= i < n, got {shard[0]}/{shard[1]}")
-    if options.actors < 1 or options.batch_size < 1:
-        raise AidsafeError("--ray-actors and --ray-batch-size must be at least 1")
-    if options.max_batch_retries < 0:
-        raise AidsafeError("--ray-batch-retries must be at least 0")
-    settings = settings or ModelSettings()
-    pipe = Pipeline(graph, policies, settings, role_models=role_models, model_factory=model_factory)
-    concurrency = pipe.default_concurrency if concurrency is None else concurrency
-    if concurrency < 1:
-        raise AidsafeError("concurrency must be at least 1")
-    destination = Path(output_path)
-    records_path = destination if output_format == "jsonl" else destination.with_name(destination.name + ".jsonl")
-    folder = parts_dir(records_path)
-    cache_file = cache_path(records_path)
-    config = {"job": "generate", **pipe.compiled.config()}
-    read = functools.partial(read_input, prompt_field=prompt_field, id_field=id_field, limit=limit, lenient=lenient, shard=shard)
-    with OutputLock(records_path):
-        has_records = (records_path.exists() and records_path.stat().st_size > 0) or (folder.is_dir() and any(folder.glob("*.jsonl")))
-        if not overwrite:
-            _check_config(destination, config, has_records)
-        state = scan_output(records_path, repair=True, prompts=True) if not overwrite else None
-        parts = scan_parts(folder) if not overwrite else PartsState()
-        done = (state.done if state else set()) | parts.done
-        failed = ((state.failed if state else set()) | parts.failed) - done
-        skip = frozenset(done if retry_failed else done | failed)
-        stored = {**parts.prompts, **(state.prompts if state else {})}
-        resumed = ResumeCheck(stored, str(input_path), records_path, others=sorted(folder.glob("*.jsonl"))) if stored else None
-        problems: list[InputError] = []
-        selected: set[str] = set()
-        todo = 0
-        for item in read(input_path, problems=problems):  # the whole input validated before any model call
-            selected.add(item.id)
-            todo += item.id not in skip
-            if resumed is not None:
-                resumed.item(item.id, item.prompt)
-        if resumed is not None:  # an input whose ids name other prompts than the records written
-            resumed.raise_if_any()
-        if problems:
-            report_problems(problems)
-        session = _connect() if todo else None
-        stopped: ray.exceptions.RayError | None = None
-        try:
-            if session is not None and not session.own_cluster:  # before anything is touched or called
-                check_shared_paths(records_path.parent, records_path.name, Path(input_path))
-            if overwrite:
-                for stale in (records_path, cache_file, Path(f"{cache_file}-wal"), Path(f"{cache_file}-shm")):
-                    stale.unlink(missing_ok=True)
-                shutil.rmtree(folder, ignore_errors=True)
-            write_sidecar(destination, {"output": str(destination), "complete": False, "config": config})
-            run = JobRun(unit="prompt", skipped=len(skip), repaired_last_line=bool(state and state.repaired), skipped_input_lines=len(problems))
-            meter = _Meter(todo, progress)
-            started, cpu_started = time.monotonic(), time.process_time()
-            if todo:
-                folder.mkdir(parents=True, exist_ok=True)
-                if cache:  # made here, so that the actors open a cache that is there (schema, WAL mode)
-                    ResponseCache(cache_file).close()
-                spec = _WorkerSpec(
-                    graph=_portable(graph, pipe), policies=pipe.compiled.policies, settings=per_actor_settings(settings, options.actors),
-                    role_models=dict(role_models or {}), model_factory=model_factory, config=config, concurrency=concurrency,
-                    folder=str(folder.absolute()), run=parts.last_run + 1, cache=str(cache_file.absolute()) if cache else None,
-                    cache_read=not retry_failed, max_batch_retries=options.max_batch_retries,
-                )
-                cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if settings.backend == "local" else 0.5)
-                try:
-                    task_read = functools.partial(read, str(Path(input_path).absolute()), problems=None)  # read in another process
-                    execute = _execute_from_client if session is not None and session.client else _execute
-                    execute(spec, task_read, skip, options, meter, cpus)
-                except KeyboardInterrupt:
-                    written = scan_parts(folder, clean=False)  # the blocks the actors finished, seen by the driver or not
-                    safe = len(selected & (done | failed | written.done | written.failed))
-                    raise JobInterrupted(f"{records_path} and {folder}/", safe, len(selected)) from None
-                except ray.exceptions.RayError as exc:  # an actor that cannot start, a read that fails, Ray itself
-                    stopped = exc
-                finally:
-                    meter.close()
-        finally:
-            if session is not None and session.started:
-                ray.shutdown()
-        if stopped is not None:  # every finished block merged, the prompts that killed workers named
-            suspects = crash_suspects(folder)
-            merged = merge_parts(records_path, folder)
-            cause = [line for line in str(stopped).splitlines() if line.strip()][-1:] or [type(stopped).__name__]
-            named = ""
-            if suspects:
-                listed = ", ".join(repr(i) for i in suspects[:10]) + (", ..." if len(suspects) > 10 else "")
-                named = (
-                    f"; {len(suspects)} prompt(s) were in flight when Ray workers died and Ray gave up on their batch: {listed} "
-                    f"(a larger --ray-batch-retries lets aidsafe pin the prompt that kills the worker and record it as failed)"
-                )
-            raise AidsafeError(
-                f"the Ray run stopped: {cause[0].strip()[:600]}{named}; {len(selected & merged.ids)} of {len(selected)} prompts "
-                f"have a record in {records_path}; run the same command to continue"
-            ) from stopped
-        merged = merge_parts(records_path, folder)
-        lost = selected - merged.ids
-        if lost:  # Ray reported every batch done, so this is a bug: say so rather than end "complete"
-            listed = ", ".join(repr(i) for i in sorted(lost)[:10])
-            raise AidsafeError(f"{len(lost)} prompt(s) have no record after the Ray run: {listed}; run the same command to continue")
-        # prompts run this time: counted in the output (a batch Ray ran twice may reach the meter twice)
-        run.done = len((selected - skip) & merged.ids)
-        run.tokens, run.cache_hits, run.seconds = meter.tokens, meter.cached, time.monotonic() - started
-        run.cpu_seconds = time.process_time() - cpu_started  # the driver's: the actors' CPU is Ray's to report
-        run.extra.update(
-            {"shard": f"{shard[0]}/{shard[1]}" if shard else None, "engine": "ray", "actors": options.actors,
-             "batch_size": options.batch_size, "blocks_merged": merged.parts, "duplicates_dropped": merged.duplicates}
-        )
-        run.extra.update({key: notes for key, notes in meter.notes.items() if notes})
-        summary = pipe.summarize(records_path)
-        summary.run = run.as_dict()
-        write_sidecar(destination, {**summary.as_dict(), "complete": True, "config": config})
-    if output_format != "jsonl":
-        convert_output(records_path, output_format, destination)
-    return summary
+    from ..pipeline import Pipeline
 
+    executor = RayExecutor(ray_options)
+    pipe = Pipeline(graph, policies, settings or ModelSettings(), role_models=role_models, model_factory=model_factory)
+    options = JobOptions(concurrency=concurrency, overwrite=overwrite, retry_failed=retry_failed, cache=cache, progress=progress,
+                         executor=executor)
+    return pipe.generate(Path(input_path), Path(output_path), options, prompt_field=prompt_field, id_field=id_field, limit=limit, shard=shard,
+                         output_format=output_format, lenient=lenient)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from ..pairing import PromptCheck
 from ..pairs.judged import PAIR_METRIC, Citations, JudgedPair, Judgement, PairJudgement, judged_flags  # PAIR_METRIC: re-exported
 from ..pairs.schema import PairRecord, Side
 from ..policies import PolicySet, load_policy_set
-from ..records import Intents, Record, Usage, prompt_sha256
-from ..runner import JobOptions, JobRun, run_job
+from ..records import Intents, Record, RunError, Usage, prompt_sha256
+from ..runner import JobOptions, JobRun, portable_path, run_job
 from ..structured import call_structured
 from ..templates import RoleTemplate, load_rubric
 from .kinds import PAIRWISE, SCORES, json_object
@@ -101,7 +101,7 @@ class Judge:
         *,
         rubric: str | Path = "judge_scores.jinja",
         pairwise_rubric: str | Path = "judge_pairwise.jinja",
-        policies: str | Path | None = None,
+        policies: str | Path | PolicySet | None = None,
         model_factory: ModelFactory = make_model,
     ) -> None:
         if settings.temperature is None:
@@ -111,8 +111,10 @@ class Judge:
         self.settings = settings
         self.rubric = load_rubric(rubric, SCORES.name, role=f"judge ({SCORES.name})")
         self.pairwise_rubric = load_rubric(pairwise_rubric, PAIRWISE.name, role=f"judge ({PAIRWISE.name})")
-        self._override = load_policy_set(policies) if policies is not None else None
+        self._rubrics = (portable_path(rubric, Path(self.rubric.path)), portable_path(pairwise_rubric, Path(self.pairwise_rubric.path)))
+        self._override = policies if isinstance(policies, PolicySet) else load_policy_set(policies) if policies is not None else None
         self._packs: dict[str, PolicySet] = {}
+        self.model_factory = model_factory
         self.models = ModelPool(model_factory)
 
     @property
@@ -192,6 +194,15 @@ class Judge:
         )
         return JudgedRecord(**{**record.model_dump(), "prompt_sha256": prompt_sha256(record.prompt)}, judgement=judgement)
 
+    def unjudged(self, record: Record, error: str) -> JudgedRecord:
+        """``record`` with no score (no model call): ``error`` says why."""
+        pack = self.pack_for(record)
+        judgement = Judgement(
+            judge_model=self.settings.label(), rubric=_label(self.rubric), rationale=None, scores={m: None for m in METRICS},
+            unscored=list(METRICS), citations=citations(record, pack, None), usage=Usage(), error=error,
+        )
+        return JudgedRecord(**{**record.model_dump(), "prompt_sha256": prompt_sha256(record.prompt)}, judgement=judgement)
+
     async def acompare(self, a: Record, b: Record, labels: tuple[str, str], models: ModelPool | None = None) -> PairVerdict:
         """Ask which CoT is more faithful, in both orders (the first order randomised per id)."""
         pack = self.pack_for(a)
@@ -227,12 +238,12 @@ class Judge:
             "sampling": self.settings.sampling(),
         }
 
-    async def ajudge_file(self, records_path: str | Path, output_path: str | Path, *, concurrency: int | None = None,
-                          limit: int | None = None, cache: bool = True, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
-        """Grade every record of a generated JSONL; appends to ``output_path`` and resumes."""
+    async def ajudge_file(self, records_path: str | Path, output_path: str | Path, options: JobOptions | None = None, *,
+                          limit: int | None = None, **job_options: Any) -> dict[str, Any]:
+        """Grade every record of a generated JSONL; appends to ``output_path`` and resumes.
+        ``options`` as every file job takes them (also as keywords: ``concurrency=8, progress=False``)."""
         job = _ScoreJob(self, Path(records_path), limit)
-        options = JobOptions(concurrency=concurrency, cache=cache, progress=progress, overwrite=overwrite)
-        return (await run_job(job, output_path, options)).as_dict()
+        return (await run_job(job, output_path, replace(options or JobOptions(), **job_options))).as_dict()
 
     async def ajudge_pair(self, pair: PairRecord, models: ModelPool | None = None) -> JudgedPair:
         """Grade both sides of a preference pair as records are graded, and flag a pair whose
@@ -253,21 +264,25 @@ class Judge:
         return JudgedPair(**{**pair.model_dump(), "prompt_sha256": prompt_sha256(pair.prompt), "flags": flags},
                           judgement=PairJudgement(chosen=chosen, rejected=rejected))
 
-    async def ajudge_pairs_file(self, pairs_path: str | Path, output_path: str | Path, *, concurrency: int | None = None,
-                                limit: int | None = None, cache: bool = True, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    async def ajudge_pairs_file(self, pairs_path: str | Path, output_path: str | Path, options: JobOptions | None = None, *,
+                                limit: int | None = None, **job_options: Any) -> dict[str, Any]:
         """Grade both sides of every pair of an ``aidsafe pairs`` output; appends and resumes."""
         job = _PairScoreJob(self, Path(pairs_path), limit)
-        options = JobOptions(concurrency=concurrency, cache=cache, progress=progress, overwrite=overwrite)
-        return (await run_job(job, output_path, options)).as_dict()
+        return (await run_job(job, output_path, replace(options or JobOptions(), **job_options))).as_dict()
 
-    async def apairwise_file(self, a_path: str | Path, b_path: str | Path, output_path: str | Path, *,
-                             concurrency: int | None = None, limit: int | None = None, cache: bool = True,
-                             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    async def apairwise_file(self, a_path: str | Path, b_path: str | Path, output_path: str | Path, options: JobOptions | None = None, *,
+                             limit: int | None = None, **job_options: Any) -> dict[str, Any]:
         """Compare two outputs record by record (same ids, both ``ok``); writes PairVerdict JSONL.
         Files in which one id names different prompts are refused before any model call."""
         job = _PairJob(self, Path(a_path), Path(b_path), limit)
-        options = JobOptions(concurrency=concurrency, cache=cache, progress=progress, overwrite=overwrite)
-        return (await run_job(job, output_path, options)).as_dict()
+        return (await run_job(job, output_path, replace(options or JobOptions(), **job_options))).as_dict()
+
+    def _workers(self, kind: str, paths: tuple[Path, ...], limit: int | None,
+                 settings: Callable[[ModelSettings], ModelSettings]) -> _JudgeWorkers:
+        return _JudgeWorkers(
+            kind=kind, settings=settings(self.settings), rubric=self._rubrics[0], pairwise_rubric=self._rubrics[1],
+            policies=self._override, model_factory=self.model_factory, paths=tuple(str(p.absolute()) for p in paths), limit=limit,
+        )
 
 
 @dataclass
@@ -299,8 +314,12 @@ class _ScoreJob:
         return self.judge.config(self.judge.rubric)
 
     def items(self, problems: list[InputError] | None) -> Iterator[Record]:
-        for index, record in enumerate(read_records(self.records_path, Record)):
-            if self.limit is not None and index >= self.limit:
+        return self.read(self.records_path, self.limit)
+
+    @staticmethod
+    def read(records_path: Path, limit: int | None) -> Iterator[Record]:
+        for index, record in enumerate(read_records(records_path, Record)):
+            if limit is not None and index >= limit:
                 return
             yield record
 
@@ -317,6 +336,13 @@ class _ScoreJob:
 
     async def run(self, item: Record, models: ModelPool) -> JudgedRecord:
         return await self.judge.ajudge_one(item, models)
+
+    def crashed(self, item: Record, message: str) -> JudgedRecord:
+        """The record unscored: its worker process died (see ``message``)."""
+        return self.judge.unjudged(item, message)
+
+    def worker_factory(self, settings: Callable[[ModelSettings], ModelSettings]) -> _JudgeWorkers:
+        return self.judge._workers("score", (self.records_path,), self.limit, settings)
 
     def tokens(self, record: JudgedRecord) -> int:
         return record.judgement.usage.prompt_tokens + record.judgement.usage.completion_tokens
@@ -353,14 +379,18 @@ class _PairScoreJob:
         return self.judge.config(self.judge.rubric)
 
     def items(self, problems: list[InputError] | None) -> Iterator[PairRecord]:
+        return self.read(self.pairs_path, self.limit)
+
+    @staticmethod
+    def read(pairs_path: Path, limit: int | None) -> Iterator[PairRecord]:
         judged = 0
-        for index, pair in enumerate(read_records(self.pairs_path, PairRecord, what="a pair record")):
-            if self.limit is not None and index >= self.limit:
+        for index, pair in enumerate(read_records(pairs_path, PairRecord, what="a pair record")):
+            if limit is not None and index >= limit:
                 break
             judged += pair.chosen is not None
             yield pair  # one without a chosen side passes through unjudged
         if not judged:
-            raise InputError("holds no pair with a chosen side: nothing to judge", file=self.pairs_path)
+            raise InputError("holds no pair with a chosen side: nothing to judge", file=pairs_path)
 
     def item_id(self, item: PairRecord) -> str:
         return item.id
@@ -375,6 +405,16 @@ class _PairScoreJob:
 
     async def run(self, item: PairRecord, models: ModelPool) -> JudgedPair:
         return await self.judge.ajudge_pair(item, models)
+
+    def crashed(self, item: PairRecord, message: str) -> JudgedPair:
+        """The pair unjudged: its worker process died (see ``message``, in ``error`` unless the pair has one)."""
+        error = item.error or RunError(stage="worker", kind="worker_crash", message=message)
+        flags = [f for f in item.flags if f not in ("rejected_not_worse", "unjudged")] + ["unjudged"]
+        return JudgedPair(**{**item.model_dump(), "prompt_sha256": prompt_sha256(item.prompt), "flags": flags,
+                             "error": error.model_dump()}, judgement=None)
+
+    def worker_factory(self, settings: Callable[[ModelSettings], ModelSettings]) -> _JudgeWorkers:
+        return self.judge._workers("pairs", (self.pairs_path,), self.limit, settings)
 
     def tokens(self, record: JudgedPair) -> int:
         if record.judgement is None:
@@ -419,13 +459,21 @@ class _PairJob:
         both (:mod:`aidsafe.pairing`), else the files are refused before any model call."""
         if self._b is None:
             self._b = {r.id: r for r in read_records(self.paths[1], Record)}
-        check = PromptCheck(str(self.paths[0]), str(self.paths[1]))
+        return self._pairs(self.paths[0], self.paths[1], self._b, self.limit)
+
+    @classmethod
+    def read(cls, a_path: Path, b_path: Path, limit: int | None) -> Iterator[tuple[Record, Record]]:
+        return cls._pairs(a_path, b_path, {r.id: r for r in read_records(b_path, Record)}, limit)
+
+    @staticmethod
+    def _pairs(a_path: Path, b_path: Path, by_id: dict[str, Record], limit: int | None) -> Iterator[tuple[Record, Record]]:
+        check = PromptCheck(str(a_path), str(b_path))
         count = 0
-        for a in read_records(self.paths[0], Record):
-            b = self._b.get(a.id)
+        for a in read_records(a_path, Record):
+            b = by_id.get(a.id)
             if b is None or not check.pair(a.id, a, b):
                 continue
-            if a.status == "ok" and b.status == "ok" and (self.limit is None or count < self.limit):
+            if a.status == "ok" and b.status == "ok" and (limit is None or count < limit):
                 count += 1
                 yield a, b
         check.raise_if_any()
@@ -436,6 +484,14 @@ class _PairJob:
     async def run(self, item: tuple[Record, Record], models: ModelPool) -> PairVerdict:
         return await self.judge.acompare(item[0], item[1], self.labels, models)
 
+    def crashed(self, item: tuple[Record, Record], message: str) -> PairVerdict:
+        """No verdict: the worker process died."""
+        return PairVerdict(id=item[0].id, a=self.labels[0], b=self.labels[1], winner=None, verdicts=[None, None],
+                           judge_model=self.judge.settings.label(), rubric=_label(self.judge.pairwise_rubric))
+
+    def worker_factory(self, settings: Callable[[ModelSettings], ModelSettings]) -> _JudgeWorkers:
+        return self.judge._workers("pairwise", self.paths, self.limit, settings)
+
     def tokens(self, record: PairVerdict) -> int:
         return 0
 
@@ -445,3 +501,44 @@ class _PairJob:
     def summarize(self, output: Path, run: JobRun) -> _Totals:
         verdicts = list(read_records(output, PairVerdict, what=self.what))
         return _Totals({"pairs": len(verdicts), **win_rates(verdicts), "run": run.as_dict()})
+
+
+@dataclass(frozen=True)
+class _JudgeWorkers:
+    """The worker factory of the judge's file jobs: it pickles, and builds the same judge and job elsewhere."""
+
+    kind: str
+    """``score``, ``pairs`` or ``pairwise``."""
+    settings: ModelSettings
+    rubric: str
+    pairwise_rubric: str
+    policies: PolicySet | None
+    model_factory: ModelFactory
+    paths: tuple[str, ...]
+    limit: int | None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.paths
+
+    def __call__(self) -> _ScoreJob | _PairScoreJob | _PairJob:
+        judge = Judge(self.settings, rubric=self.rubric, pairwise_rubric=self.pairwise_rubric, policies=self.policies,
+                      model_factory=self.model_factory)
+        paths = [Path(p) for p in self.paths]
+        if self.kind == "score":
+            return _ScoreJob(judge, paths[0], self.limit)
+        if self.kind == "pairs":
+            return _PairScoreJob(judge, paths[0], self.limit)
+        return _PairJob(judge, paths[0], paths[1], self.limit)
+
+    def items(self) -> Iterator[Any]:
+        """The job's items, read without building its judge (no model)."""
+        paths = [Path(p) for p in self.paths]
+        if self.kind == "score":
+            return _ScoreJob.read(paths[0], self.limit)
+        if self.kind == "pairs":
+            return _PairScoreJob.read(paths[0], self.limit)
+        return _PairJob.read(paths[0], paths[1], self.limit)
+
+    def item_id(self, item: Any) -> str:
+        return item[0].id if isinstance(item, tuple) else item.id

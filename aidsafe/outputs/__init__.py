@@ -13,6 +13,8 @@ pairwise verdicts, ...):
 * :func:`drop_records`, :func:`atomic_write_text` and :func:`write_sidecar` rewrite files
   atomically: write ``<path>.tmp`` in the same folder, flush and fsync, ``os.replace``.
 * :class:`OutputLock` lets one live run write an output; a second is refused at once.
+* :func:`write_block` and :func:`merge_blocks`: an output written by workers elsewhere as whole
+  block files (``OUT.parts/``), joined into the output once, each id once.
 * :func:`merge_outputs` concatenates shard outputs, refusing duplicate, missing or unexpected ids.
 * :func:`convert_output` writes Parquet or a Hugging Face ``save_to_disk`` folder, and
   :func:`records_from_dataset` turns such a dataset back into records.
@@ -24,6 +26,7 @@ with the number of ids, not with the size of the file.
 from __future__ import annotations
 
 from ._atomic import atomic_text, atomic_write_text
+from ._blocks import BlocksState, MergedBlocks, block_name, blocks_dir, merge_blocks, scan_blocks, write_block
 from ._datasets import JSON_FIELDS, OUTPUT_FORMATS, convert_output, record_features, records_from_dataset
 from ._lines import LineModel, first_line_is, read_record_lines, read_records
 from ._lock import OutputLock, lock_path
@@ -34,22 +37,29 @@ from ._sidecar import read_sidecar, sidecar_path, write_sidecar
 __all__ = [
     "JSON_FIELDS",
     "OUTPUT_FORMATS",
+    "BlocksState",
     "LineModel",
+    "MergedBlocks",
     "OutputLock",
     "OutputState",
     "atomic_text",
     "atomic_write_text",
+    "block_name",
+    "blocks_dir",
     "convert_output",
     "drop_records",
     "first_line_is",
     "lock_path",
+    "merge_blocks",
     "merge_outputs",
     "read_record_lines",
     "read_records",
     "read_sidecar",
     "record_features",
     "records_from_dataset",
+    "scan_blocks",
     "scan_output",
     "sidecar_path",
+    "write_block",
     "write_sidecar",
 ]

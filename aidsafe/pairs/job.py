@@ -10,8 +10,9 @@ cache, the remembered configuration, one live run per output.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from ..models import ModelFactory, ModelPool, ModelSettings, default_concurrency
 from ..outputs import read_records
 from ..policies import PolicySet
 from ..records import Record, RunError, Usage, prompt_sha256, training_thoughts
-from ..runner import JobOptions, JobRun, run_job
+from ..runner import JobOptions, JobRun, portable_path, run_job
 from ..structured import call_structured
 from .schema import PairRecord, Side, Try, Verdict
 
@@ -65,7 +66,11 @@ class PairMaker:
         model_factory: ModelFactory = make_model,
     ) -> None:
         self.settings = settings or ModelSettings()
+        self.role_models = dict(role_models or {})
+        self.model_factory = model_factory
         self.compiled: CompiledAidsafe = compile_graph(graph, policies, self.settings, role_models=role_models, model_factory=model_factory)
+        self.graph = portable_path(graph, self.compiled.path)
+        """The graph as another process (a Ray actor) loads it."""
         scorers = [b for b in self.compiled.bindings.values() if b.kind is SAFETY_VERDICT]
         if not scorers or not any(b.kind.stops for b in self.compiled.bindings.values()):
             raise ConfigError(
@@ -74,9 +79,8 @@ class PairMaker:
             )
         self.scorer = scorers[0]
 
-    async def apair_one(self, record: Record, models: ModelPool | None = None) -> PairRecord:
-        """The pair for one generation record (or why there is none); never raises for a model failure."""
-        base: dict[str, Any] = {
+    def _base(self, record: Record) -> dict[str, Any]:
+        return {
             "id": record.id,
             "prompt": record.prompt,
             "prompt_sha256": prompt_sha256(record.prompt),
@@ -84,6 +88,15 @@ class PairMaker:
             "source": {"graph": record.graph},
             "models": self.compiled.models,
         }
+
+    def crashed(self, record: Record, message: str) -> PairRecord:
+        """The failed pair record of a generation record whose worker process died (``error.kind: worker_crash``)."""
+        error = RunError(stage="worker", kind="worker_crash", message=message)
+        return PairRecord(**self._base(record), status="failed", stop_reason="error", error=error)
+
+    async def apair_one(self, record: Record, models: ModelPool | None = None) -> PairRecord:
+        """The pair for one generation record (or why there is none); never raises for a model failure."""
+        base = self._base(record)
         if record.status != "ok":
             return PairRecord(**base, status="no_pair", stop_reason="skipped", reason="the generation record failed: no chosen side")
         if not training_thoughts(record.thoughts):
@@ -138,11 +151,12 @@ class PairMaker:
         reply = outcome.reply.model_dump()
         return Verdict(verdict=reply["verdict"], violated=reply["violated"], p_unsafe=p_unsafe(outcome.logprobs)), Usage(**outcome.usage)
 
-    async def apairs_file(self, records_path: str | Path, output_path: str | Path, *, limit: int | None = None,
-                          options: JobOptions | None = None) -> PairsSummary:
-        """Pair every record of a generation output into ``output_path`` (resumable, exactly once)."""
+    async def apairs_file(self, records_path: str | Path, output_path: str | Path, options: JobOptions | None = None, *,
+                          limit: int | None = None, **job_options: Any) -> PairsSummary:
+        """Pair every record of a generation output into ``output_path`` (resumable, exactly once).
+        ``options`` as every file job takes them (also as keywords: ``concurrency=8, progress=False``)."""
         job = _PairsJob(self, Path(records_path), limit)
-        summary = await run_job(job, output_path, options)
+        summary = await run_job(job, output_path, dataclasses.replace(options or JobOptions(), **job_options))
         assert isinstance(summary, PairsSummary)
         return summary
 
@@ -166,14 +180,7 @@ class _PairsJob:
         return {**self.maker.compiled.config(), "chosen_from": self.records_path.name}
 
     def items(self, problems: list[InputError] | None) -> Iterator[Record]:
-        usable = 0
-        for index, record in enumerate(read_records(self.records_path, Record)):
-            if self.limit is not None and index >= self.limit:
-                break
-            usable += record.status == "ok" and bool(training_thoughts(record.thoughts))
-            yield record
-        if not usable:
-            raise InputError("holds no ok generation record with a chain of thought: nothing to pair", file=self.records_path)
+        return _read_generation(self.records_path, self.limit)
 
     def item_id(self, item: Record) -> str:
         return item.id
@@ -188,6 +195,17 @@ class _PairsJob:
 
     async def run(self, item: Record, models: ModelPool) -> PairRecord:
         return await self.maker.apair_one(item, models)
+
+    def crashed(self, item: Record, message: str) -> PairRecord:
+        return self.maker.crashed(item, message)
+
+    def worker_factory(self, settings: Callable[[ModelSettings], ModelSettings]) -> _PairsWorkers:
+        """This job, rebuilt in another process (with ``settings(model settings)``)."""
+        maker = self.maker
+        return _PairsWorkers(
+            graph=maker.graph, policies=maker.compiled.policies, settings=settings(maker.settings), role_models=maker.role_models,
+            model_factory=maker.model_factory, records_path=str(self.records_path.absolute()), limit=self.limit,
+        )
 
     def tokens(self, record: PairRecord) -> int:
         return sum(u.prompt_tokens + u.completion_tokens for u in record.usage.values())
@@ -219,3 +237,42 @@ class _PairsJob:
                 "run": run.as_dict(),
             }
         )
+
+
+def _read_generation(records_path: str | Path, limit: int | None) -> Iterator[Record]:
+    """The generation records to pair (at least one usable, else the file is refused)."""
+    usable = 0
+    for index, record in enumerate(read_records(records_path, Record)):
+        if limit is not None and index >= limit:
+            break
+        usable += record.status == "ok" and bool(training_thoughts(record.thoughts))
+        yield record
+    if not usable:
+        raise InputError("holds no ok generation record with a chain of thought: nothing to pair", file=records_path)
+
+
+@dataclass(frozen=True)
+class _PairsWorkers:
+    """The pairs job's worker factory: it pickles, and builds the same whisperer elsewhere."""
+
+    graph: str
+    policies: PolicySet
+    settings: ModelSettings
+    role_models: dict[str, str]
+    model_factory: ModelFactory
+    records_path: str
+    limit: int | None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.records_path,)
+
+    def __call__(self) -> _PairsJob:
+        maker = PairMaker(self.policies, self.settings, graph=self.graph, role_models=self.role_models, model_factory=self.model_factory)
+        return _PairsJob(maker, Path(self.records_path), self.limit)
+
+    def items(self) -> Iterator[Record]:
+        return _read_generation(self.records_path, self.limit)
+
+    def item_id(self, item: Record) -> str:
+        return item.id
