@@ -129,7 +129,9 @@ class Pipeline:
         bindings = self.compiled.bindings
         if role in bindings:
             return bindings[role]
-        matches = [b for key, b in bindings.items() if key.split(".")[-1] == role or b.role == role]
+        plan = self.compiled.plan  # an agent's name or a role's, as the plan records them (no node name is parsed)
+        keys = [node.binding.name for node in plan if node.binding is not None and role in (node.agent, node.role)]
+        matches = [bindings[key] for key in keys if key in bindings]
         if not matches:
             raise ConfigError(f"no role or agent {role!r} in graph {self.compiled.spec.name!r}; choose from {', '.join(bindings)}")
         return matches[0]
