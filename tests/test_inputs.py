@@ -619,3 +619,21 @@ def test_parquet_input(tmp_path):
     broken.write_text("not parquet", encoding="utf-8")
     with pytest.raises(InputError, match="broken.parquet.*not a Parquet file"):
         list(read_prompts(broken))
+
+
+def test_parquet_and_hf_dataset_carry_the_extra_fields(tmp_path: Path) -> None:
+    """``extra_fields`` reach ``PromptItem.extra`` from the columnar readers too (the SFT_OG export
+    reads each prompt's own response this way); a column the file lacks is simply absent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    datasets = pytest.importorskip("datasets")
+    columns = {"id": ["a", "b"], "prompt": ["first", "second"], "response": ["r1", None], "other": [1, 2]}
+    parquet = tmp_path / "rows.parquet"
+    pq.write_table(pa.table(columns), parquet)
+    saved = tmp_path / "ds"
+    datasets.Dataset.from_dict(columns).save_to_disk(str(saved))
+    for source in (parquet, saved):
+        items = list(read_prompts(source, extra_fields=("response", "missing")))
+        assert [(i.id, dict(i.extra)) for i in items] == [("a", {"response": "r1"}), ("b", {})], source
+        assert [dict(i.extra) for i in read_prompts(source)] == [{}, {}]  # nothing asked, nothing carried

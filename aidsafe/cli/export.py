@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "message's reasoning field, or nowhere")
     env_option(p, "--responses", choices=["generated", "original"], default="generated",
                help="sft: generated (the records' chains of thought and responses) or original: the input is a prompts file (JSONL, "
-                    "CSV, ... as aidsafe generate reads it) whose rows carry their original response, written without a CoT - "
-                    "the paper's SFT_OG baseline")
+                    "CSV, ... as aidsafe generate reads it, not an aidsafe output) whose rows carry their original response, written "
+                    "without a CoT - the paper's SFT_OG baseline; every row is taken, where sft takes only the ok records of a "
+                    "generation output: to compare the two, give it the prompts of those records")
     env_option(p, "--response-field", default="response", help="sft --responses original: the field holding each prompt's original response")
     env_option(p, "--prompt-field", default="prompt", help="sft --responses original: the prompt field of the prompts file")
     env_option(p, "--id-field", default="id", help="sft --responses original: the id field of the prompts file (default ids: the row numbers)")
@@ -43,9 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     env_option(p, "--mix-prompt-field", default="prompt", help="sft: the prompt field of --mix lines without 'messages'")
     env_option(p, "--mix-response-field", default="response", help="sft: the answer field of --mix lines without 'messages'")
     env_option(p, "--include-flagged", action="store_true", help="dpo: keep pairs flagged by aidsafe pairs or aidsafe judge (chosen side unsafe, "
-                                                                   "rejected side not worse, a side the judge could not score)")
-    env_option(p, "--unjudged", action="store_true", help="dpo: export pairs that aidsafe judge never graded (refused otherwise); the "
-                                                           "dataset card says they were not judged")
+                                                                   "rejected side not worse; a side the judge could not score "
+                                                                   "needs --unjudged too); the card lists them by flag")
+    env_option(p, "--unjudged", action="store_true", help="dpo: export pairs without the judge's score on both sides - never graded by "
+                                                           "aidsafe judge, or whose judge call failed (refused otherwise, with "
+                                                           "--include-flagged too); the dataset card says they were not judged")
     env_option(p, "--license", default="other", help="sft/dpo: the licence field of the dataset card")
     env_option(p, "--name", help="sft/dpo: the dataset card's title (default: the folder's name)")
     p.set_defaults(func=run)
@@ -87,8 +90,13 @@ def run(args: argparse.Namespace) -> int:
             args.records, args.output, cot=cot, reasoning_field=args.reasoning_field,
             include_flagged=args.include_flagged, unjudged=args.unjudged, license=args.license, name=args.name,
         )
-        note = f"{counts.unjudged} of the pairs not judged (--unjudged)" if counts.unjudged else ""
-        return _report(counts, args.output, note)
+        notes = []
+        if counts.included_flags:
+            notes.append("included although flagged (--include-flagged): "
+                         + ", ".join(f"{flag} {n}" for flag, n in counts.included_flags.most_common()))
+        if counts.unjudged:
+            notes.append(f"{counts.unjudged} of the pairs without the judge's scores on both sides (--unjudged)")
+        return _report(counts, args.output, "; ".join(notes))
     written = skipped = dropped = 0
     with atomic_text(args.output, newline="") as fh:  # a bad line leaves no partial file behind
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)

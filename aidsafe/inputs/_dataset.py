@@ -28,7 +28,8 @@ def read_dataset(path: Path, spec: Spec) -> Iterator[Result]:
             file=spec.source,
             field=spec.prompt_field,
         )
-    wanted = [name for name in (spec.prompt_field, spec.id_field) if name in columns]
+    wanted = list(dict.fromkeys(name for name in (spec.prompt_field, spec.id_field, *spec.extra_fields)
+                                if name is not None and name in columns))
     if hasattr(dataset, "select_columns"):
         dataset = dataset.select_columns(wanted)
     for index, row in enumerate(dataset):

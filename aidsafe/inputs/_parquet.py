@@ -29,7 +29,8 @@ def read_parquet(path: Path, spec: Spec) -> Iterator[Result]:
             f"Parquet file has no prompt column {spec.prompt_field!r}; columns: [{found}]; {PROMPT_FIELD_HINT}",
             file=spec.source, field=spec.prompt_field,
         )
-    wanted = [name for name in (spec.prompt_field, spec.id_field) if name in columns]
+    wanted = list(dict.fromkeys(name for name in (spec.prompt_field, spec.id_field, *spec.extra_fields)
+                                if name is not None and name in columns))
     index = 0
     for batch in parquet.iter_batches(batch_size=1024, columns=wanted):
         for row in batch.to_pylist():

@@ -17,9 +17,17 @@ __all__ = ["in_dpo_export", "pair_rows", "pair_stats", "pairs_markdown"]
 # in_dpo_export (the DPO export rule) is defined in aidsafe.pairs.judged; re-exported here, where it was first public.
 
 
+def _unscored(p: PairRecord) -> bool:
+    """A pair without the judge's score on both sides (never judged, or a judge call that failed):
+    ``aidsafe export --format dpo`` refuses it unless ``--unjudged`` (the rule of
+    :func:`aidsafe.train.datasets.export_dpo`)."""
+    return side_score(p, "chosen") is None or side_score(p, "rejected") is None
+
+
 def pair_rows(pairs: Iterable[PairRecord]) -> list[dict[str, Any]]:
     """One row per pair with a rejected side: the judge's faithfulness of each side, the scorer's
-    verdicts, the flags, and whether it goes into the DPO export."""
+    verdicts, the flags, whether it goes into the DPO export as it is (``in_dpo_export``), and
+    whether it would but for missing judge scores (``needs_unjudged``: only with ``--unjudged``)."""
     return [
         {
             "id": p.id,
@@ -28,7 +36,8 @@ def pair_rows(pairs: Iterable[PairRecord]) -> list[dict[str, Any]]:
             "chosen_verdict": p.chosen_verdict.verdict if p.chosen_verdict else None,
             "rejected_verdict": p.tries[-1].verdict if p.tries else None,
             "flags": list(p.flags),
-            "in_dpo_export": in_dpo_export(p),
+            "in_dpo_export": in_dpo_export(p) and not _unscored(p),
+            "needs_unjudged": in_dpo_export(p) and _unscored(p),
         }
         for p in pairs
         if p.rejected is not None
@@ -50,7 +59,8 @@ def pair_stats(pairs: Iterable[PairRecord]) -> dict[str, Any]:
         "status": dict(Counter(p.status for p in items)),
         "pairs": len(with_both),
         "flags": dict(Counter(f for p in items for f in p.flags)),
-        "in_dpo_export": sum(in_dpo_export(p) for p in items),
+        "in_dpo_export": sum(in_dpo_export(p) and not _unscored(p) for p in items),
+        "needs_unjudged": sum(in_dpo_export(p) and _unscored(p) for p in items),
         "mean_tries": share(sum(len(p.tries) for p in items), len(items)),
         "rejected_violation_rate": share(sum(bool(p.tries) and p.tries[-1].verdict == "unsafe" for p in with_both), len(with_both)),
         "chosen_violation_rate": share(sum(p.chosen_verdict is not None and p.chosen_verdict.verdict == "unsafe" for p in chosen_scored), len(chosen_scored)),
@@ -89,7 +99,9 @@ def pairs_markdown(label: str, stats: Mapping[str, Any], rows: list[dict[str, An
         "| --- | --- |",
         f"| records | {stats['records']} ({', '.join(f'{k} {v}' for k, v in stats['status'].items())}) |",
         f"| pairs with a rejected side | {stats['pairs']} |",
-        f"| in the DPO export (not flagged) | {stats['in_dpo_export']} |",
+        f"| in the DPO export (not flagged, judged) | {stats['in_dpo_export']} |",
+        *([f"| not flagged but not judged: exported only with --unjudged | {stats['needs_unjudged']} |"]
+          if stats.get("needs_unjudged") else []),
         f"| flags | {', '.join(f'{k} {v}' for k, v in stats['flags'].items()) or '–'} |",
         f"| mean ear-whisperer tries per prompt | {_cell(stats['mean_tries'])} |",
         f"| scorer: rejected side unsafe | {rate(stats['rejected_violation_rate'])} |",
@@ -108,7 +120,8 @@ def pairs_markdown(label: str, stats: Mapping[str, Any], rows: list[dict[str, An
         ]
         lines += [
             f"| {_cell(r['id'])} | {_cell(r['chosen_faithfulness'])} | {_cell(r['rejected_faithfulness'])} | {_cell(r['chosen_verdict'])} "
-            f"| {_cell(r['rejected_verdict'])} | {_cell(r['flags'])} | {'yes' if r['in_dpo_export'] else 'no'} |"
+            f"| {_cell(r['rejected_verdict'])} | {_cell(r['flags'])} "
+            f"| {'yes' if r['in_dpo_export'] else 'only with --unjudged' if r.get('needs_unjudged') else 'no'} |"
             for r in rows[:most]
         ]
         if len(rows) > most:

@@ -4,7 +4,8 @@ The config (:mod:`aidsafe.train.config`) names the base model, the data written 
 ``aidsafe export --format sft|dpo``, the adapter and TRL's own settings. :func:`train` loads the
 model, checks the data's shape against the method, runs ``trl.SFTTrainer`` or ``trl.DPOTrainer``
 with a ``peft.LoraConfig``, and saves into ``output_dir``: the adapter, the tokenizer, the config
-it ran with and ``train_summary.json`` (the loss at every logged step, the device, the versions).
+it ran with and ``train_summary.json`` (the loss at every logged step, the device, the versions,
+and :func:`base_model_digest` of the base, which the merge checks).
 :func:`load_trained` loads the base model with that adapter again, ready to generate;
 :func:`aidsafe.train.merge.merge_adapter` (``aidsafe train merge``, or ``merge: true`` in the config)
 folds it into the base and saves a full model, the base of the next stage (SFT -> merge -> DPO).
@@ -19,6 +20,7 @@ Needs the ``[train]`` extra (torch, transformers, trl, peft, accelerate, gguf).
 from __future__ import annotations
 
 import gc
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -33,9 +35,12 @@ from ..errors import AidsafeError, ConfigError
 from ..outputs import atomic_write_text
 from .config import Method, TrainConfig, check_training_keys, line_of, load_train_config, resolve
 
-__all__ = ["BaseModelRef", "TrainResult", "load_trained", "resolve_base_model", "train"]
+__all__ = ["BaseModelRef", "TrainResult", "base_model_digest", "load_trained", "resolve_base_model", "train"]
 
 SUMMARY_FILE = "train_summary.json"
+MERGE_RECORD = "aidsafe_merge.json"
+"""What :func:`aidsafe.train.merge.merge_adapter` writes beside a merged model (its provenance)."""
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
 _SFT_COLUMNS = ({"messages"}, {"prompt", "completion"}, {"text"})
 _DPO_COLUMNS = {"prompt", "chosen", "rejected"}
 
@@ -58,12 +63,14 @@ class BaseModelRef:
         return {"source": self.source, "gguf_file": self.gguf_file, "name": self.name}
 
 
-def resolve_base_model(spec: str, config_file: Path | None = None) -> BaseModelRef:
+def resolve_base_model(spec: str, config_file: Path | None = None, *, field: str = "model") -> BaseModelRef:
     """``embedded``, a ``.gguf`` file, a model folder, or a Hugging Face id.
 
     A value that looks like a path (``./``, ``../``, ``/``, ``~`` or ``.gguf``) must exist.
+    ``field`` names where the value came from in errors: the config's ``model``, or an option
+    (``--base``).
     """
-    where: dict[str, Any] = {"file": config_file, "field": "model"}
+    where: dict[str, Any] = {"file": config_file, "field": field}
     if config_file is not None:
         where["line"] = line_of(config_file, ("model",))
     if spec == "embedded":
@@ -82,6 +89,45 @@ def resolve_base_model(spec: str, config_file: Path | None = None) -> BaseModelR
     if looks_like_path:
         raise ConfigError(f"base model {path} is not there (a model folder, a .gguf file, 'embedded', or a Hugging Face id)", **where)
     return BaseModelRef(spec, None, spec)  # a Hugging Face id: transformers downloads or reads its cache
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def base_model_digest(ref: BaseModelRef) -> dict[str, Any] | None:
+    """What identifies the base model's files, recorded in ``train_summary.json`` and compared by
+    :func:`aidsafe.train.merge.merge_adapter`, so that an adapter is not merged onto a base that
+    changed after the run trained on it.
+
+    A GGUF file: its SHA-256 and size (the embedded model's 98 MB hash in about 0.07 s). A model
+    folder: the SHA-256 of ``config.json`` and of :data:`MERGE_RECORD` when the folder is a merge
+    (it changes whenever the folder is merged again), and the size and modification time of each
+    weights file - not their digests, which would read every weight again (a 7B model's 15 GB take
+    some 10 s at the measured 1.5 GB/s, more from a cold disk), at every training run and merge.
+    None for a Hugging Face id (not checked) or a path that is not there.
+    """
+    if ref.gguf_file is not None:
+        file = Path(ref.source, ref.gguf_file)
+        return {"gguf_sha256": _sha256(file), "gguf_size": file.stat().st_size} if file.is_file() else None
+    folder = Path(ref.source)
+    if not folder.is_dir():
+        return None
+    config, record = folder / "config.json", folder / MERGE_RECORD
+    weights = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix in _WEIGHT_SUFFIXES and path.is_file():
+            stat = path.stat()
+            weights[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {
+        "config_sha256": _sha256(config) if config.is_file() else None,
+        "merge_record_sha256": _sha256(record) if record.is_file() else None,
+        "weights": weights,
+    }
 
 
 def _cuda() -> bool:
@@ -110,9 +156,9 @@ def _quantize(config: TrainConfig, ref: BaseModelRef, config_file: Path) -> bool
 
 
 def _load_model(ref: BaseModelRef, *, four_bit: bool, config_file: Path | None = None, tokenizer: str | None = None,
-                with_tokenizer: bool = True) -> tuple[Any, Any]:
+                with_tokenizer: bool = True, field: str | None = "model") -> tuple[Any, Any]:
     """The base model and its tokenizer (None unless ``with_tokenizer``). A GGUF file is
-    dequantized to a plain torch model."""
+    dequantized to a plain torch model. ``field`` names where the model came from in errors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
@@ -133,7 +179,7 @@ def _load_model(ref: BaseModelRef, *, four_bit: bool, config_file: Path | None =
         tok = AutoTokenizer.from_pretrained(tokenizer or ref.source, **({"gguf_file": ref.gguf_file} if ref.gguf_file and not tokenizer else {}))
     except (OSError, ValueError) as exc:
         line = line_of(config_file, ("model",)) if config_file is not None else None
-        raise ConfigError(f"base model {ref.source!r} could not be loaded: {exc}", file=config_file, line=line, field="model") from None
+        raise ConfigError(f"base model {ref.source!r} could not be loaded: {exc}", file=config_file, line=line, field=field) from None
     model = _plain(model, ref)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -233,6 +279,17 @@ def train(method: Method, config_path: str | Path, *, resume: bool = False) -> T
     output_dir = resolve(config_file, config.output_dir)
     ref = resolve_base_model(config.model, config_file)
     four_bit = _quantize(config, ref, config_file)
+    if config.merge and ref.gguf_file is None:
+        from .merge import _stored_quantization
+
+        how = _stored_quantization(ref.source)
+        if how is not None:  # found out now, not after the training
+            raise ConfigError(
+                f"merge: true cannot merge into base model {ref.source}: it is stored quantized ({how}), and folding a LoRA adapter "
+                "into quantized weights would round it away; set merge: false and, after training, merge onto a full-precision "
+                f"copy of it: aidsafe train merge {output_dir} --base FULL_PRECISION_MODEL",
+                file=config_file, line=line_of(config_file, ("merge",)), field="merge",
+            )
     rows = _load_rows(resolve(config_file, config.data), method, config.max_examples, "data", config_file)
     eval_rows = _load_rows(resolve(config_file, config.eval_data), method, None, "eval_data", config_file) if config.eval_data else None
 
@@ -248,6 +305,7 @@ def train(method: Method, config_path: str | Path, *, resume: bool = False) -> T
                           file=config_file, line=line_of(config_file, ("training",)), field="training") from None
 
     started = time.monotonic()
+    base_digest = base_model_digest(ref)
     model, tokenizer = _load_model(ref, four_bit=four_bit, config_file=config_file, tokenizer=config.tokenizer)
     loaded = time.monotonic() - started
     _check_reasoning_field(rows, tokenizer, method, config_file)
@@ -279,6 +337,7 @@ def train(method: Method, config_path: str | Path, *, resume: bool = False) -> T
         "method": method,
         "config": str(config_file),
         "base_model": ref.as_dict(),
+        "base_model_digest": base_digest,
         "tokenizer": config.tokenizer,
         "data": str(resolve(config_file, config.data)),
         "rows": len(rows),
