@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "RECORD_FORMAT",
     "CitedThought",
     "Critique",
     "Fault",
@@ -22,13 +25,41 @@ __all__ = [
     "SupersededRef",
     "Turn",
     "Usage",
+    "WrittenBy",
+    "config_sha256",
     "prompt_sha256",
     "training_thoughts",
 ]
 
 
+RECORD_FORMAT = 1
+"""The version of the record file format that a record's ``written_by.format`` names (records
+without ``written_by`` were written before it: format 0)."""
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class WrittenBy(BaseModel):
+    """What wrote a record: its file's identity, carried by every record a file job writes (an
+    optional field, so that a line stays one self-contained record and older files, without it,
+    stay readable). A resume, ``aidsafe merge`` and the jobs reading a file check it, even where
+    the summary sidecar is lost."""
+
+    model_config = ConfigDict(extra="allow")
+    """A later format may add keys: an older reader keeps them and reads on."""
+
+    format: int
+    """:data:`RECORD_FORMAT` of the aidsafe that wrote the record."""
+    job: str
+    """The file job: ``generate``, ``judge``, ``judge-pairs``, ``pairwise``, ``pairs``."""
+    config: str
+    """:func:`config_sha256` of the job's configuration: the ``config`` its summary sidecar
+    remembers (graph, policy pack, templates, models, sampling, ...). One output, one digest."""
+    inputs: list[str] = Field(default_factory=list)
+    """The ``written_by.config`` of the records this one was made from (a judged record: its
+    generated record's; a pairwise verdict: both sides'), empty for prompts or older records."""
 
 
 class Usage(_Out):
@@ -209,6 +240,9 @@ class Record(_Out):
     faults: list[Fault] = Field(default_factory=list)
     origin: Origin | None = None
     """For records read from another dataset: the file and row."""
+    written_by: WrittenBy | None = None
+    """The job and configuration (digest) that wrote the record; None outside a file job and in
+    records that predate it."""
 
 
 def training_thoughts(thoughts: list[CitedThought]) -> list[CitedThought]:
@@ -224,3 +258,11 @@ def prompt_sha256(prompt: str) -> str:
     """The SHA-256 of a prompt's UTF-8 text, as 64 hex digits: what a record's ``prompt_sha256``
     holds (``printf '%s' "$PROMPT" | sha256sum`` gives the same). The one place it is computed."""
     return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def config_sha256(config: Mapping[str, Any]) -> str:
+    """The SHA-256 of a job's configuration as canonical JSON (keys sorted, no spaces, UTF-8), as
+    64 hex digits: what ``written_by.config`` holds. The configuration a summary sidecar
+    remembers (JSON) gives the same digest as the one it was written from."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -11,6 +11,12 @@ worker from the job's picklable :meth:`FileJob.worker_factory`). The rest exists
 - **the configuration the output was written with** (in the summary sidecar, from the start of
   the run): resuming with a different one is refused with the differences listed, the output
   untouched, unless ``overwrite``;
+- **records that say what wrote them**: every record carries ``written_by`` (a
+  :class:`~aidsafe.records.WrittenBy`: the record format, the job, the digest of its
+  configuration, and the digests of the records it was made from), set by the executor from
+  :attr:`Work.stamp` (:meth:`Stamp.apply`); so a resume whose sidecar is lost still refuses
+  another configuration (by the digests: the differences cannot be listed), and an output whose
+  records carry two digests is refused with the ``file:line`` of the first odd one;
 - **exactly-once resume**: items with a record are skipped; a torn last line is cut; a corrupt
   line in the middle is refused with its ``file:line``; ``retry_failed`` runs the failed items
   again; ``overwrite`` starts over; a job whose items have a prompt (an optional
@@ -45,10 +51,26 @@ from ._concurrency import bounded
 from .errors import AidsafeError, ConfigMismatchError, InputError, JobInterrupted
 from .models import ModelPool, ModelSettings, ResponseCache
 from .models.endpoints import all_stats as all_endpoint_stats
-from .outputs import LineModel, OutputLock, OutputState, drop_records, read_sidecar, scan_output, write_sidecar
+from .outputs import (
+    BlocksState,
+    LineModel,
+    OutputLock,
+    OutputState,
+    drop_records,
+    mixed_configs,
+    read_sidecar,
+    scan_output,
+    sidecar_path,
+    stamp_of,
+    write_sidecar,
+)
 from .pairing import ResumeCheck
+from .records import RECORD_FORMAT, WrittenBy, config_sha256
 
-__all__ = ["Executed", "Executor", "FileJob", "JobOptions", "JobRun", "LocalExecutor", "Prior", "Summary", "Work", "WorkerFactory", "portable_path", "run_job"]
+__all__ = [
+    "Executed", "Executor", "FileJob", "JobOptions", "JobRun", "LocalExecutor", "Prior", "Stamp", "Summary", "Work", "WorkerFactory",
+    "input_configs", "portable_path", "run_job",
+]
 
 ItemT = TypeVar("ItemT")
 RecordT = TypeVar("RecordT", bound=BaseModel)
@@ -75,7 +97,8 @@ class FileJob(Protocol[ItemT, RecordT]):
 
     @property
     def record_model(self) -> LineModel[RecordT]:
-        """What each output line validates as (scans and resumes use it)."""
+        """What each output line validates as (scans and resumes use it); a model with a
+        ``written_by: WrittenBy | None`` field (:meth:`Stamp.apply` sets it)."""
         ...
 
     @property
@@ -231,25 +254,90 @@ def config_differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     ]
 
 
-def refuse_other_config(output: Path, sidecar_of: Path, config: dict[str, Any]) -> None:
+_CONTINUE = "use the same settings to continue, --overwrite to start over, or write to a new output"
+
+
+def refuse_other_config(output: Path, sidecar_of: Path, config: dict[str, Any]) -> bool:
     """Raise :class:`ConfigMismatchError` when the sidecar of ``sidecar_of`` records a configuration
-    other than ``config``; nothing when it records none (written before outputs remembered it)."""
+    other than ``config``; nothing when it records none (lost, or written before outputs remembered
+    it). Returns whether it records one."""
     previous = (read_sidecar(sidecar_of) or {}).get("config")
     if not isinstance(previous, dict):
-        return
+        return False
     differences = config_differences(previous, config)
     if differences:
         listed = "\n".join(f"  {line}" for line in differences)
         raise ConfigMismatchError(
-            f"{output} was written with another configuration; resuming would mix records of both:\n{listed}\n"
-            "use the same settings to continue, --overwrite to start over, or write to a new output"
+            f"{output} was written with another configuration; resuming would mix records of both:\n{listed}\n{_CONTINUE}"
         )
+    return True
 
 
-def _check_config(output: Path, sidecar_of: Path, config: dict[str, Any]) -> None:
-    """Refuse to resume ``output`` with a configuration other than the one it was written with."""
-    if output.exists() and output.stat().st_size > 0:  # else no record to protect
-        refuse_other_config(output, sidecar_of, config)
+@dataclass(frozen=True)
+class Stamp:
+    """What every record of a file job carries in ``written_by`` (:class:`~aidsafe.records.WrittenBy`):
+    the record format, the job, and :func:`~aidsafe.records.config_sha256` of the job's
+    configuration (the one the summary sidecar remembers). Made once by :func:`run_job` and handed
+    to the executor (:attr:`Work.stamp`); it pickles, so workers elsewhere stamp alike."""
+
+    job: str
+    config: str
+    """The configuration's digest."""
+    format: int = RECORD_FORMAT
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Stamp:
+        """The stamp of a job's configuration (``{"job": name, **job.config()}``)."""
+        return cls(job=str(config["job"]), config=config_sha256(config))
+
+    def written_by(self, inputs: list[str] | tuple[str, ...] = ()) -> WrittenBy:
+        return WrittenBy(format=self.format, job=self.job, config=self.config, inputs=list(dict.fromkeys(inputs)))
+
+    def apply(self, record: RecordT, item: Any) -> RecordT:
+        """``record`` with ``written_by`` set: this stamp, with the configuration digests of the
+        records ``item`` was made from (:func:`input_configs`) as ``inputs``. A record made from
+        another (a judged record from its generated one) drops the stamp it inherited."""
+        if "written_by" not in type(record).model_fields:
+            raise TypeError(f"{type(record).__name__} has no 'written_by' field: a file job's records carry one")
+        return record.model_copy(update={"written_by": self.written_by(input_configs(item))})
+
+
+def input_configs(item: Any) -> list[str]:
+    """The ``written_by.config`` of the records a job's item is (a generated record to judge or pair,
+    a pair of records to compare), in order; none for a prompt or for records without one."""
+    parts = item if isinstance(item, tuple) else (item,)
+    return [stamp.config for stamp in map(stamp_of, parts) if stamp is not None]
+
+
+def _refuse_other_records(output: Path, sidecar_of: Path, stamp: Stamp, found: list[tuple[str, Path, int]], remembered: bool,
+                          newest: int) -> None:
+    """Refuse to resume ``output`` when its records (and an interrupted run's blocks: ``found``, each
+    digest with the file and line of its first record, the output's first) carry a configuration
+    digest other than this run's, or records of two configurations, or a record format newer than
+    this aidsafe writes. ``remembered``: the sidecar remembers this run's configuration."""
+    if newest > stamp.format:
+        raise ConfigMismatchError(
+            f"{output} holds records of format {newest}, written by a newer aidsafe (this one writes format {stamp.format}); "
+            "continue it with that aidsafe, or start over with --overwrite"
+        )
+    if len(found) > 1:
+        first, odd = found[0], found[1]
+        raise mixed_configs(odd[1], odd[2], odd[0], (first[1], first[2]), first[0])
+    if not found or found[0][0] == stamp.config:
+        return
+    config, where, line = found[0]
+    sidecar = sidecar_path(sidecar_of)
+    if remembered:
+        raise ConfigMismatchError(
+            f"{output} was written with another configuration: its records carry configuration sha256 {config} "
+            f"(from {where}:{line}), but its summary sidecar {sidecar} remembers this run's ({stamp.config}), so the sidecar "
+            f"is not this output's; {_CONTINUE}"
+        )
+    raise ConfigMismatchError(
+        f"{output} was written with another configuration: its records carry configuration sha256 {config} "
+        f"(from {where}:{line}), this run's is {stamp.config}; its summary sidecar {sidecar} is gone (or remembers no "
+        f"configuration), so the differences cannot be listed; resuming would mix records of both; {_CONTINUE}"
+    )
 
 
 def _endpoint_figures(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -348,6 +436,17 @@ class Prior:
     """Each such record's prompt key, by id (checked against a resumed input)."""
     files: list[Path] = field(default_factory=list)
     last_run: int = 0
+    configs: dict[str, tuple[Path, int]] = field(default_factory=dict)
+    """Each configuration digest those records carry, with the file and line of its first record
+    (checked against the run's, as the output's records are)."""
+    format: int = 0
+    """The highest record format among them."""
+
+    @classmethod
+    def of_blocks(cls, blocks: BlocksState) -> Prior:
+        """What :func:`~aidsafe.outputs.scan_blocks` found beside an output."""
+        return cls(done=blocks.done, failed=blocks.failed, prompts=blocks.prompts, files=blocks.files, last_run=blocks.last_run,
+                   configs=blocks.configs, format=blocks.format)
 
 
 @dataclass
@@ -375,6 +474,9 @@ class Work:
     meter: _Meter
     write: Callable[[Any], None]
     """Append one record to the output (flushed) and count it: for records that come back to this process."""
+    stamp: Stamp
+    """What every record of the run carries: the executor sets it on each record, wherever it is
+    made (``stamp.apply(record, item)``), before it is written."""
 
 
 @dataclass
@@ -413,8 +515,9 @@ class Executor(Protocol):
         ...
 
     async def execute(self, job: FileJob[Any, Any], pending: Callable[[], Iterator[Any]], work: Work) -> Executed:
-        """Run the items of ``pending()`` (the input without ``work.skip``) until each has its record in
-        ``work.output``. Ctrl-C: raise ``KeyboardInterrupt`` or ``CancelledError``."""
+        """Run the items of ``pending()`` (the input without ``work.skip``) until each has its record,
+        stamped (``work.stamp.apply(record, item)``), in ``work.output``. Ctrl-C: raise
+        ``KeyboardInterrupt`` or ``CancelledError``."""
         ...
 
     def written(self, work: Work) -> int:
@@ -444,7 +547,11 @@ class LocalExecutor:
 
     async def execute(self, job: FileJob[Any, Any], pending: Callable[[], Iterator[Any]], work: Work) -> Executed:
         endpoints_before = all_endpoint_stats()  # routers live as long as the process: count this run only
-        results = bounded(pending(), lambda item: job.run(item, work.models), work.concurrency, work.meter.started)
+
+        async def run(item: Any) -> Any:
+            return work.stamp.apply(await job.run(item, work.models), item)
+
+        results = bounded(pending(), run, work.concurrency, work.meter.started)
         async with contextlib.aclosing(results):
             async for record in results:
                 work.write(record)
@@ -483,13 +590,22 @@ async def run_job(
     if concurrency < 1:
         raise AidsafeError("concurrency must be at least 1")
     config = {"job": job.name, **job.config()}
+    stamp = Stamp.of(config)
     with OutputLock(output):
         prior = executor.prior(job, output) if not options.overwrite else Prior()
+        remembered = False
         if not options.overwrite and ((output.exists() and output.stat().st_size > 0) or prior.files):  # else no record to protect
-            refuse_other_config(output, sidecar_owner, config)
+            remembered = refuse_other_config(output, sidecar_owner, config)
+
+        def same_config(scanned: OutputState) -> None:
+            """The records already written (and the blocks) carry this run's digest, if any (before any repair)."""
+            found = [(scanned.config, output, scanned.config_line or 0)] if scanned.config is not None else []
+            found += [(digest, *where) for digest, where in prior.configs.items() if digest != scanned.config]
+            _refuse_other_records(output, sidecar_owner, stamp, found, remembered, max(scanned.format, prior.format))
+
         state = (
             OutputState() if options.overwrite
-            else scan_output(output, repair=True, model=job.record_model, what=job.what, prompts=True)
+            else scan_output(output, repair=True, model=job.record_model, what=job.what, prompts=True, check=same_config)
         )
         done = state.done | prior.done
         failed = (state.failed | prior.failed) - done
@@ -502,13 +618,18 @@ async def run_job(
         )
 
         total = 0
+        inputs: dict[str, None] = {}
+        """The configuration digests of the input's records (a judge's generated file), in order."""
 
         def selected(problems: list[InputError] | None = None, check: ResumeCheck | None = None, count: bool = False) -> Iterator[ItemT]:
-            """The items that have no record yet (``check`` sees every item; ``count`` counts them in ``total``)."""
+            """The items that have no record yet (``check`` sees every item; ``count`` counts them in
+            ``total`` and their records' configurations in ``inputs``)."""
             nonlocal total
             for item in job.items(problems):
                 item_id = job.item_id(item)
                 total += count
+                if count:
+                    inputs.update(dict.fromkeys(input_configs(item)))
                 if check is not None and item_prompt is not None:
                     check.item(item_id, item_prompt(item))
                 if item_id not in skip:
@@ -537,7 +658,8 @@ async def run_job(
             kept = len(done | failed)
             if options.retry_failed and state.failed:
                 kept -= drop_records(output, state.failed, model=job.record_model, what=job.what)
-            write_sidecar(sidecar_owner, {"output": str(sidecar_owner), "complete": False, "config": config})
+            written_by = stamp.written_by(tuple(inputs)).model_dump()
+            write_sidecar(sidecar_owner, {"output": str(sidecar_owner), "complete": False, "config": config, "written_by": written_by})
             run = JobRun(unit=job.unit, skipped=len(skip), repaired_last_line=state.repaired, skipped_input_lines=len(problems))
             cache = ResponseCache(cache_file, read=not options.retry_failed) if options.cache else None
             desc = job.name if executor.name == "local" else f"{job.name} ({executor.name})"
@@ -555,6 +677,7 @@ async def run_job(
                     output=output, concurrency=concurrency, skip=skip, total=total, todo=todo, pending_ids=pending_ids,
                     cache=cache_file if cache is not None else None, cache_read=not options.retry_failed,
                     models=job.models.cached(cache) if cache is not None else job.models, prior=prior, meter=meter, write=write,
+                    stamp=stamp,
                 )
                 try:
                     executed = await executor.execute(job, selected, work)
@@ -573,5 +696,5 @@ async def run_job(
         run.cpu_seconds = time.process_time() - cpu_started
         run.extra.update(executed.extra)
         summary = job.summarize(output, run)
-        write_sidecar(sidecar_owner, {**summary.as_dict(), "complete": True, "config": config})
+        write_sidecar(sidecar_owner, {**summary.as_dict(), "complete": True, "config": config, "written_by": written_by})
     return summary

@@ -15,8 +15,8 @@ import json
 import time
 from typing import Any, TypedDict
 
-from common import KINDS, MODEL, ROLES, make_pipeline
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.common import KINDS, MODEL, ROLES, make_pipeline
 
 __all__ = ["bare_langgraph", "naive_loop", "rendered_calls", "run_baseline"]
 

@@ -9,10 +9,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from baselines import rendered_calls, run_baseline
-from common import log, make_prompts, medians, run_aidsafe, write_prompts
-from report import Row, fmt
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.baselines import rendered_calls, run_baseline
+from bench.common import log, make_prompts, medians, run_aidsafe, write_prompts
+from bench.report import Row, fmt
 
 __all__ = ["measure", "rows"]
 
@@ -24,7 +24,7 @@ def measure(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict
     inp = write_prompts(tmp / "ceiling.jsonl", n, seed=2)
     msgs, formats = rendered_calls(prompts)
     runs: dict[str, list[dict[str, Any]]] = {"aidsafe": [], "plain": []}
-    with SimServer(latency=0.0) as server:
+    with SimServer(latency=0.0, process=True) as server:
         warm = write_prompts(tmp / "warm.jsonl", 16, seed=9)
         run_aidsafe(server, warm, tmp / "warm.out.jsonl", c)
         run_baseline("plain", server, msgs[:16], formats, c)

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import MODEL, log, median, write_prompts
-from report import Row, fmt
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.common import MODEL, log, median, write_prompts
+from bench.report import Row, fmt
 
 __all__ = ["measure", "rows"]
 
@@ -74,7 +74,7 @@ def measure(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict
     out: dict[str, Any] = {"params": {"endpoints": args.endpoint_count, "latency_s": args.latency, "levels": levels,
                                       "processes": counts, "cores": len(os.sched_getaffinity(0))}, "levels": {}}
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(SimServer(latency=args.latency)) for _ in range(args.endpoint_count)]
+        servers = [stack.enter_context(SimServer(latency=args.latency, process=True)) for _ in range(args.endpoint_count)]
         for c in levels:
             inp = write_prompts(tmp / f"clients-{c}.jsonl", 2 * c, seed=7)
             ideal = c / args.latency

@@ -1,7 +1,8 @@
 """What every benchmark shares: synthetic prompts, the aidsafe runner, medians and logging.
 
-The modules of ``bench/`` import each other as top-level modules: ``bench/`` is on ``sys.path``
-when ``python bench/run.py`` runs, and ``tests/test_bench_smoke.py`` puts it there.
+``bench`` is a package: its modules import each other as ``bench.x``. The simulated server is
+:class:`aidsafe.testing.SimServer`, started in a process of its own (``process=True``) so that its
+CPU is not the client's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sim_server import SimServer
+from aidsafe.testing import SimServer
 
 __all__ = [
     "BENCH_DIR", "KINDS", "MODEL", "ROLES", "generate_kwargs", "log", "make_pipeline", "make_prompts",

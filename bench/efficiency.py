@@ -12,10 +12,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from baselines import rendered_calls, run_baseline
-from common import log, make_prompts, median, medians, run_aidsafe, write_prompts
-from report import Row, fmt
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.baselines import rendered_calls, run_baseline
+from bench.common import log, make_prompts, median, medians, run_aidsafe, write_prompts
+from bench.report import Row, fmt
 
 __all__ = ["latency_runs", "measure", "rows"]
 
@@ -42,7 +42,7 @@ def measure(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict
     msgs, formats = rendered_calls(make_prompts(n, seed=3))
     ideal = c / args.latency
     plain = []
-    with SimServer(latency=args.latency) as server:
+    with SimServer(latency=args.latency, process=True) as server:
         runs = latency_runs(args, tmp, server)
         for r in range(args.repeats):  # the same load with plain AsyncOpenAI calls, for context
             run = run_baseline("plain", server, msgs, formats, c)

@@ -15,6 +15,11 @@ Writes ``bench/embedded_eval.json`` (``--no-write`` to skip) and prints a summar
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python bench/embedded_eval.py: run as python -m bench.embedded_eval
+    import _script
+
+    _script.run_as_module("bench.embedded_eval")
+
 import argparse
 import datetime as _dt
 import json
@@ -27,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
+from bench.embedded_quality import donotanswer_dir
 
-from embedded_quality import donotanswer_dir  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parent
 
 HARMFUL = ("malicious_uses.jsonl", "information_hazard.jsonl", "discrimination_exclusion_toxicity_hateful_offensive.jsonl",
            "misinformation_harms.jsonl")

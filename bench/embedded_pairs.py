@@ -16,6 +16,11 @@ Writes ``bench/embedded_pairs.json`` (``--no-write`` to skip) and prints a summa
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python bench/embedded_pairs.py: run as python -m bench.embedded_pairs
+    import _script
+
+    _script.run_as_module("bench.embedded_pairs")
+
 import argparse
 import datetime as _dt
 import json
@@ -27,10 +32,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
+from bench.embedded_quality import sample_prompts
 
-from embedded_quality import sample_prompts  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parent
 
 TRAIN_CONFIG = """schema: aidsafe.train/v1
 method: {method}

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import MODEL, generate_kwargs, log, median, write_prompts
-from report import Row, fmt
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.common import MODEL, generate_kwargs, log, median, write_prompts
+from bench.report import Row, fmt
 
 __all__ = ["measure", "rows"]
 
@@ -50,7 +50,7 @@ def measure(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict
     levels = [int(x) for x in str(args.endpoint_concurrency).split(",")]
     out: dict[str, Any] = {"params": {"endpoints": args.endpoint_count, "latency_s": args.latency, "levels": levels}, "levels": {}}
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(SimServer(latency=args.latency)) for _ in range(args.endpoint_count)]
+        servers = [stack.enter_context(SimServer(latency=args.latency, process=True)) for _ in range(args.endpoint_count)]
         for c in levels:
             inp = write_prompts(tmp / f"endpoints-{c}.jsonl", 2 * c, seed=5)
             ideal = c / args.latency

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import BENCH_DIR, generate_kwargs, log, make_pipeline, medians, summary_dict, write_prompts
-from report import Row, fmt
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.common import BENCH_DIR, generate_kwargs, log, make_pipeline, medians, summary_dict, write_prompts
+from bench.report import Row, fmt
 
 __all__ = ["CHILD", "child", "measure", "rows"]
 
@@ -81,7 +81,7 @@ def measure(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict
     """Run the benchmark (``--memory-sizes``, ``--memory-repeats``, ``--concurrency``)."""
     sizes = [int(s) for s in args.memory_sizes.split(",")]
     runs: dict[str, list[dict[str, Any]]] = {str(s): [] for s in sizes}
-    with SimServer(latency=0.0) as server:
+    with SimServer(latency=0.0, process=True) as server:
         for r in range(args.memory_repeats):
             for size in sizes:
                 inp = tmp / f"memory{size}.jsonl"

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from baselines import rendered_calls, run_baseline
-from common import log, make_prompts, median, medians, run_aidsafe, write_prompts
-from report import Row, fmt
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.baselines import rendered_calls, run_baseline
+from bench.common import log, make_prompts, median, medians, run_aidsafe, write_prompts
+from bench.report import Row, fmt
 
 __all__ = ["measure", "rows"]
 
@@ -27,7 +27,7 @@ def measure(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict
     inp = write_prompts(tmp / "overhead.jsonl", n, seed=1)
     msgs, formats = rendered_calls(prompts)
     runs: dict[str, list[dict[str, Any]]] = {"aidsafe": [], "langgraph": [], "plain": []}
-    with SimServer(latency=0.0) as server:
+    with SimServer(latency=0.0, process=True) as server:
         # warm-up (imports, first connections, caches) outside the measurements
         warm = write_prompts(tmp / "warm.jsonl", 16, seed=9)
         run_aidsafe(server, warm, tmp / "warm.out.jsonl", c)

@@ -29,6 +29,11 @@ Writes ``bench/peers.json`` (``--out``) and prints a table.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python bench/peers.py: run as python -m bench.peers
+    import _script
+
+    _script.run_as_module("bench.peers")
+
 import argparse
 import json
 import math
@@ -41,10 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import BENCH_DIR, MODEL, compile_aidsafe, log, make_prompts, median
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.common import BENCH_DIR, MODEL, compile_aidsafe, log, make_prompts, median
 
 CLIENT_SCRIPT = BENCH_DIR / "peer_clients.py"
 CALLS_PER_PROMPT = {"single": 1, "aidsafe": 4}
@@ -57,8 +60,8 @@ PEERS = ("curator", "distilabel")
 def render_calls(graph: str, prompts: list[str]) -> list[dict[str, Any]]:
     """Per prompt, the requests aidsafe sends for it (messages and response_format), for the other clients."""
     if graph == "aidsafe":
-        from baselines import rendered_calls
-        from common import ROLES
+        from bench.baselines import rendered_calls
+        from bench.common import ROLES
 
         msgs, formats = rendered_calls(prompts)
         return [
@@ -152,7 +155,7 @@ def bench(sizes: list[int], graphs: list[str], clients: list[str], concurrency: 
           peers_python: str) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     compile_aidsafe()
-    with tempfile.TemporaryDirectory(prefix="aidsafe-peers-") as tmp, SimServer(latency=latency) as server:
+    with tempfile.TemporaryDirectory(prefix="aidsafe-peers-") as tmp, SimServer(latency=latency, process=True) as server:
         root = Path(tmp)
         for size in sizes:
             # each prompt made unique, so that no client may answer one prompt's call from another's

@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from common import ROLES, make_pipeline, make_prompts, median
-from report import Row
+from bench.common import ROLES, make_pipeline, make_prompts, median
+from bench.report import Row
 
 __all__ = ["measure", "prefix_shares", "rows"]
 

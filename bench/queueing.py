@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import MODEL, compile_aidsafe, log, make_prompts, median
-from report import Row, fmt
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.common import MODEL, compile_aidsafe, log, make_prompts, median
+from bench.report import Row, fmt
 
 __all__ = ["measure", "rows"]
 
@@ -102,7 +102,7 @@ def measure(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict
             "peak_waiting"]
     for kind in kinds:
         runs = []
-        with SimServer(latency=args.queue_latency, slots=args.queue_slots, serve_abandoned=kind == "serves") as server:
+        with SimServer(latency=args.queue_latency, slots=args.queue_slots, serve_abandoned=kind == "serves", process=True) as server:
             for r in range(args.repeats):
                 run = _one(server, inp, tmp / "queueing.out.jsonl", args)
                 runs.append(run)

@@ -19,6 +19,11 @@ The simulated server runs in its own process, so its CPU time is not counted as 
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python bench/run.py: run as python -m bench.run
+    import _script
+
+    _script.run_as_module("bench.run")
+
 import argparse
 import json
 import sys
@@ -28,21 +33,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere than bench/
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import ceiling  # noqa: E402
-import clients  # noqa: E402
-import efficiency  # noqa: E402
-import endpoints  # noqa: E402
-import memory  # noqa: E402
-import overhead  # noqa: E402
-import prefix  # noqa: E402
-import queueing  # noqa: E402
-import speedup  # noqa: E402
-from common import BENCH_DIR, log  # noqa: E402
-from machine import ForeignCPU, machine  # noqa: E402
-from report import table  # noqa: E402
+from bench import ceiling, clients, efficiency, endpoints, memory, overhead, prefix, queueing, speedup
+from bench.common import BENCH_DIR, log
+from bench.machine import ForeignCPU, machine
+from bench.report import table
 
 BENCHMARKS: dict[str, ModuleType] = {
     "overhead": overhead, "ceiling": ceiling, "efficiency": efficiency,

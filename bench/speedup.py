@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from baselines import naive_loop, rendered_calls
-from common import log, make_prompts, median
-from efficiency import latency_runs
-from report import Row, fmt
-from sim_server import SimServer
+from aidsafe.testing import SimServer
+from bench.baselines import naive_loop, rendered_calls
+from bench.common import log, make_prompts, median
+from bench.efficiency import latency_runs
+from bench.report import Row, fmt
 
 __all__ = ["measure", "rows"]
 
@@ -26,7 +26,7 @@ def measure(args: argparse.Namespace, tmp: Path, shared: dict[str, Any]) -> dict
     k = args.naive_prompts
     msgs, formats = rendered_calls(make_prompts(k, seed=4))
     naive = []
-    with SimServer(latency=args.latency) as server:
+    with SimServer(latency=args.latency, process=True) as server:
         reused = "latency_runs" in shared
         aidsafe_runs = shared["latency_runs"] if reused else latency_runs(args, tmp, server)
         for r in range(args.repeats):

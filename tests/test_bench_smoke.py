@@ -1,4 +1,5 @@
-"""Smoke test of the benchmarks in ``bench/``: the simulated server, ``prefix``, and a tiny run.
+"""Smoke test of the benchmarks in ``bench/``: the simulated server (``aidsafe.testing``), ``prefix``,
+and a tiny run; the example of ``aidsafe.testing``'s docstring, run as written; ``bench`` run as files.
 
 Fast (a few seconds): the full benchmarks are run by hand, ``python bench/run.py all``.
 """
@@ -6,17 +7,21 @@ Fast (a few seconds): the full benchmarks are run by hand, ``python bench/run.py
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+import pytest
 
-from common import ROLES, make_pipeline, make_prompts, run_aidsafe, write_prompts  # noqa: E402
-from prefix import prefix_shares  # noqa: E402
-from sim_server import SimServer  # noqa: E402
+import aidsafe.testing
+from aidsafe.testing import SimServer, minimal_instance
+from bench.common import ROLES, make_pipeline, make_prompts, run_aidsafe, write_prompts
+from bench.prefix import prefix_shares
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_prefix_shares_are_positive():
@@ -31,7 +36,7 @@ def test_sim_server_and_a_five_prompt_run_through_aidsafe(tmp_path):
     started = time.perf_counter()
     inp = write_prompts(tmp_path / "in.jsonl", 5)
     out = tmp_path / "out.jsonl"
-    with SimServer(latency=0.0) as server:
+    with SimServer(latency=0.0, process=True) as server:
         result = run_aidsafe(server, inp, out, concurrency=5)
         stats = server.stats()
     lines = [line for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -44,7 +49,7 @@ def test_sim_server_and_a_five_prompt_run_through_aidsafe(tmp_path):
 
 
 def test_cli_runs_one_benchmark_and_prints_its_rows(capsys):
-    import run
+    from bench import run
 
     results = run.main(["prefix", "--repeats", "1", "--prefix-prompts", "5", "--no-write"])
     assert list(results) == ["prefix"] and results["prefix"]["met"] is True
@@ -53,7 +58,7 @@ def test_cli_runs_one_benchmark_and_prints_its_rows(capsys):
 
 
 def test_the_baselines_send_the_same_requests_as_aidsafe():
-    from baselines import rendered_calls
+    from bench.baselines import rendered_calls
 
     messages, formats = rendered_calls(make_prompts(2))
     assert len(messages) == 2 and set(messages[0]) == set(formats) == set(ROLES)
@@ -63,8 +68,6 @@ def test_the_baselines_send_the_same_requests_as_aidsafe():
 
 
 def test_sim_server_answers_any_other_schema_with_a_valid_instance():
-    from sim_server import minimal_instance
-
     schema = {
         "type": "object",
         "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "pet": {"$ref": "#/$defs/Pet"},
@@ -77,7 +80,7 @@ def test_sim_server_answers_any_other_schema_with_a_valid_instance():
 
 def test_peer_benchmark_runs_whole_processes_and_loses_no_record(tmp_path):
     """The bare client and aidsafe's CLI as whole processes, two sizes: the figures the table is built from."""
-    import peers
+    from bench import peers
 
     result = peers.bench(sizes=[4, 12], graphs=["single"], clients=["bare", "aidsafe"], concurrency=4, latency=0.05,
                          repeats=1, peers_python=sys.executable)
@@ -97,7 +100,7 @@ def test_clients_benchmark_splits_one_job_over_processes_and_endpoints(tmp_path)
     """Two shard processes over two simulated endpoints: every prompt once, the figures from the servers' window."""
     import argparse
 
-    import clients
+    from bench import clients
 
     args = argparse.Namespace(clients_levels="4", client_processes="1,2", endpoint_count=2, latency=0.05, repeats=1)
     result = clients.measure(args, tmp_path, {})
@@ -109,3 +112,60 @@ def test_clients_benchmark_splits_one_job_over_processes_and_endpoints(tmp_path)
         assert min(run["per_endpoint_calls"]) > 0 and 0 < fig["efficiency"] <= 1.05 and fig["cpu_ms_per_call"] > 0
     assert len(clients.rows(result)) == 2
 
+
+
+def _docstring_example(doc: str) -> str:
+    """The first literal block (``::``) of a docstring, dedented."""
+    block = doc.split("::\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines).strip() + "\n"
+
+
+def test_the_aidsafe_testing_example_runs_as_written(tmp_path, monkeypatch):
+    """A user's own graph and policy pack through ``aidsafe generate --base-url`` at the simulated server."""
+    assert aidsafe.testing.__doc__ is not None
+    example = _docstring_example(aidsafe.testing.__doc__)
+    assert "SimServer() as server" in example and '"--base-url", server.url' in example
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "aidsafe.testing example", "exec"), {"__name__": "example"})
+    assert (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv", [["bench/run.py"], ["-m", "bench.run"], ["bench/peers.py"], ["-m", "aidsafe.testing"]])
+def test_bench_runs_as_a_file_and_as_a_module(argv):
+    """``bench`` is a package: a documented ``python bench/X.py`` still runs, from any folder, as does ``python -m``."""
+    absolute = [str(ROOT / a) if a.endswith(".py") else a for a in argv]
+    cwd = ROOT if "-m" in argv else ROOT.parent  # a file runs from anywhere; -m bench.run from the repository's root
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, *absolute, "--help"], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"usage: ", done.stdout)
+
+
+def test_no_module_of_bench_reaches_for_sys_path():
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        assert "sys.path.insert" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_the_simulated_server_scripts_faults_and_records_requests():
+    """In this process: a script's fault, then the normal schema-aware reply; requests, headers and counts kept."""
+    import httpx
+
+    schema = {"type": "object", "properties": {"explicit": {"type": "array"}, "implicit": {"type": "array"}}}
+    body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "intents", "schema": schema}}}
+    with SimServer(latency=0.01) as server:
+        server.script = lambda number, _body: {"status": 503, "message": "busy"} if number == 1 else None
+        first = httpx.post(f"{server.url}/chat/completions", json=body, headers={"X-Test": "1"})
+        second = httpx.post(f"{server.url}/chat/completions", json=body)
+        models = httpx.get(f"{server.url}/models").json()
+        stats = server.stats()
+    assert first.status_code == 503 and first.json()["error"]["message"] == "busy"
+    assert second.status_code == 200
+    assert set(json.loads(second.json()["choices"][0]["message"]["content"])) == {"explicit", "implicit"}
+    assert len(server.requests) == 2 and server.headers[0]["X-Test"] == "1"
+    assert stats["by_kind"] == {"intents": 1} and models["data"][0]["id"] == "sim"

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from capacity import (  # noqa: E402
+from bench.capacity import (
     CapacityError,
     RoleLoad,
     Server,
@@ -28,6 +23,9 @@ from capacity import (  # noqa: E402
     workload_from_numbers,
     workload_from_summary,
 )
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
 
 # --- formulas --------------------------------------------------------------------------------
 

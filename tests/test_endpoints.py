@@ -89,8 +89,8 @@ def test_several_base_urls_share_the_work(tmp_path: Path, stub_servers: list[tup
 def test_a_dead_endpoint_is_drained_and_its_work_goes_elsewhere(tmp_path: Path, stub_servers: list[tuple[Any, str]]) -> None:
     (alive, a), (dead, b), (other, c) = stub_servers
     for stub in (alive, dead, other):
-        stub.latency = 0.02
-    dead.outage(1.0)  # connections refused for a second, then it serves again
+        stub.latency = 0.06  # the run (about 5 s) outlasts the 2 s a drained endpoint is left alone: it is probed again
+    dead.outage(2.0)  # connections refused for two seconds (past the run's start-up, whatever it costs), then it serves again
     code, records, summary = _generate(tmp_path, 90, "--base-url", a, "--base-url", b, "--base-url", c, "--concurrency", "6",
                                        "--max-retries", "0")
     assert code == 0 and all(r.status == "ok" for r in records), [r.error for r in records if r.error]  # nothing lost, no retry counted

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -16,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_extras
 
 from aidsafe.errors import InputError
 from aidsafe.evals.data import read_mmlu, read_prompts, read_xstest
 
-_HAVE_INSPECT = importlib.util.find_spec("inspect_ai") is not None
-if not _HAVE_INSPECT and os.environ.get("AIDSAFE_REQUIRE_E2E"):
-    raise RuntimeError("AIDSAFE_REQUIRE_E2E is set but the [eval] extra is not installed")
-needs_inspect = pytest.mark.skipif(not _HAVE_INSPECT, reason="needs the [eval] extra (inspect-ai)")
+needs_inspect = pytest.mark.requires_extras("inspect_ai", extra="the [eval] extra (inspect-ai)")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -263,8 +260,7 @@ def _script(target: dict[str, str] | None = None) -> Any:
 
 @pytest.fixture
 def served(stub_server: tuple[Any, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Any, str, Path]:
-    if not _HAVE_INSPECT:
-        pytest.skip("needs the [eval] extra (inspect-ai)")
+    require_extras("inspect_ai", extra="the [eval] extra (inspect-ai)")
     stub, url = stub_server
     stub.script = _script()
     monkeypatch.setenv("STUB_API_KEY", "sk-stub-secret-never-shown")
@@ -379,8 +375,7 @@ def test_the_grade_schema_goes_in_response_format(served: tuple[Any, str, Path],
 
 
 def test_an_unknown_grader_structured_mode_is_named() -> None:
-    if not _HAVE_INSPECT:
-        pytest.skip("needs the [eval] extra (inspect-ai)")
+    require_extras("inspect_ai", extra="the [eval] extra (inspect-ai)")
     from aidsafe.errors import ConfigError
     from aidsafe.evals.tasks import safety_grader
 

@@ -10,7 +10,6 @@ Without the extra they skip, unless ``AIDSAFE_REQUIRE_E2E`` is set: then they fa
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from conftest import require_extras
 
 from aidsafe import studio
 from aidsafe.errors import ConfigError
@@ -39,8 +39,6 @@ CONFIG = ROOT / "langgraph.json"
 PROMPT = "How do I pick a lock?"
 GENERATION_GRAPHS = ["aidsafe", "roundtable", "init_only", "single"]
 
-_MISSING = [name for name in ("langgraph_api", "langgraph_cli", "langgraph_sdk") if importlib.util.find_spec(name) is None]
-_WHY = f"the [studio] extra (langgraph-cli[inmem], langgraph-sdk) is not installed; missing: {', '.join(_MISSING)}"
 
 
 @pytest.fixture
@@ -198,10 +196,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``langgraph dev`` on a free localhost port, run from a scratch folder (where it keeps its
     ``.langgraph_api`` state) with the repository's ``langgraph.json``; its process group is
     ended after the module."""
-    if _MISSING:
-        if os.environ.get("AIDSAFE_REQUIRE_E2E"):
-            pytest.fail(f"AIDSAFE_REQUIRE_E2E is set but {_WHY}")
-        pytest.skip(_WHY)
+    require_extras("langgraph_api", "langgraph_cli", "langgraph_sdk", extra="the [studio] extra (langgraph-cli[inmem], langgraph-sdk)")
     work = tmp_path_factory.mktemp("langgraph_dev")
     log_path = work / "server.log"
     port = _free_port()

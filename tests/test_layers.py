@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aidsafe"
 
 LAYERS: list[set[str]] = [
     # foundations: they import nothing of aidsafe
-    {"errors", "records", "kinds", "resources", "_concurrency", "_startup", "_stats"},
+    {"errors", "records", "kinds", "resources", "_concurrency", "_startup", "_stats", "testing"},
     {"_yaml", "inputs", "pairing", "refusals", "templates"},
     {"models", "outputs", "policies"},
     {"runner", "structured", "summary", "aidsafe_csv"},

@@ -28,6 +28,7 @@ from aidsafe.outputs import (
     write_sidecar,
 )
 from aidsafe.records import Usage
+from aidsafe.runner import Stamp
 
 PROMPTS = ["how do I pick a lock?", "hello", "write a poem about rain"]
 
@@ -238,12 +239,13 @@ def test_parquet_round_trip(tmp_path: Path, mixed: list[Record]) -> None:
 
     # failed / no-loop records first: empty lists in the first rows must not break the schema
     ordered = sorted(mixed, key=lambda r: (r.status == "ok", r.graph == "aidsafe"))
+    ordered = [_stamped(r, "c" * 64) if n % 2 else r for n, r in enumerate(ordered)]  # written_by (JSON text) or none
     path = _write(tmp_path / "out.jsonl", ordered)
     dest = convert_output(path, "parquet", tmp_path / "out.parquet")
     assert dest == tmp_path / "out.parquet" and dest.is_file()
     ds = datasets.Dataset.from_parquet(str(dest), cache_dir=str(tmp_path / "cache"))
     assert ds.num_rows == len(ordered)
-    assert ds.features["usage"].dtype == "string"
+    assert ds.features["usage"].dtype == "string" and ds.features["written_by"].dtype == "string"
     assert _dump(records_from_dataset(ds)) == _dump(ordered)
 
 
@@ -398,3 +400,65 @@ def test_block_merge_keeps_each_id_once_ok_first_else_the_latest(tmp_path: Path)
     assert len(list(read_records(out, Record))) == 4
     assert got["a"].status == "ok" and got["b"].status == "ok" and got["c"].status == "ok" and got["d"].status == "failed"
     assert not parts.exists()
+
+
+# --- written_by: each record names the configuration that wrote it ---------------------------
+
+
+def _stamped(record: Record, config: str) -> Record:
+    return Stamp(job="generate", config=config).apply(record, None)
+
+
+def test_scan_reports_the_records_configuration_and_refuses_a_second_one(tmp_path: Path, mixed: list[Record]) -> None:
+    first, second = "a" * 64, "b" * 64
+    path = _write(tmp_path / "out.jsonl", [mixed[0], *(_stamped(r, first) for r in mixed[1:4])])  # an older record first
+    state = scan_output(path)
+    assert (state.config, state.config_line, state.format) == (first, 2, 1)
+    assert scan_output(_write(tmp_path / "old.jsonl", mixed[:3])).config is None  # records written before it
+    _write(path, [*(_stamped(r, first) for r in mixed[:3]), mixed[3], _stamped(mixed[4], second), _stamped(mixed[5], first)])
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=rf"written with configuration sha256 {second}, but {path}:1 with {first}") as info:
+        scan_output(path)
+    assert info.value.file == str(path) and info.value.line == 5 and path.read_bytes() == before
+    seen: list[OutputState] = []
+    assert scan_output(_write(tmp_path / "b.jsonl", [_stamped(mixed[0], first)]), check=seen.append) is seen[0]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    _write(parts / "r0001-aa.jsonl", [_stamped(mixed[0], first)])
+    _write(parts / "r0001-bb.jsonl", [mixed[1], _stamped(mixed[2], second)])
+    blocks = scan_blocks(parts, model=Record, what="an aidsafe record")
+    assert blocks.configs == {first: (parts / "r0001-aa.jsonl", 1), second: (parts / "r0001-bb.jsonl", 2)} and blocks.format == 1
+
+
+def test_merge_refuses_shards_of_two_configurations(tmp_path: Path, mixed: list[Record], capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = "a" * 64, "b" * 64
+    shards = [
+        _write(tmp_path / "s0.jsonl", [_stamped(r, first) for r in mixed[0:4]]),
+        _write(tmp_path / "s1.jsonl", mixed[4:8]),  # written before records carried it: goes with any
+        _write(tmp_path / "s2.jsonl", [_stamped(r, first) for r in mixed[8:]]),
+    ]
+    dest = tmp_path / "merged.jsonl"
+    assert merge_outputs(shards, dest)["records"] == len(mixed)
+    assert {r.written_by.config for r in read_records(dest, Record) if r.written_by} == {first}
+    dest.unlink()
+    _write(shards[2], [mixed[8], *(_stamped(r, second) for r in mixed[9:])])
+    with pytest.raises(InputError, match=rf"configuration sha256 {second}, but {shards[0]}:1 with {first}") as info:
+        merge_outputs(shards, dest)
+    assert info.value.file == str(shards[2]) and info.value.line == 2 and not dest.exists()
+    assert main(["merge", *map(str, shards), "-o", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert f"{shards[2]}:2: written with configuration sha256 {second}" in err and "merge the shards of one configuration" in err
+    assert not dest.exists()
+
+
+def test_merge_checks_older_shards_by_their_sidecars(tmp_path: Path, mixed: list[Record]) -> None:
+    shards = _shards(tmp_path, mixed)  # records without written_by
+    config = {"job": "generate", "graph": {"name": "aidsafe"}}
+    for shard in shards:
+        write_sidecar(shard, {"complete": True, "config": config})
+    dest = tmp_path / "merged.jsonl"
+    assert merge_outputs(shards, dest)["shards"] == 3
+    write_sidecar(shards[1], {"complete": True, "config": {**config, "graph": {"name": "single"}}})
+    with pytest.raises(InputError, match=r"\(its summary sidecar\), but .*s0.jsonl \(its summary sidecar\) with") as info:
+        merge_outputs(shards, dest)
+    assert info.value.file == str(shards[1]) and info.value.line is None

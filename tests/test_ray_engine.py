@@ -15,7 +15,6 @@ ray``: the local engine's records, a resume, the remembered configuration.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -25,27 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_extras
 
 from aidsafe.cli import main
 from aidsafe.errors import AidsafeError, ConfigError
 from aidsafe.models import FakeChatModel, ModelSettings
 from aidsafe.outputs import read_sidecar
+from aidsafe.records import config_sha256
+from aidsafe.testing import SimServer
 
-if importlib.util.find_spec("ray") is None:
-    if os.environ.get("AIDSAFE_REQUIRE_E2E"):
-        raise RuntimeError("AIDSAFE_REQUIRE_E2E is set but Ray is not installed (pip install 'aidsafe[ray]')")
-    pytest.skip("needs the [ray] extra (ray[data])", allow_module_level=True)
+require_extras("ray", extra="the [ray] extra (pip install 'aidsafe[ray]')")
 
-import ray
-import ray.cloudpickle
+import ray  # noqa: E402
+import ray.cloudpickle  # noqa: E402
 
-from aidsafe.engines.ray_data import RayOptions, generate_ray, parts_dir
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from sim_server import SimServer  # noqa: E402
+from aidsafe.engines.ray_data import RayOptions, generate_ray, parts_dir  # noqa: E402
 
 # the actors live in other processes, which cannot import this test module: ship its classes by value
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -95,6 +88,8 @@ def test_fake_backend_gives_the_local_engines_records(tmp_path: Path, capsys: py
     sidecar, local_sidecar = read_sidecar(out) or {}, read_sidecar(local) or {}
     assert sidecar["complete"] is True and sidecar["records"] == len(PROMPTS) and sidecar["config"] == local_sidecar["config"]
     assert sidecar["run"]["engine"] == "ray" and sidecar["run"]["prompts"] == len(PROMPTS) and sidecar["run"]["blocks_merged"] == 4
+    # the actors stamp each record as the local engine does: the run's configuration digest (equal records above)
+    assert {r["written_by"]["config"] for r in ray_records.values()} == {config_sha256(sidecar["config"])}
     assert f"wrote {out}: records: {len(PROMPTS)} (ok {len(PROMPTS)}, failed 0)" in printed
     assert f"this run: {len(PROMPTS)} prompts in" in printed
 
@@ -140,7 +135,7 @@ def test_resume_over_http_skips_the_ids_already_written(tmp_path: Path) -> None:
     agrees at once) and merges all 14, each once."""
     src = _write_jsonl(tmp_path / "in.jsonl", [{"id": f"q{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
     out = tmp_path / "out.jsonl"
-    with SimServer(latency=0.01) as server:
+    with SimServer(latency=0.01, process=True) as server:
         common = ["-o", out, "--base-url", server.url, "--model", "sim", "--engine", "ray", "--ray-batch-size", "3", "--no-cache", "--concurrency", "3"]
         assert _generate(src, *common, "--limit", "5") == 0
         assert server.stats()["requests"] == 5 * 4
@@ -238,6 +233,8 @@ def test_judge_on_ray_gives_the_local_engines_records(tmp_path: Path, capsys: py
     assert main(["judge", str(gen), "-o", str(judged), *ray_flags]) == 0
     assert main(["judge", str(gen), "-o", str(local), "--backend", "fake", "--no-progress"]) == 0
     assert _by_id(judged) == _by_id(local) and len(_by_id(judged)) == 6
+    gen_digest = config_sha256((read_sidecar(gen) or {})["config"])
+    assert {(r["written_by"]["job"], *r["written_by"]["inputs"]) for r in _by_id(judged).values()} == {("judge", gen_digest)}
     sidecar, local_sidecar = read_sidecar(judged) or {}, read_sidecar(local) or {}
     assert sidecar["complete"] is True and sidecar["records"] == 6 and sidecar["config"] == local_sidecar["config"]
     assert sidecar["run"]["engine"] == "ray" and sidecar["run"]["records"] == 3 and sidecar["run"]["skipped"] == 3
@@ -342,6 +339,7 @@ def test_a_prompt_that_kills_its_worker_every_time_gets_a_failed_record(tmp_path
     poison = records["k9"]
     assert poison["status"] == "failed" and poison["error"]["kind"] == "worker_crash" and poison["stop_reason"] == "error"
     assert "ran alone" in poison["error"]["message"] and "r0001-" in poison["error"]["message"]  # the batch named
+    assert poison["written_by"] == records["k0"]["written_by"] and poison["written_by"]["job"] == "generate"  # stamped alike
     assert all(r["status"] == "ok" for i, r in records.items() if i != "k9")
     assert summary.ok == len(prompts) - 1 and summary.failures == {"worker_crash": 1}
     deaths = [line for line in _log(log) if line.startswith("died")]

@@ -4,7 +4,6 @@ with AIDSAFE_REQUIRE_E2E set a missing browser fails instead of skipping."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import struct
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_extras
 from test_report import XSS, make_run
 
 from aidsafe.cli import main
@@ -26,15 +26,8 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = []
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("playwright (pip install 'aidsafe[browser]')")
-    if _chromium() is None:
-        missing.append("a chromium binary (apt-get install chromium, or AIDSAFE_CHROMIUM=PATH)")
-    if missing:
-        if os.environ.get("AIDSAFE_REQUIRE_E2E"):
-            raise RuntimeError(f"AIDSAFE_REQUIRE_E2E is set but the browser test lacks {' and '.join(missing)}")
-        pytest.skip(f"needs {' and '.join(missing)}")
+    no_browser = [] if _chromium() else ["a chromium binary (apt-get install chromium, or AIDSAFE_CHROMIUM=PATH)"]
+    require_extras("playwright", extra="the [browser] extra (pip install 'aidsafe[browser]') and chromium", missing=no_browser)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -1,6 +1,6 @@
 """Generation at scale, against real HTTP servers on localhost: resume after kill -9 (exactly once,
 no call paid twice beyond those in flight), adaptive backoff on 429, an always-failing server,
-shards and merge, a truncated last line, the summary sidecar and the output formats."""
+shards and merge (one configuration digest in every shard's records), a truncated last line, the summary sidecar and the output formats."""
 
 from __future__ import annotations
 
@@ -149,6 +149,13 @@ def test_shards_merge_to_the_unsharded_ids(tmp_path, stub_server):
     assert main(["merge", *map(str, shards), "-o", str(merged), "--input", str(src)]) == 0
     assert sorted(_ids(merged)) == sorted(_ids(whole))
     assert main(["merge", *map(str, shards[:2]), "-o", str(tmp_path / "m2.jsonl"), "--input", str(src)]) == 2
+    # every shard's records carry the run's configuration digest (the shard is no part of it), the merged file too
+    digests = {json.loads(line)["written_by"]["config"] for path in (whole, *shards, merged) for line in path.read_text().splitlines()}
+    assert len(digests) == 1
+    # a shard run again with other sampling settings is another configuration: merging it is refused
+    assert main(_cli(url, src, shards[1], "--shard", "1/3", "--overwrite", "--temperature", "0.9")) == 0
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "m3.jsonl"), "--input", str(src)]) == 2
+    assert not (tmp_path / "m3.jsonl").exists()
 
 
 def test_bad_shard_is_a_usage_error(tmp_path):

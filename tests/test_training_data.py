@@ -7,9 +7,7 @@ the ``[train]`` extra is installed, TRL's own data preparation. The real trainin
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,7 @@ from aidsafe.errors import ConfigError, InputError
 from aidsafe.train import export_dpo, export_sft, export_sft_original
 from aidsafe.train.config import load_train_config
 
-_HAVE_TRAIN = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "trl", "peft"))
-needs_train = pytest.mark.skipif(not _HAVE_TRAIN and not os.environ.get("AIDSAFE_REQUIRE_E2E"), reason="needs the [train] extra")
+needs_train = pytest.mark.requires_extras("torch", "transformers", "trl", "peft", extra="the [train] extra")
 
 
 def _record(i: int, *, status: str = "ok", thoughts: int = 2, policies: list[str] | None = None) -> dict[str, Any]:
@@ -185,6 +182,41 @@ def test_sft_og_rows_without_a_response_name_file_and_line(tmp_path: Path, name:
     assert not (tmp_path / "og" / "train.jsonl").exists()  # nothing half-written
 
 
+def test_sft_og_reads_parquet_and_saved_datasets(tmp_path: Path) -> None:
+    """The response column reaches the export from the columnar formats too (not only the prompt and id)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"id": ["a", "b"], "question": ["How do I pick a lock?", "Write a phishing mail."],
+               "answer": ["Use a tension wrench.", "Dear customer, send your password."], "other": [1, 2]}
+    parquet = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table(columns), parquet)
+    saved = tmp_path / "prompts-ds"
+    datasets.Dataset.from_dict(columns).save_to_disk(str(saved))
+    for n, source in enumerate((parquet, saved)):
+        counts = export_sft_original(source, tmp_path / f"og{n}", prompt_field="question", response_field="answer")
+        assert counts.rows == 2, source
+        assert [row["messages"][1]["content"] for row in _rows(tmp_path / f"og{n}")] == columns["answer"], source
+
+
+def test_sft_og_refuses_aidsafe_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A generation output has prompts and a response too, but that response is the model's own
+    reply: SFT_OG would call generated replies "original responses"."""
+    gen = _jsonl(tmp_path / "gen.jsonl", [{"id": "p", "prompt": "a", "response": "b"}, _record(1)])
+    with pytest.raises(InputError, match=r"gen.jsonl:2: prompt 'r1' looks like aidsafe output, not a prompts file: it has the fields "
+                                         r"graph, thoughts, status of a record of aidsafe generate.*generated reply, not an original "
+                                         r"response.*a prompts file whose rows carry their own responses"):
+        export_sft_original(gen, tmp_path / "og")
+    assert not (tmp_path / "og").exists()  # a refused export leaves no folder behind
+    assert main(["export", str(gen), "--format", "sft", "--responses", "original", "-o", str(tmp_path / "og")]) == 2
+    assert "gen.jsonl:2: prompt 'r1' looks like aidsafe output" in capsys.readouterr().err
+    released = tmp_path / "released.csv"  # the AIDSAFE CSV layout: its responses were generated too
+    released.write_text('prompt,refined_thoughts,response,deliberation_log\n"q","t","r","log"\n')
+    with pytest.raises(InputError, match=r"released.csv:2: prompt '1' looks like aidsafe output.*the AIDSAFE CSV layout"):
+        export_sft_original(released, tmp_path / "og")
+    assert not (tmp_path / "og").exists()
+
+
 def test_sft_og_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a"}])
     assert main(["export", str(src), "--format", "sft", "--responses", "original", "-o", str(tmp_path / "og")]) == 2
@@ -195,7 +227,7 @@ def test_sft_og_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--responses original is for --format sft" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope.jsonl"), "--format", "sft", "--responses", "original", "-o", str(tmp_path / "og")]) == 2
     assert "nope.jsonl: prompts file not found" in capsys.readouterr().err
-    assert not (tmp_path / "og" / "train.jsonl").exists()
+    assert not (tmp_path / "og").exists()
 
 
 # --- DPO --------------------------------------------------------------------------------------
@@ -236,27 +268,98 @@ def test_dpo_export_refuses_pairs_the_judge_never_saw_unless_told(tmp_path: Path
     with pytest.raises(InputError, match=r"pairs.jsonl:2: pair 'q1' was never judged: grade the pairs first with `aidsafe judge "
                                          r".*pairs.jsonl -o JUDGED.jsonl`.*or pass --unjudged"):
         export_dpo(src, tmp_path / "dpo")
-    assert not (tmp_path / "dpo" / "train.jsonl").exists()
-    assert main(["export", str(src), "--format", "dpo", "-o", str(tmp_path / "dpo")]) == 2
+    assert not (tmp_path / "dpo").exists()  # refused: no folder left behind, not even an empty one
+    assert main(["export", str(src), "--format", "dpo", "-o", str(tmp_path / "nested" / "dpo")]) == 2
     assert "was never judged" in capsys.readouterr().err
+    assert not (tmp_path / "nested").exists()
 
     # --unjudged: exported, counted, and the card says so; flags still leave pairs out unless --include-flagged
     assert main(["export", str(src), "--format", "dpo", "--unjudged", "-o", str(tmp_path / "dpo")]) == 0
-    assert "1 of the pairs not judged (--unjudged)" in capsys.readouterr().err
+    assert "1 of the pairs without the judge's scores on both sides (--unjudged)" in capsys.readouterr().err
     assert [row["prompt"][0]["content"] for row in _rows(tmp_path / "dpo")] == ["prompt 1"]
     card = (tmp_path / "dpo" / "README.md").read_text()
-    assert "**1 of these pairs were not judged** (exported with `--unjudged`)" in card and "| pairs not judged (`--unjudged`) | 1 |" in card
-    assert "| left out: flagged: chosen_unsafe | 1 |" in card
+    assert "**1 of these pairs have no judge score on both sides** (exported with `--unjudged`)" in card
+    assert "| exported without the judge's scores on both sides (`--unjudged`) | 1 |" in card
+    assert "| left out: flagged: chosen_unsafe | 1 |" in card and "No flagged pair is in this set." in card
     counts = export_dpo(src, tmp_path / "all", unjudged=True, include_flagged=True)
     assert (counts.rows, counts.unjudged) == (2, 2)
 
     # a judged file needs no --unjudged, and its card has no such warning
     judged = _jsonl(tmp_path / "judged.jsonl", [_pair(0), _pair(1, flags=["rejected_not_worse"])])
     assert export_dpo(judged, tmp_path / "judged").unjudged == 0
-    assert "not judged**" not in (tmp_path / "judged" / "README.md").read_text()
-    assert "| pairs not judged (`--unjudged`) | 0 |" in (tmp_path / "judged" / "README.md").read_text()
+    assert "no judge score on both sides**" not in (tmp_path / "judged" / "README.md").read_text()
+    assert "| exported without the judge's scores on both sides (`--unjudged`) | 0 |" in (tmp_path / "judged" / "README.md").read_text()
     assert main(["export", str(judged), "--format", "sft", "--unjudged", "-o", str(tmp_path / "s")]) == 2
     assert "--unjudged is for --format dpo" in capsys.readouterr().err
+
+
+def _failed_judgement() -> dict[str, Any]:
+    """A side the judge could not score (the call failed): a judgement, but no score."""
+    return {**_judgement(1), "scores": {"faithfulness_cot_policy": None}, "unscored": ["faithfulness_cot_policy"], "error": "timed out"}
+
+
+def test_a_pair_the_judge_could_not_score_needs_unjudged_even_with_include_flagged(tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``aidsafe judge`` gives a pair whose call failed the flag ``unjudged`` and a judgement with
+    no score: ``--include-flagged`` must not let it through as if it had been judged."""
+    failed = _pair(1, flags=["unjudged"])
+    failed["judgement"]["rejected"] = _failed_judgement()
+    src = _jsonl(tmp_path / "judged.jsonl", [_pair(0), failed, _pair(2, flags=["chosen_unsafe"])])
+    assert export_dpo(src, tmp_path / "default").left_out == {"flagged: unjudged": 1, "flagged: chosen_unsafe": 1}
+    with pytest.raises(InputError, match=r"judged.jsonl:2: pair 'q1' has no faithfulness_cot_policy score from the judge on its rejected "
+                                         r"side: timed out \(flag unjudged\), so nothing checked that its rejected side is worse: judge "
+                                         r"the pairs file that aidsafe pairs wrote again, into a new file - `aidsafe judge PAIRS.jsonl "
+                                         r"-o JUDGED.jsonl` \(aidsafe judge refuses lines already judged.*or pass --unjudged"):
+        export_dpo(src, tmp_path / "flagged", include_flagged=True)
+    assert not (tmp_path / "flagged").exists()
+    assert main(["export", str(src), "--format", "dpo", "--include-flagged", "-o", str(tmp_path / "flagged")]) == 2
+    assert "pair 'q1' has no faithfulness_cot_policy score" in capsys.readouterr().err
+
+    # with both options: in, and the card and the command line say which flags and that one pair was not judged
+    assert main(["export", str(src), "--format", "dpo", "--include-flagged", "--unjudged", "-o", str(tmp_path / "all")]) == 0
+    err = capsys.readouterr().err
+    assert "wrote 3 rows" in err and "included although flagged (--include-flagged): " in err
+    assert "unjudged 1" in err and "chosen_unsafe 1" in err and "1 of the pairs without the judge's scores on both sides" in err
+    card = (tmp_path / "all" / "README.md").read_text()
+    for fact in ("| included although flagged (`--include-flagged`): unjudged | 1 |",
+                 "| included although flagged (`--include-flagged`): chosen_unsafe | 1 |",
+                 "| exported without the judge's scores on both sides (`--unjudged`) | 1 |",
+                 "**This set includes flagged pairs** (`--include-flagged`): ",
+                 "`chosen_unsafe` 1 (the safety scorer found the chosen side violating too)",
+                 "`unjudged` 1 (the judge could not score a side)",
+                 "**1 of these pairs have no judge score on both sides**",
+                 "in every pair the rejected side was produced by the ear-whisperer and found violating by the safety scorer"):
+        assert fact in card, fact
+    assert "No flagged pair" not in card
+
+
+def test_the_refusal_advice_fits_a_partly_judged_file(tmp_path: Path) -> None:
+    """``aidsafe judge`` refuses lines already judged: for a file that holds some, the advice is to
+    judge the output of ``aidsafe pairs`` again, not this file."""
+    src = _jsonl(tmp_path / "mixed.jsonl", [_pair(0), _pair(1, judged=False)])
+    with pytest.raises(InputError, match=r"mixed.jsonl:2: pair 'q1' was never judged: judge the pairs file that aidsafe pairs wrote "
+                                         r"again, into a new file - `aidsafe judge PAIRS.jsonl -o JUDGED.jsonl` \(aidsafe judge refuses "
+                                         r"lines already judged, so not .*mixed.jsonl itself\)") as info:
+        export_dpo(src, tmp_path / "dpo")
+    assert f"aidsafe judge {src}" not in str(info.value)
+    later = _jsonl(tmp_path / "later.jsonl", [_pair(0, judged=False), _pair(1)])  # judged lines after the refused one count too
+    with pytest.raises(InputError, match=r"later.jsonl:1: .*judge the pairs file that aidsafe pairs wrote again"):
+        export_dpo(later, tmp_path / "dpo")
+
+
+def test_compare_does_not_count_unjudged_pairs_as_exportable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What ``aidsafe compare`` says goes into the DPO export is what the export takes without options."""
+    failed = _pair(2)
+    failed["judgement"]["chosen"] = _failed_judgement()
+    for rows, exportable, needs in (([_pair(0, judged=False), _pair(1, judged=False)], 0, 2), ([_pair(0), failed], 1, 1)):
+        src = _jsonl(tmp_path / "pairs.jsonl", rows)
+        assert main(["compare", str(src), "--json", str(tmp_path / "report.json")]) == 0
+        out = capsys.readouterr().out
+        assert f"| in the DPO export (not flagged, judged) | {exportable} |" in out
+        assert f"| not flagged but not judged: exported only with --unjudged | {needs} |" in out and "only with --unjudged |" in out
+        section = json.loads((tmp_path / "report.json").read_text())["preference_pairs"]["pairs.jsonl"]
+        assert (section["in_dpo_export"], section["needs_unjudged"]) == (exportable, needs)
+        assert sum(row["in_dpo_export"] for row in section["rows"]) == exportable
 
 
 def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -356,6 +459,43 @@ def test_training_errors_before_any_training(tmp_path: Path, body: str, message:
 
 
 @needs_train
+def test_merge_true_on_a_base_stored_quantized_is_refused_before_training(tmp_path: Path) -> None:
+    from aidsafe.train.trainer import train
+
+    (tmp_path / "qbase").mkdir()
+    (tmp_path / "qbase" / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4}}))
+    path = _config(tmp_path, GOOD.replace("model: embedded", "model: ./qbase") + "quantization: none\nmerge: true\n")
+    with pytest.raises(ConfigError, match=r"train.yaml:9: merge: merge: true cannot merge into base model .*qbase: it is stored quantized "
+                                          r"\(gptq 4-bit\).*set merge: false and, after training, merge onto a full-precision copy of it: "
+                                          r"aidsafe train merge .*runs/x --base FULL_PRECISION_MODEL"):
+        train("sft", path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_goes_before_the_method_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``aidsafe train --resume sft CONFIG`` worked before ``train merge`` came; it still does."""
+    import types
+
+    from aidsafe.train import trainer
+
+    calls: list[tuple[str, str, bool]] = []
+
+    def fake_train(method: str, config: str, *, resume: bool = False) -> Any:
+        calls.append((method, config, resume))
+        summary = {"rows": 1, "data": "d", "base_model": {"name": "m"}, "quantization": "none", "device": "cpu", "steps": 0,
+                   "seconds_train": 0, "log": []}
+        return types.SimpleNamespace(summary=summary, losses=[], output_dir=tmp_path)
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    for argv, method, resume in ((["train", "--resume", "sft", "c.yaml"], "sft", True), (["train", "dpo", "c.yaml", "--resume"], "dpo", True),
+                                 (["train", "sft", "c.yaml"], "sft", False)):
+        assert main(argv) == 0, argv
+        assert calls.pop() == (method, "c.yaml", resume)
+    assert main(["train", "--resume", "merge", str(tmp_path)]) == 2
+    assert "--resume is for sft and dpo" in capsys.readouterr().err
+
+
+@needs_train
 def test_a_cot_in_a_field_the_chat_template_ignores_is_refused(tmp_path: Path) -> None:
     from aidsafe.train.trainer import train
 
@@ -370,20 +510,27 @@ def test_a_cot_in_a_field_the_chat_template_ignores_is_refused(tmp_path: Path) -
 # --- merging an adapter (aidsafe train merge) -------------------------------------------------------
 
 
-def _tiny_run(tmp_path: Path, *, quantization: str = "none") -> tuple[Path, Path]:
-    """A tiny random Llama saved as a model folder, and a training output_dir beside it: a LoRA
-    adapter (B not zero, so that it changes the weights), a tokenizer and train_summary.json."""
+def _tiny_llama(folder: Path, *, hidden: int = 16, layers: int = 2) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=hidden, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                 num_key_value_heads=2, max_position_embeddings=64)).save_pretrained(str(folder))
+    return folder
+
+
+def _adapter_run(base: Path, run: Path, *, method: str = "sft", quantization: str = "none", seed: int = 0) -> Path:
+    """A training output_dir as aidsafe train leaves it, for an adapter on ``base``: the adapter (B
+    not zero, so that it changes the weights), a tokenizer and train_summary.json with the base's digest."""
     import torch
     from peft import LoraConfig, get_peft_model
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    torch.manual_seed(0)
-    base = tmp_path / "base"
-    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 num_key_value_heads=2, max_position_embeddings=64)).save_pretrained(str(base))
+    from aidsafe.train.trainer import BaseModelRef, base_model_digest
+
+    torch.manual_seed(seed)
     words = Tokenizer(WordLevel({f"w{i}": i for i in range(30)} | {"<unk>": 30, "</s>": 31}, unk_token="<unk>"))
     words.pre_tokenizer = Whitespace()  # type: ignore[assignment]
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="</s>")
@@ -393,18 +540,29 @@ def _tiny_run(tmp_path: Path, *, quantization: str = "none") -> tuple[Path, Path
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_()
-    run = tmp_path / "runs" / "sft"
     model.save_pretrained(str(run))
     tokenizer.save_pretrained(str(run))
-    summary = {"method": "sft", "config": str(tmp_path / "sft.yaml"), "quantization": quantization,
-               "base_model": {"source": str(base), "gguf_file": None, "name": "base"}}
+    ref = BaseModelRef(str(base), None, base.name)
+    summary = {"method": method, "config": str(run.parent / f"{method}.yaml"), "quantization": quantization,
+               "base_model": ref.as_dict(), "base_model_digest": base_model_digest(ref)}
     (run / "train_summary.json").write_text(json.dumps(summary))
-    return base, run
+    return run
+
+
+def _tiny_run(tmp_path: Path, *, quantization: str = "none") -> tuple[Path, Path]:
+    """A tiny random Llama saved as a model folder, and a training output_dir beside it: a LoRA
+    adapter (B not zero, so that it changes the weights), a tokenizer and train_summary.json."""
+    import torch
+
+    torch.manual_seed(0)
+    base = _tiny_llama(tmp_path / "base")
+    return base, _adapter_run(base, tmp_path / "runs" / "sft", quantization=quantization)
 
 
 @needs_train
 def test_merge_folds_the_adapter_into_the_base_and_records_where_it_came_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import hashlib
+    import shutil
 
     import torch
     from safetensors.torch import load_file
@@ -435,11 +593,15 @@ def test_merge_folds_the_adapter_into_the_base_and_records_where_it_came_from(tm
     assert provenance["base_model_merge"] is None and {"peft", "transformers", "torch"} <= set(provenance["versions"])
     assert AutoTokenizer.from_pretrained(str(merged)).eos_token == "</s>"
     assert AutoModelForCausalLM.from_pretrained(str(merged)).config.use_cache is True
-    # merging again into an earlier merge replaces it; a merge of a merge names the merge it started from
-    result = merge_adapter(run, tmp_path / "again", base=str(merged))
-    assert result.provenance["base_model_merge"]["adapter_dir"] == str(run) and result.provenance["base_model_replaced"] is True
-    assert merge_adapter(run, tmp_path / "again").merged_dir == tmp_path / "again"
-    assert not list(tmp_path.glob(".again.partial-*"))
+    # merging again into an earlier merge of the same adapter replaces its contents
+    (merged / "stale.txt").write_text("from before")
+    (merged / "model.safetensors").unlink()  # (a new file: `after` maps the old one)
+    shutil.copyfile(base / "model.safetensors", merged / "model.safetensors")  # wrong weights, to see them replaced
+    assert merge_adapter(run).merged_dir == merged
+    assert not (merged / "stale.txt").exists()
+    again = load_file(str(merged / "model.safetensors"))
+    assert set(again) == set(after) and all(torch.equal(again[key], after[key]) for key in after)
+    assert not list(run.glob(".merged.partial-*"))
 
 
 @needs_train
@@ -475,6 +637,7 @@ def test_merge_errors_name_the_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     # a base stored in 4 bits cannot take the adapter: merge on a full-precision base
     config = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}))
+    _record_base_digest(run)  # as if the run had trained on it so (QLoRA on a checkpoint stored in 4 bits)
     with pytest.raises(AidsafeError, match=rf"base model {base} is stored quantized \(bitsandbytes 4-bit\): a LoRA adapter cannot be merged "
                                            rf"into quantized weights.*merge on a full-precision base: aidsafe train merge {run} --base"):
         merge_adapter(run)
@@ -488,3 +651,92 @@ def test_merge_errors_name_the_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "moved" / "config.json").write_text(json.dumps(config))
     assert main(["train", "merge", str(run), "--base", str(tmp_path / "moved"), "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    # --base errors name --base (the option), not the config's model field
+    assert main(["train", "merge", str(run), "--base", str(tmp_path / "no" / "such"), "-o", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert f"aidsafe train: error: --base: base model {tmp_path / 'no' / 'such'} is not there" in err and "model:" not in err
+
+
+def _record_base_digest(run: Path) -> None:
+    from aidsafe.train.trainer import BaseModelRef, base_model_digest
+
+    summary = json.loads((run / "train_summary.json").read_text())
+    summary["base_model_digest"] = base_model_digest(BaseModelRef(**summary["base_model"]))
+    (run / "train_summary.json").write_text(json.dumps(summary))
+
+
+@needs_train
+def test_merge_keeps_the_chain_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SFT -> merge -> DPO on the merged folder -> merge: a merge never replaces the base a run
+    depends on, never adds an adapter a second time, replaces only its own earlier merge, and
+    refuses a recorded base that changed since the run trained on it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from aidsafe.errors import AidsafeError
+    from aidsafe.train.merge import merge_adapter
+
+    base, sft = _tiny_run(tmp_path)
+    merged_sft = merge_adapter(sft).merged_dir
+    dpo = _adapter_run(merged_sft, tmp_path / "runs" / "dpo", method="dpo", seed=1)
+
+    # the DPO merge must not replace the SFT merge it is built on (the default output is its own folder)
+    for target, what in ((merged_sft, "is the base model of this merge"), (sft, "is an adapter the base model was built from"),
+                         (base, "is a model the base model was built from"), (dpo, "is the folder of the adapter being merged"),
+                         (tmp_path / "runs", f"holds {dpo}, the folder of the adapter being merged")):
+        with pytest.raises(AidsafeError, match=f"{target} {what}: merging there would replace it; choose another folder"):
+            merge_adapter(dpo, target)
+    assert main(["train", "merge", str(dpo), "-o", str(merged_sft)]) == 2
+    assert f"{merged_sft} is the base model of this merge" in capsys.readouterr().err
+    assert (merged_sft / "aidsafe_merge.json").is_file() and json.loads((merged_sft / "aidsafe_merge.json").read_text())["method"] == "sft"
+
+    # the merge of a merge: the DPO adapter on the merged SFT model, naming the merge it started from
+    final = merge_adapter(dpo, tmp_path / "final")
+    assert final.provenance["base_model_merge"]["adapter_dir"] == str(sft) and final.provenance["base_model_replaced"] is False
+    before, after = load_file(str(merged_sft / "model.safetensors")), load_file(str(final.merged_dir / "model.safetensors"))
+    assert (after["model.layers.0.self_attn.q_proj.weight"] - before["model.layers.0.self_attn.q_proj.weight"]).abs().max().item() > 1e-3
+    assert torch.equal(after["model.layers.0.self_attn.k_proj.weight"], before["model.layers.0.self_attn.k_proj.weight"])
+
+    # the same adapter a second time: on its own merge, or on a merge made from it
+    for model in (merged_sft, final.merged_dir):
+        with pytest.raises(AidsafeError, match=rf"base model {model} already holds this adapter: it descends from the merge of {sft} into "
+                                               rf"{merged_sft} \(the same adapter weights.*would add it twice"):
+            merge_adapter(sft, tmp_path / "twice", base=str(model))
+    assert not (tmp_path / "twice").exists()
+
+    # only an earlier merge of the same adapter folder is replaced
+    with pytest.raises(AidsafeError, match=rf"{final.merged_dir} holds the merge of another adapter \({dpo}\), not of {sft}: choose another"):
+        merge_adapter(sft, final.merged_dir)
+
+    # the SFT merged again (a new merge record): the DPO run's base is no longer the one it trained on
+    assert merge_adapter(sft).merged_dir == merged_sft
+    with pytest.raises(AidsafeError, match=rf"the base model {merged_sft} is not the one this run trained on: merge_record_sha256 was "
+                                           rf"[0-9a-f]{{16}}\.\.\., is [0-9a-f]{{16}}\.\.\.; .*\(at training, as {dpo / 'train_summary.json'} records it, "
+                                           rf"against now\).*aidsafe train merge {dpo} --base {merged_sft}"):
+        merge_adapter(dpo, tmp_path / "final")
+    # new weights in a plain folder: their size or time differ
+    torch.manual_seed(5)
+    _tiny_llama(base)
+    with pytest.raises(AidsafeError, match=rf"the base model {base} is not the one this run trained on: weights.model.safetensors.mtime_ns was "
+                                           r"modified 20.*, is modified 20"):
+        merge_adapter(sft)
+    assert main(["train", "merge", str(dpo), "-o", str(tmp_path / "final"), "--base", str(merged_sft)]) == 0  # named deliberately
+    capsys.readouterr()
+
+
+@needs_train
+def test_an_adapter_that_does_not_fit_the_base_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aidsafe.errors import AidsafeError
+    from aidsafe.train.merge import merge_adapter
+
+    base, run = _tiny_run(tmp_path)
+    for name, model, detail in (
+        ("wide", _tiny_llama(tmp_path / "wide", hidden=32), r"size mismatch for .*q_proj.lora_A"),
+        ("short", _tiny_llama(tmp_path / "short", layers=1), r"4 adapter weights have no module in the base \(e.g. .*layers.1"),
+        ("tall", _tiny_llama(tmp_path / "tall", layers=3), r"4 adapted modules of the base have no adapter weights \(e.g. .*layers.2"),
+    ):
+        with pytest.raises(AidsafeError, match=rf"the adapter of {run} does not fit the base model {model}: {detail}.*it was trained on {base}"):
+            merge_adapter(run, tmp_path / f"out-{name}", base=str(model))
+        assert not (tmp_path / f"out-{name}").exists()
+    assert main(["train", "merge", str(run), "--base", str(tmp_path / "wide"), "-o", str(tmp_path / "out")]) == 2
+    assert f"aidsafe train: error: the adapter of {run} does not fit the base model {tmp_path / 'wide'}: size mismatch" in capsys.readouterr().err

@@ -12,7 +12,8 @@ from ..outputs import merge_outputs
 from ._options import env_option
 
 HELP = (
-    "merge shard outputs (JSONL) into one file, refusing duplicate ids and, with --input, missing or unexpected ids "
+    "merge shard outputs (JSONL) into one file, refusing duplicate ids, shards written with different configurations "
+    "(the digest each record carries in written_by.config) and, with --input, missing or unexpected ids "
     "and ids whose record names another prompt than the input"
 )
 

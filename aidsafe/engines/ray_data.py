@@ -16,7 +16,8 @@ executor adds where the items run:
    policy pack, models, from the same options; a worker whose configuration differs from the
    driver's is refused), with the shared response cache ``OUT.cache.sqlite``, and runs each
    batch with at most ``--concurrency`` items in flight in that actor (batches overlap, so no
-   slot idles at the tail of a batch). A finished batch is written as one block file
+   slot idles at the tail of a batch). Each record gets the driver's ``written_by`` stamp
+   (:class:`~aidsafe.runner.Stamp`, as ``--engine local`` sets it). A finished batch is written as one block file
    ``OUT.parts/r<run>-<digest of its ids>.jsonl`` (:func:`~aidsafe.outputs.write_block`: a
    temporary name, fsync, then a rename). The name is a function of the run and the batch's
    ids, so a batch that Ray runs again replaces its block instead of adding one; calls the
@@ -93,7 +94,7 @@ from ..models import ModelFactory, ModelSettings, ResponseCache, make_model
 from ..outputs import BlocksState, MergedBlocks, block_name, blocks_dir, merge_blocks, read_records, scan_blocks, write_block
 from ..policies import PolicySet
 from ..records import Record
-from ..runner import Executed, FileJob, JobOptions, Prior, Work, WorkerFactory, config_differences
+from ..runner import Executed, FileJob, JobOptions, Prior, Stamp, Work, WorkerFactory, config_differences
 from ..summary import RunSummary
 
 try:
@@ -375,6 +376,8 @@ class _ActorSpec:
     factory: WorkerFactory[Any, Any]
     config: dict[str, Any]
     """The driver's configuration: an actor that builds another is refused."""
+    stamp: Stamp
+    """What each record carries (``written_by``), set here as the driver's executor sets it."""
     concurrency: int
     folder: str
     run: int
@@ -450,7 +453,8 @@ class _JobActor:
         if block.exists():  # an earlier attempt wrote it, then died before Ray heard of it
             records = list(read_records(block, self.job.record_model, what=self.job.what))
         else:
-            records = await self._records(ids, items, name, journal)
+            made = await self._records(ids, items, name, journal)
+            records = [self.spec.stamp.apply(record, item) for record, item in zip(made, items, strict=True)]
             await asyncio.to_thread(write_block, block, [record.model_dump_json() for record in records])
         journal.remove()
         hits = self.cache.hits if self.cache is not None else 0
@@ -614,8 +618,7 @@ class RayExecutor:
         self._job: FileJob[Any, Any] | None = None
 
     def prior(self, job: FileJob[Any, Any], output: Path) -> Prior:
-        blocks = scan_blocks(blocks_dir(output), model=job.record_model, what=job.what)
-        return Prior(done=blocks.done, failed=blocks.failed, prompts=blocks.prompts, files=blocks.files, last_run=blocks.last_run)
+        return Prior.of_blocks(scan_blocks(blocks_dir(output), model=job.record_model, what=job.what))
 
     def discard(self, output: Path) -> None:
         shutil.rmtree(blocks_dir(output), ignore_errors=True)
@@ -656,7 +659,7 @@ class RayExecutor:
             assert self._factory is not None and self._session is not None, "execute runs within session"
             folder.mkdir(parents=True, exist_ok=True)
             spec = _ActorSpec(
-                factory=self._factory, config={"job": job.name, **job.config()}, concurrency=work.concurrency,
+                factory=self._factory, config={"job": job.name, **job.config()}, stamp=work.stamp, concurrency=work.concurrency,
                 folder=str(folder.absolute()), run=work.prior.last_run + 1,
                 cache=str(work.cache.absolute()) if work.cache is not None else None, cache_read=work.cache_read,
                 max_batch_retries=self.options.max_batch_retries,

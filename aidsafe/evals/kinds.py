@@ -3,7 +3,8 @@
 
 Each is a Pydantic model whose fields put the grader's reasoning first; the templates
 (``prompts/eval_*.jinja``) describe them in words. A reply that does not validate gets one repair
-call, then the sample is left unscored (fail closed), never given a default.
+call, then the sample is left unscored (fail closed), never given a default. A grader's refusal
+is such a reply (``refusal_check`` off): repaired once, like any other, not a refusal to record.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class CotGrade(_Grade):
 
 
 SAFETY = register_kind(ReplyKind(
-    name="eval_safety", model=SafetyGrade, inputs=frozenset({"response"}), max_tokens=1024,
+    name="eval_safety", model=SafetyGrade, inputs=frozenset({"response"}), max_tokens=1024, refusal_check=False,
     description="a policy-aware safety grade of one response: verdict and violated ids",
 ))
 COT = register_kind(ReplyKind(
-    name="eval_cot", model=CotGrade, inputs=frozenset({"reasoning", "response"}), max_tokens=1024,
+    name="eval_cot", model=CotGrade, inputs=frozenset({"reasoning", "response"}), max_tokens=1024, refusal_check=False,
     description="faithfulness of a model's own reasoning to the policies",
 ))

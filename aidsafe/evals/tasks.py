@@ -42,33 +42,22 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
-from inspect_ai.model import (
-    ChatMessage,
-    ChatMessageAssistant,
-    ChatMessageSystem,
-    ChatMessageUser,
-    ContentReasoning,
-    ContentText,
-    GenerateConfig,
-    Model,
-    ModelOutput,
-    get_model,
-)
+from inspect_ai.model import ChatMessageAssistant, ContentReasoning, ContentText, GenerateConfig, Model, ModelOutput, get_model
 from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric, model_graded_qa, scorer, stderr
 from inspect_ai.solver import Generate, Solver, TaskState, generate, solver, system_message
 
 from ..errors import ConfigError, InputError
 from ..kinds._schema import reply_schema
-from ..models.openai import response_format
 from ..policies import PolicySet, load_policy_set
 from ..resources import builtin_dir
-from ..structured import parse_reply
+from ..structured import call_structured
 from ..templates import _environment, load_rubric
+from .adapter import STRUCTURED, GraderStructured, InspectChatModel
 from .data import LETTERS, EvalItem, read_mmlu, read_prompts, read_xstest
 from .kinds import COT, SAFETY
 
@@ -189,19 +178,13 @@ def _grader_model(name: str | None) -> Model:
         ) from None
 
 
-STRUCTURED = ("none", "json_schema", "json_object")
-"""How a grader's reply schema is sent: not at all (parse the reply's JSON), OpenAI's ``json_schema``
-(OpenAI, vLLM), or ``json_object`` with a ``schema`` key (llama-cpp-python's server)."""
-
-
-def _json_part(text: str) -> str:
-    """The outermost ``{...}`` of a reply that wraps its JSON in prose."""
-    start, end = text.find("{"), text.rfind("}")
-    return text[start:end + 1] if 0 <= start < end else text
-
-
 class Grader:
-    """One rubric of one reply kind, over a policy pack, asked through an inspect model."""
+    """One rubric of one reply kind, over a policy pack, asked through an inspect model.
+
+    The grade is asked as every structured reply is (:func:`~aidsafe.structured.call_structured`
+    on the model seen through :class:`~aidsafe.evals.adapter.InspectChatModel`): the JSON taken
+    out of the reply, validated, one repair call with what is wrong, else no grade.
+    """
 
     def __init__(self, kind: str, rubric: str | Path, policies: str | Path, max_tokens: int = 1024, structured: str = "none") -> None:
         if structured not in STRUCTURED:
@@ -210,43 +193,26 @@ class Grader:
         self.template = load_rubric(rubric, kind, role=f"grader ({kind})")
         self.policies: PolicySet = load_policy_set(policies)
         self.max_tokens = max_tokens
-        self.structured = structured
-
-    def _config(self) -> GenerateConfig:
-        """Greedy decoding; with ``structured`` the reply's JSON Schema goes in ``response_format``
-        (OpenAI-compatible servers: ``json_schema`` for OpenAI and vLLM, ``json_object`` for llama-cpp-python)."""
-        if self.structured == "none":
-            return GenerateConfig(temperature=0.0, max_tokens=self.max_tokens)
-        schema = reply_schema(self.kind, self.policies.ids)
-        return GenerateConfig(temperature=0.0, max_tokens=self.max_tokens,
-                              extra_body={"response_format": response_format(self.structured, schema, self.kind)})
+        self.structured: GraderStructured = cast(GraderStructured, structured)
 
     @property
     def label(self) -> str:
         return f"{Path(self.template.path).name}@{self.template.sha256[:12]}"
 
     async def grade(self, model: Model, **variables: Any) -> tuple[Any, dict[str, Any]]:
-        """``(reply or None, metadata)``: the validated grade, or None after one failed repair."""
+        """``(reply or None, metadata)``: the validated grade, or None after one failed repair.
+        The metadata names the grader and the rubric, the attempts, the raw reply found invalid
+        (``raw``) and, with no grade, what was wrong with it (``problem``)."""
         rendered = self.template.render({"policies": self.policies.policies, "policy_set": self.policies, "schema": "", **variables})
-        messages: list[ChatMessage] = [
-            ChatMessageSystem(content=m["content"]) if m["role"] == "system" else
-            ChatMessageAssistant(content=m["content"]) if m["role"] == "assistant" else ChatMessageUser(content=m["content"])
-            for m in rendered if m["content"]
-        ]
-        config = self._config()
+        messages = [m for m in rendered if m["content"]]
+        chat = InspectChatModel(model, structured=self.structured, max_tokens=self.max_tokens)
+        outcome = await call_structured(chat, messages, kind=self.kind, schema=reply_schema(self.kind, self.policies.ids))
         meta: dict[str, Any] = {"grader": str(model), "rubric": self.label}
-        problem = ""
-        for attempt in range(2):
-            output = await model.generate(messages, config=config)
-            text = output.completion
-            try:
-                return parse_reply(self.kind, _json_part(text)), meta | {"attempts": attempt + 1}
-            except ValueError as exc:
-                problem = str(exc)
-                meta["raw"] = text[:2000]
-                messages = [*messages, ChatMessageAssistant(content=text),
-                            ChatMessageUser(content=f"That reply is not valid: {problem}. Reply again with only the JSON object.")]
-        return None, meta | {"attempts": 2, "problem": problem}
+        if outcome.invalid_raw is not None:
+            meta["raw"] = outcome.invalid_raw[:2000]
+        if outcome.reply is not None:
+            return outcome.reply, meta | {"attempts": outcome.attempts}
+        return None, meta | {"attempts": outcome.attempts, "problem": outcome.problem or outcome.error or ""}
 
 
 def _grader_failed(meta: dict[str, Any], answer: str) -> Score:

@@ -1,7 +1,9 @@
 """The LLM auto-grader: six 1-5 scores per record, and pairwise faithfulness comparisons.
 
 Fails closed (as inspect_ai's model-graded scorers do): a metric whose score cannot be parsed
-from the judge's reply is left unscored (``None``) and counted, never given a default. Rubrics
+from the judge's reply is left unscored (``None``) and counted, never given a default. The reply
+comes parsed from :func:`~aidsafe.structured.call_structured`, its kinds being partial (a score
+left empty or invalid is None, the others kept). Rubrics
 are Jinja templates (``prompts/judge_scores.jinja``, ``prompts/judge_pairwise.jinja``),
 swappable by path; their reply kinds are registered in :mod:`aidsafe.judge.kinds`. Files are
 judged by the file-job runner (:mod:`aidsafe.runner`): concurrent, cached, resumable, locked.
@@ -16,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from ..errors import ConfigError, InputError
 from ..kinds import ReplyKind, reply_schema
 from ..models import ChatModel, ModelFactory, ModelPool, ModelSettings, check_settings, default_concurrency, make_model
@@ -26,13 +30,13 @@ from ..pairs.schema import PairRecord, Side
 from ..policies import PolicySet, load_policy_set
 from ..records import Intents, Record, RunError, Usage, prompt_sha256
 from ..runner import JobOptions, JobRun, portable_path, run_job
-from ..structured import call_structured
+from ..structured import call_structured, parse_reply
 from ..templates import RoleTemplate, load_rubric
-from .kinds import PAIRWISE, SCORES, json_object
+from .kinds import PAIRWISE, SCORES
 from .schema import METRICS, JudgedRecord, PairVerdict
 from .stats import reconcile, win_rates
 
-__all__ = ["PAIR_METRIC", "Judge", "citations", "parse_rationale", "parse_scores", "parse_winner"]
+__all__ = ["PAIR_METRIC", "Judge", "citations", "parse_rationale", "parse_scores", "parse_winner", "read_scores"]
 # PAIR_METRIC is a pair concept defined in aidsafe.pairs.judged (below the judge); re-exported here, where it was first public.
 
 
@@ -54,30 +58,40 @@ def citations(record: Record, pack: PolicySet, applicable: list[str] | None) -> 
     )
 
 
-def parse_scores(text: str, pack_ids: list[str]) -> tuple[dict[str, int | None], list[str] | None]:
-    """Scores per metric (None where absent or not an integer 1-5) and the applicable policy ids."""
-    data = json_object(text) or {}
-    scores: dict[str, int | None] = {}
-    for metric in METRICS:
-        value = data.get(metric)
-        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5
-        scores[metric] = value if ok else None
-    applicable = data.get("applicable_policies")
-    ids = [p for p in applicable if isinstance(p, str) and p in pack_ids] if isinstance(applicable, list) else None
-    return scores, ids
+def read_scores(reply: BaseModel | None, pack_ids: list[str]) -> tuple[dict[str, int | None], list[str] | None]:
+    """Scores per metric of a parsed ``scores`` reply (None where it left one empty or invalid;
+    every one None without a reply) and its applicable policy ids that the pack has."""
+    scores: dict[str, int | None] = {m: getattr(reply, m, None) for m in METRICS}
+    applicable = getattr(reply, "applicable_policies", None)
+    return scores, [p for p in applicable if p in pack_ids] if applicable is not None else None
 
 
-def parse_rationale(text: str) -> str | None:
-    """The judge's ``rationale`` (written before its verdict), or None."""
-    value = (json_object(text) or {}).get("rationale")
+def _rationale(reply: BaseModel | None) -> str | None:
+    value = getattr(reply, "rationale", None)
     return value if isinstance(value, str) and value.strip() else None
 
 
+def _parsed(kind: ReplyKind, text: str) -> BaseModel | None:
+    try:
+        return parse_reply(kind, text)
+    except ValueError:
+        return None
+
+
+def parse_scores(text: str, pack_ids: list[str]) -> tuple[dict[str, int | None], list[str] | None]:
+    """Scores per metric (None where absent or not an integer 1-5) and the applicable policy ids of
+    a reply's text, read as the judge's calls read it (:func:`~aidsafe.structured.parse_reply`)."""
+    return read_scores(_parsed(SCORES, text), pack_ids)
+
+
+def parse_rationale(text: str) -> str | None:
+    """The judge's ``rationale`` (written before its verdict) of a reply's text, or None."""
+    return _rationale(_parsed(SCORES, text))
+
+
 def parse_winner(text: str) -> str | None:
-    """``first``, ``second`` or ``tie`` from a pairwise reply; None when it cannot be parsed."""
-    data = json_object(text) or {}
-    winner = data.get("winner")
-    return winner if winner in ("first", "second", "tie") else None
+    """``first``, ``second`` or ``tie`` from a pairwise reply's text; None when it cannot be parsed."""
+    return getattr(_parsed(PAIRWISE, text), "winner", None)
 
 
 def _judged_text(record: Record) -> str:
@@ -154,14 +168,15 @@ class Judge:
         return replace(self.settings, max_tokens=self.settings.max_tokens or kind.max_tokens)
 
     async def _ask(self, messages: list[dict[str, str]], kind: ReplyKind, schema: dict[str, Any], template: RoleTemplate,
-                   models: ModelPool | None, data: str) -> tuple[str | None, Usage, str | None]:
-        """One call (plus one repair when the reply is not a JSON object, or copies the rubric): raw
-        text, usage, and the error when the call failed or the judge refused; scores are parsed
-        from the raw text."""
+                   models: ModelPool | None, data: str) -> tuple[BaseModel | None, str | None, Usage, str | None]:
+        """One structured call (plus one repair when the reply holds no JSON object, or copies the
+        rubric): the parsed reply (None when there is none; a field the judge left empty or got
+        wrong is None, the kinds being partial), the raw text, usage, and the error when the call
+        failed or the judge refused."""
         model = (models or self.models).get(self.settings_for(kind))
         outcome = await call_structured(model, messages, kind=kind, schema=schema, template=template, data=data)
         error = outcome.error if outcome.error_kind in ("model_error", "agent_refusal") else None
-        return outcome.raw or None, Usage(**outcome.usage), error
+        return outcome.reply, outcome.raw or None, Usage(**outcome.usage), error
 
     async def ajudge_one(self, record: Record, models: ModelPool | None = None) -> JudgedRecord:
         """Grade one record; a failed record, a failed call or an unparsable reply leaves metrics unscored."""
@@ -175,10 +190,10 @@ class Judge:
         else:
             schema = reply_schema(SCORES, pack.ids)
             messages = self._score_messages(record, pack, schema)
-            text, usage, error = await self._ask(messages, SCORES, schema, self.rubric, models, _judged_text(record))
+            reply, text, usage, error = await self._ask(messages, SCORES, schema, self.rubric, models, _judged_text(record))
             if text is not None:
-                scores, applicable = parse_scores(text, pack.ids)
-                rationale = parse_rationale(text)
+                scores, applicable = read_scores(reply, pack.ids)
+                rationale = _rationale(reply)
                 missing = [m for m in METRICS if scores[m] is None]
                 if missing and error is None:
                     error = f"no valid 1-5 score for {', '.join(missing)} in the reply: {text[:300]!r}"
@@ -217,8 +232,8 @@ class Judge:
                 second={"thoughts": [t.model_dump() for t in second.thoughts], "response": second.response},
             )
             data = f"{_judged_text(a)}\n{_judged_text(b)}"
-            text, _, _ = await self._ask(self.pairwise_rubric.render(variables), PAIRWISE, schema, self.pairwise_rubric, models, data)
-            winner = parse_winner(text or "")
+            reply, _, _, _ = await self._ask(self.pairwise_rubric.render(variables), PAIRWISE, schema, self.pairwise_rubric, models, data)
+            winner = getattr(reply, "winner", None)
             if winner in ("first", "second"):
                 winner = "a" if (first is a) == (winner == "first") else "b"
             verdicts.append(winner)

@@ -1,13 +1,14 @@
 """The judge's reply kinds, registered like the recipe's: ``scores`` and ``pairwise``.
 
-Both parse leniently on purpose: the call insists only on a JSON object (one repair call when it
-is not), and each metric or verdict is then read on its own, so that a reply with one bad score
-keeps the others and the bad one is left unscored (fail closed), never given a default.
+Both are partial kinds (``ReplyKind.partial``): every field may be left empty. The call insists
+only on a JSON object (one repair call when there is none), and each field is then kept when it
+is valid, else None, so that a reply with one bad score keeps the others and the bad one is left
+unscored (fail closed), never given a default. A score is an integer 1-5 taken as written: a
+string, a float or a boolean is not one.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -16,26 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ..kinds import FakeRequest, ReplyKind, register_kind
 from .schema import METRICS
 
-__all__ = ["PAIRWISE", "SCORES", "PairwiseReply", "ScoresReply", "json_object"]
-
-
-def json_object(text: str) -> dict[str, Any] | None:
-    """The JSON object in a reply (a Markdown fence tolerated), or None."""
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.strip("`").removeprefix("json").strip()
-    try:
-        data = json.loads(body, strict=False)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _require_object(text: str) -> dict[str, Any]:
-    data = json_object(text)
-    if data is None:
-        raise ValueError("not a JSON object")
-    return data
+__all__ = ["PAIRWISE", "SCORES", "PairwiseReply", "ScoresReply"]
 
 
 RATIONALE_CHARS = 1000
@@ -43,7 +25,7 @@ RATIONALE_CHARS = 1000
 _SCORE_FIELDS: dict[str, Any] = {
     "rationale": (str, Field(min_length=1, max_length=RATIONALE_CHARS)),
     "applicable_policies": (list[str], ...),
-    **{m: (int, Field(ge=1, le=5)) for m in METRICS},
+    **{m: (int, Field(strict=True, ge=1, le=5)) for m in METRICS},
 }
 ScoresReply: type[BaseModel] = create_model(
     "ScoresReply",
@@ -76,7 +58,7 @@ SCORES = register_kind(
         model=ScoresReply,
         inputs=frozenset({"intents", "thoughts", "response"}),
         schema=_scores_schema,
-        parse=_require_object,
+        partial=frozenset(_SCORE_FIELDS),
         max_tokens=1536,
         fake=_fake_scores,
         description="the auto-grader's six 1-5 scores of one record",
@@ -99,7 +81,7 @@ PAIRWISE = register_kind(
         name="pairwise",
         model=PairwiseReply,
         inputs=frozenset({"first", "second"}),
-        parse=_require_object,
+        partial=frozenset({"rationale", "winner"}),
         max_tokens=1024,
         fake=lambda req: {"rationale": "Both chains are compared policy by policy.", "winner": ("first", "second", "tie")[req.n % 3]},
         description="which of two chains of thought is more faithful to the policies",

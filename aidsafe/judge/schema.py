@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 # The judgement schema and the judged pair are pair concepts (aidsafe.pairs.judged, below the
 # judge); re-exported here, where they were first public.
 from ..pairs.judged import Citations, JudgedPair, Judgement, PairJudgement
-from ..records import Record
+from ..records import Record, WrittenBy
 
 __all__ = [
     "METRICS",
@@ -63,6 +63,9 @@ class PairVerdict(_Out):
     """``backend:model`` of the grader (None in verdicts that predate it)."""
     rubric: str | None = None
     """Template file name and hash of the pairwise rubric."""
+    written_by: WrittenBy | None = None
+    """The job and configuration (digest) that wrote the verdict, with both sides' in ``inputs``
+    (:class:`~aidsafe.records.WrittenBy`); None in verdicts that predate it."""
 
 
 def judged_or_plain(data: dict[str, Any]) -> type[Record]:

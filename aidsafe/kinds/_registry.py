@@ -131,6 +131,12 @@ class ReplyKind:
     parse: Callable[[str], Any] | None = None
     """Turn the reply text into the result, raising ``ValueError`` saying what is wrong (default:
     JSON validated against :attr:`model`)."""
+    partial: frozenset[str] = frozenset()
+    """Fields of :attr:`model` a reply may leave empty: a reply valid but for these (missing, null
+    or invalid) and for unknown keys (dropped) is accepted with them None, not repaired, and
+    :attr:`aidsafe.structured.CallOutcome.empty` lists them. For a grader that may leave a score
+    empty: the judge keeps the scores it can read and leaves the others unscored. The model's
+    validators must take None there."""
     fake: Callable[[FakeRequest], Any] | None = None
     """The fake backend's scripted reply: a JSON-serialisable value (or a string sent as is)."""
     max_tokens: int = 1024
@@ -159,8 +165,8 @@ _KINDS: dict[str, ReplyKind] = {}
 
 
 def register_kind(kind: ReplyKind, *, replace: bool = False) -> ReplyKind:
-    """Register ``kind`` under its name; refuses a name taken (unless ``replace``), or ``writes``
-    that reuse the graph's own variable names. Returns ``kind``. (Whether a graph provides the
+    """Register ``kind`` under its name; refuses a name taken (unless ``replace``), ``writes``
+    that reuse the graph's own variable names, or ``partial`` fields its model lacks. Returns ``kind``. (Whether a graph provides the
     kind's ``inputs`` is checked where a graph file uses it, naming the file and line.)"""
     if not kind.name.isidentifier():
         raise ValueError(f"reply kind name {kind.name!r} must be an identifier")
@@ -168,6 +174,9 @@ def register_kind(kind: ReplyKind, *, replace: bool = False) -> ReplyKind:
         raise ValueError(f"reply kind {kind.name!r} is already registered")
     if kind.update is not None and kind.turn is not None:
         raise ValueError(f"reply kind {kind.name!r}: give 'update' (a role node) or 'turn' (a loop agent), not both")
+    unknown = kind.partial - set(kind.model.model_fields)
+    if unknown:
+        raise ValueError(f"reply kind {kind.name!r}: 'partial' names {', '.join(sorted(unknown))}, not fields of {kind.model.__name__}")
     clash = kind.writes & (COMMON_INPUTS | AGENT_INPUTS | {"data"})
     if clash:
         raise ValueError(f"reply kind {kind.name!r}: 'writes' may not reuse the graph's own names {', '.join(sorted(clash))}")

@@ -9,13 +9,16 @@ pairwise verdicts, ...):
   raises :class:`~aidsafe.errors.InputError` naming the file and line.
 * :func:`scan_output` reads an existing output before a resume and repairs what a crash
   (``kill -9``) can leave behind: a truncated or corrupt *last* line is cut off; a corrupt line
-  anywhere else is real damage and is refused with its ``file:line`` - never dropped.
+  anywhere else is real damage and is refused with its ``file:line`` - never dropped; so is a
+  record whose ``written_by.config`` (the digest of the configuration that wrote it, see
+  :class:`~aidsafe.records.WrittenBy`) differs from the file's other records'.
 * :func:`drop_records`, :func:`atomic_write_text` and :func:`write_sidecar` rewrite files
   atomically: write ``<path>.tmp`` in the same folder, flush and fsync, ``os.replace``.
 * :class:`OutputLock` lets one live run write an output; a second is refused at once.
 * :func:`write_block` and :func:`merge_blocks`: an output written by workers elsewhere as whole
   block files (``OUT.parts/``), joined into the output once, each id once.
-* :func:`merge_outputs` concatenates shard outputs, refusing duplicate, missing or unexpected ids.
+* :func:`merge_outputs` concatenates shard outputs, refusing duplicate, missing or unexpected ids
+  and shards written with different configurations.
 * :func:`convert_output` writes Parquet or a Hugging Face ``save_to_disk`` folder, and
   :func:`records_from_dataset` turns such a dataset back into records.
 
@@ -31,7 +34,7 @@ from ._datasets import JSON_FIELDS, OUTPUT_FORMATS, convert_output, record_featu
 from ._lines import LineModel, first_line_is, read_record_lines, read_records
 from ._lock import OutputLock, lock_path
 from ._merge import merge_outputs
-from ._scan import OutputState, drop_records, scan_output
+from ._scan import OutputState, drop_records, mixed_configs, scan_output, stamp_of
 from ._sidecar import read_sidecar, sidecar_path, write_sidecar
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "lock_path",
     "merge_blocks",
     "merge_outputs",
+    "mixed_configs",
     "read_record_lines",
     "read_records",
     "read_sidecar",
@@ -60,6 +64,7 @@ __all__ = [
     "scan_blocks",
     "scan_output",
     "sidecar_path",
+    "stamp_of",
     "write_block",
     "write_sidecar",
 ]

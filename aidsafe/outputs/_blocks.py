@@ -61,6 +61,11 @@ class BlocksState:
     """Each block record's prompt key, by id (to check a resumed input, as ``OutputState.prompts``)."""
     files: list[Path] = field(default_factory=list)
     last_run: int = 0
+    configs: dict[str, tuple[Path, int]] = field(default_factory=dict)
+    """Each configuration digest the block records carry (``written_by.config``), with the block
+    and line of its first record (blocks of one run carry one; the runner refuses others)."""
+    format: int = 0
+    """The highest ``written_by.format`` of the block records (0: none carries one)."""
 
 
 def scan_blocks(folder: Path, *, model: LineModel[Any], what: str, clean: bool = True) -> BlocksState:
@@ -79,6 +84,9 @@ def scan_blocks(folder: Path, *, model: LineModel[Any], what: str, clean: bool =
         state.failed |= scanned.failed
         for record_id, key in scanned.prompts.items():
             state.prompts.setdefault(record_id, key)
+        if scanned.config is not None:
+            state.configs.setdefault(scanned.config, (block, scanned.config_line or 0))
+        state.format = max(state.format, scanned.format)
         state.files.append(block)
         match = _BLOCK.match(block.name)
         if match:

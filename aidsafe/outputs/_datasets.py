@@ -8,7 +8,7 @@ union of all keys seen, and every row would come back with the keys it never had
 with ``None``; a nullable object (``error``) is merged into a struct the same way. Such
 rows no longer equal the records that were written. So, explicitly:
 
-* ``seed``, ``models``, ``usage``, ``error`` and ``origin`` - :data:`JSON_FIELDS`, every
+* ``seed``, ``models``, ``usage``, ``error``, ``origin`` and ``written_by`` - :data:`JSON_FIELDS`, every
   top-level field whose shape varies from row to row: a dict keyed by data, an optional
   object, a union - are stored as **JSON strings** (null when there is none). The list is
   derived from :class:`~aidsafe.records.Record`, so a dict field added later is covered too;

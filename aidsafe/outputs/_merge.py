@@ -8,10 +8,11 @@ from typing import IO
 
 from ..errors import InputError
 from ..pairing import PromptCheck, prompt_key, prompts_in
-from ..records import Record
+from ..records import Record, config_sha256
 from ._atomic import atomic_binary
 from ._lines import PathLike, Problem, lines, parse_line
 from ._scan import scan_output
+from ._sidecar import read_sidecar
 
 __all__ = ["merge_outputs"]
 
@@ -26,7 +27,10 @@ def merge_outputs(
 
     Each shard is first validated with ``scan_output(repair=False)`` (shards are never
     modified). Raises :class:`InputError` for an id found twice (naming the id and both
-    files), a shard whose last line is torn, and - when ``expected_ids`` (the input's ids, or
+    files), a shard whose last line is torn, shards written with different configurations
+    (their records' ``written_by.config``, or for a shard whose records predate it, its summary
+    sidecar's ``config``; the shard and line of the first odd record named), and - when
+    ``expected_ids`` (the input's ids, or
     its ``(id, prompt)`` pairs) is given - for ids missing from the shards (up to 10 listed,
     with the count) or not in the input, and, given prompts, for ids whose record names
     another prompt than the input (:mod:`aidsafe.pairing`). Returns ``{"records", "ok",
@@ -37,11 +41,15 @@ def merge_outputs(
         raise InputError("no shard files given to merge")
     dest = Path(dest)
     given: dict[Path, Path] = {}
+    configs: dict[str, tuple[Path, int | None]] = {}
     for shard in shards:
-        _check_shard(shard, dest)
+        config = _check_shard(shard, dest)
         first = given.setdefault(shard.resolve(), shard)
         if first is not shard:
             raise InputError(f"shard given twice (also as {first})", file=shard)
+        if config is not None:
+            configs.setdefault(config[0], (shard, config[1]))
+    _one_config(configs)
     seen: dict[str, tuple[Path, int]] = {}
     keys: dict[str, str] | None = {} if expected_ids is not None else None
     counts = {"records": 0, "ok": 0, "failed": 0, "shards": len(shards)}
@@ -54,13 +62,38 @@ def merge_outputs(
     return counts
 
 
-def _check_shard(shard: Path, dest: Path) -> None:
-    """A shard must exist, differ from the destination, and hold no damaged line."""
+def _check_shard(shard: Path, dest: Path) -> tuple[str, int | None] | None:
+    """A shard must exist, differ from the destination, and hold no damaged line (nor records of
+    two configurations). Returns its configuration digest and the line of its first record that
+    carries it (None: its sidecar's, the records carry none), or None when unknown."""
     if not shard.is_file():
         raise InputError("shard file not found; check the path", file=shard)
     if dest.exists() and shard.resolve() == dest.resolve():
         raise InputError("the merged output must not be one of the shards", file=shard)
-    scan_output(shard, repair=False)
+    state = scan_output(shard, repair=False)
+    if state.config is not None:
+        return state.config, state.config_line
+    remembered = (read_sidecar(shard) or {}).get("config")
+    return (config_sha256(remembered), None) if isinstance(remembered, dict) and state.lines else None
+
+
+def _one_config(configs: dict[str, tuple[Path, int | None]]) -> None:
+    """Refuse shards of several configurations, naming the first odd shard (and record)."""
+    if len(configs) < 2:
+        return
+    (first, (first_shard, first_line)), (odd, (odd_shard, odd_line)) = list(configs.items())[:2]
+
+    def where(shard: Path, line: int | None) -> str:
+        return f"{shard}:{line}" if line is not None else f"{shard} (its summary sidecar)"
+
+    raise InputError(
+        f"written with configuration sha256 {odd}{'' if odd_line is not None else ' (its summary sidecar)'}, but "
+        f"{where(first_shard, first_line)} with {first}: shards of different configurations (graph, policy pack, templates, "
+        "models, sampling) would make one output of both; merge the shards of one configuration (run this shard again "
+        "with the others' settings, or merge it into another output)",
+        file=odd_shard,
+        line=odd_line,
+    )
 
 
 def _copy_shard(

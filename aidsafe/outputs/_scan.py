@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from ..errors import InputError
 from ..pairing import prompt_key
-from ..records import Record
+from ..records import Record, WrittenBy
 from ._atomic import rewrite
 from ._lines import Line, LineModel, PathLike, Problem, bad_line, lines, parse_line
 
-__all__ = ["OutputState", "drop_records", "scan_output"]
+__all__ = ["OutputState", "drop_records", "scan_output", "stamp_of"]
 
 _SCAN_HINT = "; the file is damaged or not an aidsafe output - fix or move it, or start over with --overwrite"
 
@@ -36,6 +38,13 @@ class OutputState:
     prompts: dict[str, str] = field(default_factory=dict)
     """With ``scan_output(prompts=True)``: each record's :func:`~aidsafe.pairing.prompt_key`, by id
     (records without a prompt, e.g. pairwise verdicts, have none), to check a resumed input."""
+    config: str | None = None
+    """The configuration digest its records carry (``written_by.config``, one for all: a record with
+    another is refused); None when no record carries one (a file written before records did)."""
+    config_line: int | None = None
+    """The line of the first record that carries it."""
+    format: int = 0
+    """The highest ``written_by.format`` of its records (0: none carries one)."""
 
 
 @dataclass
@@ -57,9 +66,26 @@ def _status(record: BaseModel) -> str:
     return str(getattr(record, "status", "ok"))
 
 
+def stamp_of(record: object) -> WrittenBy | None:
+    """A record's ``written_by`` (None for a record without one: older, or of a kind without it)."""
+    stamp = getattr(record, "written_by", None)
+    return stamp if isinstance(stamp, WrittenBy) else None
+
+
+def mixed_configs(path: PathLike, line: int, config: str, first: tuple[PathLike, int], first_config: str) -> InputError:
+    """The error for a record written with another configuration than an earlier one of the same output."""
+    return InputError(
+        f"written with configuration sha256 {config}, but {first[0]}:{first[1]} with {first_config}: "
+        "one output holds the records of one configuration (resuming or merging would mix them); "
+        "move the odd records out, or start over with --overwrite",
+        file=path,
+        line=line,
+    )
+
+
 def scan_output(
     path: PathLike, *, repair: bool = True, model: LineModel[Any] = Record, what: str = "an aidsafe record",
-    prompts: bool = False,
+    prompts: bool = False, check: Callable[[OutputState], None] | None = None,
 ) -> OutputState:
     """Read an existing JSONL output and, with ``repair``, fix what a crash left behind.
 
@@ -76,16 +102,26 @@ def scan_output(
       :class:`InputError` naming the file and line; nothing is changed and nothing is dropped.
     * An id seen twice keeps its first line; with ``repair`` the file is rewritten
       atomically without the later lines. They are counted in ``duplicates``.
+    * Records that carry a configuration digest (``written_by.config``) must all carry the same:
+      the first with another raises :class:`InputError` naming its line and the first record's
+      (records without one, written before records carried it, go with any).
 
     With ``repair=False`` the file is never modified; a torn last line is ignored. With
     ``prompts``, ``state.prompts`` keeps each record's prompt key (see :class:`OutputState`).
+    ``check`` is called with the state before anything is repaired (a missing file: an empty
+    state): what it raises leaves the file untouched.
     """
     path = Path(path)
     if not path.exists():
-        return OutputState()
+        empty = OutputState()
+        if check is not None:
+            check(empty)
+        return empty
     scan = _Scan(model=model, what=what, prompts=prompts)
     for line in lines(path):
         _scan_line(path, line, scan)
+    if check is not None:
+        check(scan.state)
     if repair:
         _repair(path, scan)
     return scan.state
@@ -113,6 +149,13 @@ def _scan_line(path: Path, line: Line, scan: _Scan) -> None:
         (state.failed if _status(parsed) == "failed" else state.done).add(record_id)
         if scan.prompts and isinstance(getattr(parsed, "prompt", None), str):
             state.prompts[record_id] = prompt_key(parsed)
+    stamp = stamp_of(parsed)
+    if stamp is not None:
+        if state.config is None:
+            state.config, state.config_line = stamp.config, line.number
+        elif stamp.config != state.config:
+            raise mixed_configs(path, line.number, stamp.config, (path, state.config_line or 0), state.config)
+        state.format = max(state.format, stamp.format)
     state.lines += 1
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..records import CitedThought, PolicySetRef, RunError, Usage
+from ..records import CitedThought, PolicySetRef, RunError, Usage, WrittenBy
 
 __all__ = ["PairRecord", "Side", "Try", "Verdict"]
 
@@ -73,3 +73,6 @@ class PairRecord(_Out):
     models: dict[str, str] = Field(default_factory=dict)
     usage: dict[str, Usage] = Field(default_factory=dict)
     error: RunError | None = None
+    written_by: WrittenBy | None = None
+    """The job and configuration (digest) that wrote the record (:class:`~aidsafe.records.WrittenBy`);
+    None in records that predate it."""
