@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,9 +57,12 @@ from .outputs import (
     LineModel,
     OutputLock,
     OutputState,
+    blocks_dir,
     drop_records,
+    merge_blocks,
     mixed_configs,
     read_sidecar,
+    scan_blocks,
     scan_output,
     sidecar_path,
     stamp_of,
@@ -537,10 +541,12 @@ class LocalExecutor:
     wants_ids = False
 
     def prior(self, job: FileJob[Any, Any], output: Path) -> Prior:
-        return Prior()
+        """Records an interrupted Ray run left in ``OUT.parts/``: resumed as the Ray engine resumes them."""
+        folder = blocks_dir(output)
+        return Prior.of_blocks(scan_blocks(folder, model=job.record_model, what=job.what)) if folder.is_dir() else Prior()
 
     def discard(self, output: Path) -> None:
-        return None
+        shutil.rmtree(blocks_dir(output), ignore_errors=True)
 
     def session(self, job: FileJob[Any, Any], output: Path, needed: bool) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -555,6 +561,9 @@ class LocalExecutor:
         async with contextlib.aclosing(results):
             async for record in results:
                 work.write(record)
+        folder = blocks_dir(work.output)
+        if folder.is_dir():  # an interrupted Ray run's blocks: their records join the output, each id once
+            merge_blocks(work.output, folder, model=job.record_model, what=job.what)
         extra: dict[str, Any] = {}
         endpoints = _endpoint_figures(endpoints_before, job.models.endpoint_stats())
         if endpoints:

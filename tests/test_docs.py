@@ -376,7 +376,7 @@ def test_the_readme_is_short() -> None:
     assert (ROOT / "README.md").read_text(encoding="utf-8").count("\n") <= 250
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="needs the [docs] extra (mkdocs-material)")
+@pytest.mark.requires_extras("mkdocs", "material", extra="the [docs] extra (mkdocs-material)")
 def test_the_site_builds_strict(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],

@@ -36,6 +36,14 @@ EXPECTED = [
     "aidsafe/_data/policies/llamaguard3.yaml",
     "aidsafe/viewer/assets/report.css",
     "aidsafe/viewer/assets/report.js",
+    "aidsafe/testing/__init__.py",  # the simulated server users test their own graphs against
+    "aidsafe/testing/_sim.py",
+    "aidsafe/graph/plan.py",
+    "aidsafe/graph/draw/__init__.py",
+    "aidsafe/graph/draw/_layout.py",
+    "aidsafe/graph/draw/_svg.py",
+    "aidsafe/graph/draw/_png.py",
+    "aidsafe/graph/draw/_html.py",
 ]
 
 

@@ -289,7 +289,9 @@ def test_resuming_a_judge_run_on_a_replaced_records_file_is_refused(tmp_path: Pa
 
 
 def test_the_ray_engine_refuses_the_resume_before_joining_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("ray")
+    from conftest import require_extras
+
+    require_extras("ray", extra="the [ray] extra")
     src = _released_csv(tmp_path / "in.csv", MULTILINE)
     out = tmp_path / "out.jsonl"
     _write(out, [_record("1", MULTILINE[0], digest=False)])  # the first row's record, written before the digest: fine

@@ -384,3 +384,33 @@ def test_outputs_written_before_records_carried_written_by_stay_readable_and_res
     assert main(["judge", str(out), "-o", str(judged), "--backend", "fake", "--no-progress"]) == 0
     assert [s["inputs"] for s in _stamps(judged)] == [[]] * 3 + [[_digest(out)]] * 3
     assert main(["merge", str(out), "-o", str(tmp_path / "merged.jsonl")]) == 0
+
+
+def test_the_local_engine_resumes_an_interrupted_block_run_and_overwrite_removes_its_blocks(tmp_path: Path) -> None:
+    """Blocks an interrupted Ray-style run left in OUT.parts/ are resumed by the local engine (never
+    run again, merged into OUT, each id once), and --overwrite deletes them with the output."""
+    from aidsafe.errors import JobInterrupted
+
+    src, out = _prompts(tmp_path), tmp_path / "out.jsonl"
+    pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"))
+    with pytest.raises(JobInterrupted):
+        pipe.generate(src, out, JobOptions(progress=False, executor=BlockExecutor(stop_after=1)))
+    (block,) = blocks_dir(out).glob("*.jsonl")
+    in_block = {json.loads(line)["id"]: line for line in block.read_text(encoding="utf-8").splitlines()}
+    assert in_block and out.read_bytes() == b""
+    summary = pipe.generate(src, out, JobOptions(progress=False))  # the local engine
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(f"g{i}" for i in range(len(PROMPTS)))  # each id once
+    assert not blocks_dir(out).exists()
+    for record in records:  # the block's records were kept, not run again
+        if record["id"] in in_block:
+            assert json.dumps(record, sort_keys=True) == json.dumps(json.loads(in_block[record["id"]]), sort_keys=True)
+    run = summary.as_dict()["run"]
+    assert (run["prompts"], run["skipped"]) == (len(PROMPTS) - len(in_block), len(in_block))  # only the others ran
+
+    with pytest.raises(JobInterrupted):
+        pipe.generate(src, tmp_path / "again.jsonl", JobOptions(progress=False, executor=BlockExecutor(stop_after=1)))
+    assert blocks_dir(tmp_path / "again.jsonl").is_dir()
+    pipe.generate(src, tmp_path / "again.jsonl", JobOptions(progress=False, overwrite=True))
+    assert not blocks_dir(tmp_path / "again.jsonl").exists()
+    assert len((tmp_path / "again.jsonl").read_text(encoding="utf-8").splitlines()) == len(PROMPTS)

@@ -52,7 +52,10 @@ def test_merge_system_joins_the_system_text_to_the_first_user_turn() -> None:
 
 
 def test_the_mixtral_template_in_the_tests_is_the_one_llama_cpp_python_recognises() -> None:
-    chat_format = pytest.importorskip("llama_cpp.llama_chat_format")
+    from conftest import require_extras
+
+    require_extras("llama_cpp", extra="the [local] extra")
+    import llama_cpp.llama_chat_format as chat_format
     assert chat_format.MIXTRAL_INSTRUCT_CHAT_TEMPLATE == MIXTRAL_CHAT_TEMPLATE
 
 

@@ -232,3 +232,16 @@ def test_a_grader_grades_through_call_structured() -> None:
     assert grade is None and len(failing.asked) == 2  # one repair, then no grade
     assert meta == {"grader": "scripted/grader", "rubric": grader.label, "raw": "the grade is: maybe", "attempts": 2,
                     "problem": "not valid JSON (Expecting value at character 0)"}
+
+
+def test_the_judge_keeps_what_an_unconstrained_reply_carries_beyond_the_schema() -> None:
+    """A rationale longer than the schema asks for is kept whole, and a policy list that also holds
+    other values keeps its ids (as the judge did before its replies went through one path)."""
+    import json
+
+    from aidsafe.judge.schema import METRICS
+    from aidsafe.structured import parse_reply
+
+    reply = parse_reply("scores", json.dumps({"rationale": "x" * 1500, "applicable_policies": ["P1", 3, None], **{m: 4 for m in METRICS}}))
+    assert reply.rationale == "x" * 1500 and reply.applicable_policies == ["P1"]  # type: ignore[attr-defined]
+    assert all(getattr(reply, m) == 4 for m in METRICS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from ..kinds import FakeRequest, ReplyKind, register_kind
 from .schema import METRICS
@@ -23,13 +23,27 @@ __all__ = ["PAIRWISE", "SCORES", "PairwiseReply", "ScoresReply"]
 RATIONALE_CHARS = 1000
 
 _SCORE_FIELDS: dict[str, Any] = {
-    "rationale": (str, Field(min_length=1, max_length=RATIONALE_CHARS)),
+    "rationale": (str, Field(min_length=1)),  # the schema asks for at most RATIONALE_CHARS; a longer one is kept whole
     "applicable_policies": (list[str], ...),
     **{m: (int, Field(strict=True, ge=1, le=5)) for m in METRICS},
 }
+
+
+class _Lenient(BaseModel):
+    """What an unconstrained server's reply may carry beyond the schema and is still worth keeping:
+    a rationale longer than asked for, and the policy ids of a list that also holds other values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("applicable_policies", mode="before", check_fields=False)
+    @classmethod
+    def _ids_only(cls, value: Any) -> Any:
+        return [item for item in value if isinstance(item, str)] if isinstance(value, list) else value
+
+
 ScoresReply: type[BaseModel] = create_model(
     "ScoresReply",
-    __config__=ConfigDict(extra="forbid"),
+    __base__=_Lenient,
     __doc__="The grader's reply: its reasoning first, then the policies the prompt calls for and a 1-5 score per metric.",
     **_SCORE_FIELDS,
 )
