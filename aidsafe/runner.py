@@ -73,6 +73,7 @@ from .records import RECORD_FORMAT, WrittenBy, config_sha256
 
 __all__ = [
     "Executed", "Executor", "FileJob", "JobOptions", "JobRun", "LocalExecutor", "Prior", "Stamp", "Summary", "Work", "WorkerFactory",
+    "blocks_prior", "discard_blocks",
     "input_configs", "portable_path", "run_job",
 ]
 
@@ -430,27 +431,19 @@ class _Meter:
 # --- executors -------------------------------------------------------------------------------
 
 
-@dataclass
-class Prior:
-    """Records an interrupted run left beside the output, not yet in it (an executor's block files)."""
+Prior = BlocksState
+"""Records an interrupted run left beside the output, not yet in it: the block files in
+``OUT.parts/`` (:func:`~aidsafe.outputs.scan_blocks`), which every executor resumes alike."""
 
-    done: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
-    prompts: dict[str, str] = field(default_factory=dict)
-    """Each such record's prompt key, by id (checked against a resumed input)."""
-    files: list[Path] = field(default_factory=list)
-    last_run: int = 0
-    configs: dict[str, tuple[Path, int]] = field(default_factory=dict)
-    """Each configuration digest those records carry, with the file and line of its first record
-    (checked against the run's, as the output's records are)."""
-    format: int = 0
-    """The highest record format among them."""
 
-    @classmethod
-    def of_blocks(cls, blocks: BlocksState) -> Prior:
-        """What :func:`~aidsafe.outputs.scan_blocks` found beside an output."""
-        return cls(done=blocks.done, failed=blocks.failed, prompts=blocks.prompts, files=blocks.files, last_run=blocks.last_run,
-                   configs=blocks.configs, format=blocks.format)
+def blocks_prior(job: FileJob[Any, Any], output: Path) -> Prior:
+    """What an interrupted block-writing run left beside ``output`` (nothing when no folder is there)."""
+    return scan_blocks(blocks_dir(output), model=job.record_model, what=job.what)
+
+
+def discard_blocks(output: Path) -> None:
+    """``--overwrite``: the block folder goes with the output."""
+    shutil.rmtree(blocks_dir(output), ignore_errors=True)
 
 
 @dataclass
@@ -542,11 +535,10 @@ class LocalExecutor:
 
     def prior(self, job: FileJob[Any, Any], output: Path) -> Prior:
         """Records an interrupted Ray run left in ``OUT.parts/``: resumed as the Ray engine resumes them."""
-        folder = blocks_dir(output)
-        return Prior.of_blocks(scan_blocks(folder, model=job.record_model, what=job.what)) if folder.is_dir() else Prior()
+        return blocks_prior(job, output)
 
     def discard(self, output: Path) -> None:
-        shutil.rmtree(blocks_dir(output), ignore_errors=True)
+        discard_blocks(output)
 
     def session(self, job: FileJob[Any, Any], output: Path, needed: bool) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()

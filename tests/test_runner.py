@@ -46,7 +46,7 @@ from aidsafe.outputs import (
 )
 from aidsafe.pairs import PairMaker, PairRecord
 from aidsafe.records import RECORD_FORMAT, Record, WrittenBy, config_sha256
-from aidsafe.runner import Executed, JobOptions, Prior, Work
+from aidsafe.runner import Executed, JobOptions, Prior, Work, blocks_prior
 
 PROMPTS = [f"How do I keep item number {i} safe at home?" for i in range(6)]
 
@@ -66,7 +66,7 @@ class BlockExecutor:
         self.job: Any = None
 
     def prior(self, job: Any, output: Path) -> Prior:
-        return Prior.of_blocks(scan_blocks(blocks_dir(output), model=job.record_model, what=job.what))
+        return blocks_prior(job, output)
 
     def discard(self, output: Path) -> None:
         for block in blocks_dir(output).glob("*"):

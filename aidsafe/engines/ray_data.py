@@ -77,7 +77,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import signal
 import sys
 import threading
@@ -94,7 +93,7 @@ from ..models import ModelFactory, ModelSettings, ResponseCache, make_model
 from ..outputs import BlocksState, MergedBlocks, block_name, blocks_dir, merge_blocks, read_records, scan_blocks, write_block
 from ..policies import PolicySet
 from ..records import Record
-from ..runner import Executed, FileJob, JobOptions, Prior, Stamp, Work, WorkerFactory, config_differences
+from ..runner import Executed, FileJob, JobOptions, Prior, Stamp, Work, WorkerFactory, blocks_prior, config_differences, discard_blocks
 from ..summary import RunSummary
 
 try:
@@ -618,10 +617,10 @@ class RayExecutor:
         self._job: FileJob[Any, Any] | None = None
 
     def prior(self, job: FileJob[Any, Any], output: Path) -> Prior:
-        return Prior.of_blocks(scan_blocks(blocks_dir(output), model=job.record_model, what=job.what))
+        return blocks_prior(job, output)
 
     def discard(self, output: Path) -> None:
-        shutil.rmtree(blocks_dir(output), ignore_errors=True)
+        discard_blocks(output)
 
     def _worker_factory(self, job: FileJob[Any, Any]) -> WorkerFactory[Any, Any]:
         make = getattr(job, "worker_factory", None)
