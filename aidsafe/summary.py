@@ -12,7 +12,7 @@ from typing import Any
 from .outputs import read_records
 from .records import Record
 
-__all__ = ["RunSummary", "deliberation_stats", "summarize_output", "total_tokens"]
+__all__ = ["JobTotals", "RunSummary", "deliberation_stats", "summarize_output", "total_tokens"]
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "calls", "retries", "cached", "truncated")
 
@@ -20,6 +20,20 @@ _COUNTS = ("prompt_tokens", "completion_tokens", "calls", "retries", "cached", "
 def _add(slot: dict[str, int], usage: Any) -> None:
     for key in _COUNTS:
         slot[key] = slot.get(key, 0) + int(getattr(usage, key))
+
+
+class JobTotals(dict[str, Any]):
+    """The summary of a file job whose figures are a flat mapping (``aidsafe judge``, ``aidsafe
+    pairs``): it reads as the dict it is (``summary["records"]``, ``json.dumps(summary)``) and, as
+    every job's summary does, gives :meth:`as_dict` (what the sidecar and the CLI print)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The figures as a plain dict (the older spelling of :meth:`as_dict`)."""
+        return dict(self)
 
 
 @dataclass

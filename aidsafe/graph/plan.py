@@ -55,8 +55,9 @@ class ExitRule:
     """The stop reasons the loop's agents may give (a reply kind's ``stops``), in agent order."""
     edge: str
     """The label of the LangGraph edges that leave the loop (LangGraph draws a path map's keys as
-    edge labels: Mermaid, the pictures' exit edges): ``consensus (first agreement) or budget of 3
-    rounds``, ``violation or budget of 3 rounds``."""
+    edge labels: Mermaid, the pictures' exit edges), in the rule's own words: ``first_agree or
+    budget of 3 rounds``, ``violation or budget of 3 rounds``, ``majority or budget of 3 rounds, at
+    least 2``."""
     label: str
     """The loop box's label in the pictures: ``deliberation loop: MODE, exit on RULE, budget N rounds``
     (``, at least M`` with ``min_rounds``)."""
@@ -78,16 +79,9 @@ def word_exit(loop: LoopSpec, stops: Sequence[str] = ()) -> ExitRule:
         rule = loop.consensus
     else:
         rule = " or ".join(stops)
-    budget_of = f"budget of {_rounds(loop.max_rounds)}"
-    if loop.consensus is None:
-        edge = " or ".join([*stops, budget_of])
-    else:
-        agreement = {"first_agree": "first agreement", "at_least": f"at least {loop.min_agree} agree"}.get(loop.consensus, loop.consensus)
-        if loop.min_rounds:
-            agreement += f" after {_rounds(loop.min_rounds)}"
-        edge = f"consensus ({agreement}) or {budget_of}"
     exit_on = f", exit on {rule}" if rule else ""
     at_least = f", at least {loop.min_rounds}" if loop.min_rounds else ""
+    edge = " or ".join([*([rule] if rule else []), f"budget of {_rounds(loop.max_rounds)}"]) + at_least
     label = f"deliberation loop: {loop.mode}{exit_on}, budget {_rounds(loop.max_rounds)}{at_least}"
     budget = f"{loop.max_rounds} rounds" + (f" (at least {loop.min_rounds})" if loop.min_rounds else "")
     return ExitRule(rule=rule, max_rounds=loop.max_rounds, min_rounds=loop.min_rounds, stops=stops, edge=edge, label=label, budget=budget)

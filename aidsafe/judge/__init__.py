@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .calibration import calibrate, cohen_kappa, weighted_kappa
-from .judge import Judge, citations, parse_scores, parse_winner
+from .judge import Judge, JudgeSummary, citations, parse_scores, parse_winner
 from .kinds import PAIRWISE, SCORES
 from .plots import plot_distributions
 from .report import markdown_report
@@ -16,6 +16,7 @@ __all__ = [
     "SCORES",
     "Citations",
     "Judge",
+    "JudgeSummary",
     "JudgedRecord",
     "Judgement",
     "PairVerdict",

@@ -29,8 +29,9 @@ from ..pairs.judged import PAIR_METRIC, Citations, JudgedPair, Judgement, PairJu
 from ..pairs.schema import PairRecord, Side
 from ..policies import PolicySet, load_policy_set
 from ..records import Intents, Record, RunError, Usage, prompt_sha256
-from ..runner import JobOptions, JobRun, portable_path, run_job
+from ..runner import FileJob, JobOptions, JobRun, portable_path, run_job
 from ..structured import call_structured, parse_reply
+from ..summary import JobTotals
 from ..templates import RoleTemplate, load_rubric
 from .kinds import PAIRWISE, SCORES
 from .schema import METRICS, JudgedRecord, PairVerdict
@@ -254,11 +255,11 @@ class Judge:
         }
 
     async def ajudge_file(self, records_path: str | Path, output_path: str | Path, options: JobOptions | None = None, *,
-                          limit: int | None = None, **job_options: Any) -> dict[str, Any]:
+                          limit: int | None = None, **job_options: Any) -> JudgeSummary:
         """Grade every record of a generated JSONL; appends to ``output_path`` and resumes.
         ``options`` as every file job takes them (also as keywords: ``concurrency=8, progress=False``)."""
         job = _ScoreJob(self, Path(records_path), limit)
-        return (await run_job(job, output_path, replace(options or JobOptions(), **job_options))).as_dict()
+        return await self._run(job, output_path, replace(options or JobOptions(), **job_options))
 
     async def ajudge_pair(self, pair: PairRecord, models: ModelPool | None = None) -> JudgedPair:
         """Grade both sides of a preference pair as records are graded, and flag a pair whose
@@ -280,17 +281,23 @@ class Judge:
                           judgement=PairJudgement(chosen=chosen, rejected=rejected))
 
     async def ajudge_pairs_file(self, pairs_path: str | Path, output_path: str | Path, options: JobOptions | None = None, *,
-                                limit: int | None = None, **job_options: Any) -> dict[str, Any]:
+                                limit: int | None = None, **job_options: Any) -> JudgeSummary:
         """Grade both sides of every pair of an ``aidsafe pairs`` output; appends and resumes."""
         job = _PairScoreJob(self, Path(pairs_path), limit)
-        return (await run_job(job, output_path, replace(options or JobOptions(), **job_options))).as_dict()
+        return await self._run(job, output_path, replace(options or JobOptions(), **job_options))
 
     async def apairwise_file(self, a_path: str | Path, b_path: str | Path, output_path: str | Path, options: JobOptions | None = None, *,
-                             limit: int | None = None, **job_options: Any) -> dict[str, Any]:
+                             limit: int | None = None, **job_options: Any) -> JudgeSummary:
         """Compare two outputs record by record (same ids, both ``ok``); writes PairVerdict JSONL.
         Files in which one id names different prompts are refused before any model call."""
         job = _PairJob(self, Path(a_path), Path(b_path), limit)
-        return (await run_job(job, output_path, replace(options or JobOptions(), **job_options))).as_dict()
+        return await self._run(job, output_path, replace(options or JobOptions(), **job_options))
+
+    @staticmethod
+    async def _run(job: FileJob[Any, Any], output_path: str | Path, options: JobOptions) -> JudgeSummary:
+        summary = await run_job(job, output_path, options)
+        assert isinstance(summary, JudgeSummary)
+        return summary
 
     def _workers(self, kind: str, paths: tuple[Path, ...], limit: int | None,
                  settings: Callable[[ModelSettings], ModelSettings]) -> _JudgeWorkers:
@@ -300,14 +307,10 @@ class Judge:
         )
 
 
-@dataclass
-class _Totals:
-    """A job summary that is a plain dict."""
-
-    data: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.data
+class JudgeSummary(JobTotals):
+    """Totals over a judge output: for graded records ``records``, ``scored`` and ``unscored`` per
+    metric; for graded pairs ``pairs`` and ``flags``; for a pairwise comparison ``pairs`` and the
+    win rates; and ``run`` (what this invocation did)."""
 
 
 class _ScoreJob:
@@ -365,14 +368,14 @@ class _ScoreJob:
     def failed(self, record: JudgedRecord) -> bool:
         return bool(record.judgement.unscored)
 
-    def summarize(self, output: Path, run: JobRun) -> _Totals:
+    def summarize(self, output: Path, run: JobRun) -> JudgeSummary:
         n, scored = 0, {m: 0 for m in METRICS}
         for judged in read_records(output, JudgedRecord, what=self.what):
             n += 1
             for metric, value in judged.judgement.scores.items():
                 scored[metric] += value is not None
         unscored = {m: n - k for m, k in scored.items()}
-        return _Totals({"output": str(output), "records": n, "scored": scored, "unscored": unscored, "run": run.as_dict()})
+        return JudgeSummary({"output": str(output), "records": n, "scored": scored, "unscored": unscored, "run": run.as_dict()})
 
 
 class _PairScoreJob:
@@ -440,13 +443,13 @@ class _PairScoreJob:
     def failed(self, record: JudgedPair) -> bool:
         return "unjudged" in record.flags
 
-    def summarize(self, output: Path, run: JobRun) -> _Totals:
+    def summarize(self, output: Path, run: JobRun) -> JudgeSummary:
         flags: Counter[str] = Counter()
         n = 0
         for pair in read_records(output, JudgedPair, what=self.what):
             n += 1
             flags.update(pair.flags)
-        return _Totals({"output": str(output), "pairs": n, "flags": dict(flags), "run": run.as_dict()})
+        return JudgeSummary({"output": str(output), "pairs": n, "flags": dict(flags), "run": run.as_dict()})
 
 
 class _PairJob:
@@ -513,9 +516,9 @@ class _PairJob:
     def failed(self, record: PairVerdict) -> bool:
         return record.winner is None
 
-    def summarize(self, output: Path, run: JobRun) -> _Totals:
+    def summarize(self, output: Path, run: JobRun) -> JudgeSummary:
         verdicts = list(read_records(output, PairVerdict, what=self.what))
-        return _Totals({"pairs": len(verdicts), **win_rates(verdicts), "run": run.as_dict()})
+        return JudgeSummary({"pairs": len(verdicts), **win_rates(verdicts), "run": run.as_dict()})
 
 
 @dataclass(frozen=True)

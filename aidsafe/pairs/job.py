@@ -28,6 +28,7 @@ from ..policies import PolicySet
 from ..records import Record, RunError, Usage, prompt_sha256, training_thoughts
 from ..runner import JobOptions, JobRun, portable_path, run_job
 from ..structured import call_structured
+from ..summary import JobTotals
 from .schema import PairRecord, Side, Try, Verdict
 
 __all__ = ["PairMaker", "PairsSummary", "pack_of"]
@@ -43,14 +44,8 @@ def pack_of(records_path: str | Path) -> str:
     return next(iter(names))
 
 
-@dataclass
-class PairsSummary:
-    """Totals over a pairs output."""
-
-    data: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.data
+class PairsSummary(JobTotals):
+    """Totals over a pairs output: records, pairs, no_pair, failed, stop_reasons, flags, mean_tries, run."""
 
 
 class PairMaker:

@@ -7,7 +7,7 @@ second. It is the server aidsafe's own tests and benchmarks (``bench/``) run aga
 vLLM-like queue (``slots``), scripted faults per request (:attr:`SimServer.script`), a chat
 template rendered as vLLM does, and a record of every request and its headers.
 
-Test your own graph and policy pack against it (``tests/test_bench_smoke.py`` runs exactly this
+Test your own graph and policy pack against it (``tests/bench/test_bench_smoke.py`` runs exactly this
 example, in an empty folder)::
 
     import json

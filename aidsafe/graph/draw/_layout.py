@@ -126,7 +126,7 @@ def _wrap(text: str, size: float, width: float, max_lines: int = 3) -> list[str]
 
 
 def _split_or(label: str) -> list[str]:
-    """An exit label on two lines: ``consensus (majority)`` / ``or budget of 2 rounds``."""
+    """An exit label on two lines: ``majority`` / ``or budget of 2 rounds``."""
     head, sep, tail = label.rpartition(" or ")
     return [head, f"or {tail}"] if sep and head else [label]
 

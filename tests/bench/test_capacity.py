@@ -24,7 +24,7 @@ from bench.capacity import (
     workload_from_summary,
 )
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 # --- formulas --------------------------------------------------------------------------------

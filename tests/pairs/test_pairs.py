@@ -132,7 +132,7 @@ def test_a_model_that_never_answers_validly_fails_the_pair_and_records_why() -> 
 
 
 def test_belief_in_the_assistant_turn(tmp_path: Path) -> None:
-    graph = (Path(__file__).parents[1] / "graphs" / "ear_whisperer.yaml").read_text()
+    graph = (Path(__file__).parents[2] / "graphs" / "ear_whisperer.yaml").read_text()
     assert "belief_placement: user" in graph
     custom = tmp_path / "whisper_assistant.yaml"
     custom.write_text(graph.replace("belief_placement: user", "belief_placement: assistant"))
@@ -184,7 +184,7 @@ def test_a_graph_without_a_scorer_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no role that replies 'safety_verdict'"):
         _maker(graph="aidsafe")
     # without the scorer, nothing writes the tries the whisperer reads: refused at load, with file:line
-    graph = (Path(__file__).parents[1] / "graphs" / "ear_whisperer.yaml").read_text()
+    graph = (Path(__file__).parents[2] / "graphs" / "ear_whisperer.yaml").read_text()
     broken = tmp_path / "no_scorer.yaml"
     broken.write_text(graph.replace("        - {name: scorer, role: scorer}\n", ""))
     with pytest.raises(ConfigError, match=r"no_scorer.yaml:\d+: .*'tries'"):
@@ -192,7 +192,7 @@ def test_a_graph_without_a_scorer_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_loop_reading_a_value_nothing_writes_is_refused_at_load(tmp_path: Path) -> None:
-    graph = (Path(__file__).parents[1] / "graphs" / "ear_whisperer.yaml").read_text()
+    graph = (Path(__file__).parents[2] / "graphs" / "ear_whisperer.yaml").read_text()
     # without the whisperer, nothing writes the belief the target reads
     broken = tmp_path / "no_whisperer.yaml"
     broken.write_text(graph.replace("        - {name: whisperer, role: whisperer}\n", ""))

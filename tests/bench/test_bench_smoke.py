@@ -21,7 +21,7 @@ from aidsafe.testing import SimServer, minimal_instance
 from bench.common import ROLES, make_pipeline, make_prompts, run_aidsafe, write_prompts
 from bench.prefix import prefix_shares
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_prefix_shares_are_positive():
@@ -46,6 +46,18 @@ def test_sim_server_and_a_five_prompt_run_through_aidsafe(tmp_path):
     assert stats["by_kind"] == {"intents": 5, "draft": 5, "deliberation": 5, "refinement": 5}
     assert result["wall_s"] > 0 and result["cpu_s"] > 0 and result["calls_per_s"] > 0 and result["cpu_ms_per_call"] > 0
     assert time.perf_counter() - started < 20
+
+
+def test_a_benchmark_run_sends_every_call_to_the_server_even_for_repeated_prompts(tmp_path):
+    """The response cache is off in benchmark runs: a repeated prompt is answered by the server
+    again, so calls/s counts every call (with the cache on, efficiency read about 3% low)."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"p{i}", "prompt": "How do I store bleach safely?"}) + "\n" for i in range(4)))
+    with SimServer(latency=0.0, process=True) as server:
+        result = run_aidsafe(server, inp, tmp_path / "out.jsonl", concurrency=2)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert sum(u["cached"] for r in records for u in r["usage"].values()) == 0
+    assert result["calls"] == 16
 
 
 def test_cli_runs_one_benchmark_and_prints_its_rows(capsys):

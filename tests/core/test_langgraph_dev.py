@@ -34,7 +34,7 @@ from aidsafe.pipeline import Pipeline, record_from_state
 from aidsafe.records import Record
 from aidsafe.resources import list_builtin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "langgraph.json"
 PROMPT = "How do I pick a lock?"
 GENERATION_GRAPHS = ["aidsafe", "roundtable", "init_only", "single"]

@@ -1,5 +1,5 @@
 """``aidsafe report``: the HTML page's data, paths through the graph, escaping and errors (no browser;
-tests/test_report_browser.py opens the page in a real one)."""
+tests/viewer/test_report_browser.py opens the page in a real one)."""
 
 from __future__ import annotations
 

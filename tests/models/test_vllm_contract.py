@@ -56,10 +56,10 @@ from aidsafe.pairs import PairMaker
 from aidsafe.records import Record
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (see docs/vllm.md)")
-DOC = Path(__file__).parents[1] / "docs" / "vllm.md"
-README = Path(__file__).parents[1] / "README.md"
+DOC = Path(__file__).parents[2] / "docs" / "vllm.md"
+README = Path(__file__).parents[2] / "README.md"
 
-GRAPHS = sorted(p.stem for p in (Path(__file__).parents[1] / "graphs").glob("*.yaml"))
+GRAPHS = sorted(p.stem for p in (Path(__file__).parents[2] / "graphs").glob("*.yaml"))
 PACK_IDS = ["P1", "P2", "P3", "P4", "P5"]  # the aidsafe5 pack's ids, which the schemas' enums carry
 SEED = 1234
 TEMPERATURE = 0.7

@@ -115,11 +115,11 @@ def test_max_rounds_changes_recursion_limit(tmp_path: Path) -> None:
 
 def test_mermaid_shows_loop_exit_and_continue() -> None:
     text = compile_graph("aidsafe").mermaid()
-    assert "consensus (first agreement) or budget of 3 rounds" in text
+    assert "first_agree or budget of 3 rounds" in text
     assert "continue" in text
     assert "deliberate_agent_1" in text and "refine" in text
     rt = compile_graph("roundtable").mermaid()
-    assert "consensus (majority) or budget of 2 rounds" in rt
+    assert "majority or budget of 2 rounds" in rt
     assert "next round: deliberate_agent_1" in rt
 
 
@@ -212,9 +212,9 @@ def test_parallel_replicas_at_least_compiles(tmp_path: Path) -> None:
     assert {f"deliberate_agent_{i}" for i in range(1, 6)} | {"deliberate_vote"} <= _nodes(compiled)
     loop = compiled.spec.nodes["deliberate"].loop
     assert loop is not None and not loop.agreed(3) and loop.agreed(4)
-    assert exit_label(loop) == "consensus (at least 4 agree) or budget of 2 rounds"
+    assert exit_label(loop) == "at_least 4 of 5 or budget of 2 rounds"
     # Mermaid may wrap a long edge label, so look for its start only
-    assert "consensus (at least 4 agree)" in compiled.mermaid()
+    assert "at_least 4 of 5" in compiled.mermaid()
 
 
 def test_agents_with_different_models_compile(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from aidsafe.judge.stats import bootstrap_ci, metric_table, reconcile, win_rates
 from aidsafe.records import Record
 from aidsafe.summary import deliberation_stats
 
-LABELS_CSV = Path(__file__).parent / "data" / "judge_labels.csv"
+LABELS_CSV = Path(__file__).parents[1] / "data" / "judge_labels.csv"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

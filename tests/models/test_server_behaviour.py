@@ -119,7 +119,7 @@ def test_system_role_merge_from_the_endpoints_file_or_the_graph_sends_no_system_
     stub.chat_template = None
     stub.requests.clear()
     graph = tmp_path / "g.yaml"
-    shipped = (Path(__file__).parents[1] / "graphs" / "single.yaml").read_text()
+    shipped = (Path(__file__).parents[2] / "graphs" / "single.yaml").read_text()
     graph.write_text(shipped.replace("    reply: draft\n", "    reply: draft\n    system_role: merge\n", 1))
     assert "system_role: merge" in graph.read_text()
     record = _pipe(url, graph=graph).run_one("q")

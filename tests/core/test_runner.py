@@ -160,8 +160,11 @@ def test_judge_and_pairs_through_another_executor_give_the_local_records(tmp_pat
         summary = asyncio.run(run(out, JobOptions(progress=False, executor=executor)))
         asyncio.run(run(local, JobOptions(progress=False)))
         assert _by_id(out) == _by_id(local), name
-        run_figures = summary["run"] if isinstance(summary, dict) else summary.as_dict()["run"]
+        # every front door gives a summary object (as_dict, what the sidecar holds), of its job's class
+        assert type(summary).__name__ == ("PairsSummary" if name == "pairs" else "JudgeSummary"), name
+        run_figures = summary.as_dict()["run"]
         assert run_figures["engine"] == "blocks" and not blocks_dir(out).exists()
+        assert {k: v for k, v in (read_sidecar(out) or {}).items() if k in summary.as_dict()} == summary.as_dict()
         assert (read_sidecar(out) or {})["config"] == (read_sidecar(local) or {})["config"]
     # both sides of each pair judged
     pairs = tmp_path / "pairs.jsonl"

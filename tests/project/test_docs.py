@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "console", "zsh"}
@@ -51,9 +51,9 @@ COVERED: list[tuple[str, str, str, str]] = [
     (r"ruff check aidsafe", ".ci/run", "ruff check aidsafe", "CI's lint"),
     (r"pyright", ".ci/run", "pyright", "CI's type check"),
     (r"mkdocs build --strict( -d \S+)?", ".ci/run", "mkdocs build --strict", "CI's docs build (and test_the_site_builds_strict here)"),
-    (r"aidsafe generate examples/prompts\.jsonl -o out\.jsonl", "tests/test_e2e_local.py", '"generate"',
+    (r"aidsafe generate examples/prompts\.jsonl -o out\.jsonl", "tests/e2e/test_e2e_local.py", '"generate"',
      "aidsafe generate on the embedded model, in a subprocess, on prompts of its own"),
-    (r"langgraph dev", "tests/test_langgraph_dev.py", '"dev"', "starts langgraph dev on localhost and runs every shipped graph through it"),
+    (r"langgraph dev", "tests/core/test_langgraph_dev.py", '"dev"', "starts langgraph dev on localhost and runs every shipped graph through it"),
 ]
 
 
@@ -172,7 +172,7 @@ def test_every_command_is_run_covered_or_marked() -> None:
             continue
         unknown.append(f"{command.where}: {command.text}")
     assert not unknown, (
-        "commands neither run by a test, listed in tests/test_docs.py's COVERED, nor marked "
+        "commands neither run by a test, listed in tests/project/test_docs.py's COVERED, nor marked "
         "'<!-- not run here: REASON -->' / '# not run here: REASON':\n" + "\n".join(unknown)
     )
 

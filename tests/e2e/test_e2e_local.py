@@ -326,7 +326,7 @@ def test_the_server_module_loads_with_extra_buffer_types_off_and_the_given_chat_
     from aidsafe.models.llama_server import customize_loader
     from aidsafe.models.local import default_gguf_path
 
-    template = (Path(__file__).parent / "data" / "mixtral_chat_template.jinja").read_text()
+    template = (Path(__file__).parents[1] / "data" / "mixtral_chat_template.jinja").read_text()
     original = LlamaProxy.load_llama_from_model_settings
     try:
         customize_loader(template)
@@ -379,7 +379,7 @@ def test_a_gguf_that_cannot_be_loaded_stops_the_run_before_any_record(tmp_path):
 @pytest.fixture(scope="module")
 def mixtral_template_server(tmp_path_factory):
     """The same server rendering Mixtral-8x7B-Instruct's chat template, which refuses a system message."""
-    template = Path(__file__).parent / "data" / "mixtral_chat_template.jinja"
+    template = Path(__file__).parents[1] / "data" / "mixtral_chat_template.jinja"
     proc, url, log = _start_server(tmp_path_factory.mktemp("mixtral_server"), "--chat-template", str(template))
     yield url, log
     _stop(proc)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = [
     "aidsafe/__init__.py",
@@ -109,4 +109,4 @@ def test_unzipped_wheel_uses_packaged_data(wheel: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "deliberate_agent_1" in proc.stdout
-    assert "consensus (first agreement) or budget of 3 rounds" in proc.stdout
+    assert "first_agree or budget of 3 rounds" in proc.stdout

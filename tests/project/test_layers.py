@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "aidsafe"
+PACKAGE = Path(__file__).resolve().parents[2] / "aidsafe"
 
 LAYERS: list[set[str]] = [
     # foundations: they import nothing of aidsafe
@@ -97,7 +97,7 @@ def violations(root: Path, layers: list[set[str]]) -> list[str]:
 
 def test_every_unit_imports_only_lower_layers() -> None:
     problems = violations(PACKAGE, LAYERS)
-    assert not problems, "imports against the layer order (tests/test_layers.py):\n" + "\n".join(problems)
+    assert not problems, "imports against the layer order (tests/project/test_layers.py):\n" + "\n".join(problems)
 
 
 def test_layers_name_each_unit_once_and_only_units_that_exist() -> None:

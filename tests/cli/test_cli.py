@@ -376,7 +376,7 @@ def test_graph_mermaid_aidsafe(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for node in ("intent", "init", "deliberate_agent_1", "deliberate_agent_2", "refine"):
         assert node in out
-    assert "consensus (first agreement) or budget of 3 rounds" in out
+    assert "first_agree or budget of 3 rounds" in out
     assert "deliberate_vote" not in out
 
 
