@@ -153,6 +153,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
              "endpoint and model); a role's system_role in the graph file and an endpoint's in the endpoints file take precedence over auto",
     )
     env_option(group, "--n-ctx", type=int, default=8192, help="context window of the local model")
+    env_option(group, "--prefix-cache", type=int, default=256, metavar="MB",
+               help="memory for the local model's saved prompt prefixes (each role's system message is computed once "
+                    "and reused; the answers are the same); 0 turns it off")
     env_option(group, "--seed", type=int, help="sampling seed")
 
 
@@ -161,6 +164,8 @@ def settings_from_args(args: argparse.Namespace) -> ModelSettings:
     if args.endpoints and urls:
         raise ConfigError("give either --base-url or --endpoints, not both")
     endpoints = load_endpoints(args.endpoints) if args.endpoints else endpoints_from_urls(urls) if len(urls) > 1 else ()
+    if args.prefix_cache < 0:
+        raise ConfigError("--prefix-cache must be 0 (off) or more megabytes")
     if args.call_deadline <= 0 or args.max_in_flight < 1:
         raise ConfigError("--call-deadline must be above 0 and --max-in-flight at least 1")
     backend = args.backend or ("openai" if urls or endpoints else "local")
@@ -179,6 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> ModelSettings:
         structured=args.structured_output,
         system_role=args.system_role,
         n_ctx=args.n_ctx,
+        prefix_cache_mb=args.prefix_cache,
         seed=args.seed,
     )
 

@@ -50,7 +50,7 @@ from .base import ChatModel, Completion, ModelSettings, merge_system, rejects_sy
 from .registry import register_backend
 from .schema_forms import for_llama_cpp
 
-__all__ = ["LocalChatModel", "default_gguf_path", "llama_guard", "probe_model"]
+__all__ = ["LocalChatModel", "default_gguf_path", "engine_figures", "llama_guard", "probe_model"]
 
 _log = logging.getLogger("aidsafe.models")
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,6 +59,11 @@ EMBEDDED_STRING_CHARS = 250
 EMBEDDED_LIST_ITEMS = 3
 """Longest list the embedded model may write (thoughts, intents, superseded, removed)."""
 _LOADED: dict[tuple[str, int, int | None], tuple[Any, threading.Lock]] = {}
+_ENGINES: dict[int, Any] = {}
+"""The :class:`~aidsafe.models._llama_engine.LlamaEngine` of each loaded model (by ``id`` of its
+``Llama``; ``None`` where the model's prompts take llama-cpp-python's own path)."""
+MAX_PREFIX_STATES = 16
+"""Saved prompt prefixes kept per model at most (one per role's system message is what a graph needs)."""
 _MERGED: dict[str, str] = {}
 """Model files whose chat template refused a system message (``system_role: auto``): what it said."""
 _LOAD_LOCK = threading.Lock()
@@ -82,6 +87,10 @@ def default_gguf_path() -> Path:
 def _unload_all() -> None:
     """Free llama.cpp models before the interpreter tears down the modules their finalizers need."""
     with _LOAD_LOCK:
+        for engine in _ENGINES.values():
+            if engine is not None:
+                engine.close()
+        _ENGINES.clear()
         for llama, _ in _LOADED.values():
             close = getattr(llama, "close", None)
             if close is not None:
@@ -349,18 +358,24 @@ class LocalChatModel(ChatModel):
 
     def _call(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
         llama, lock = _load(self.path, self.settings.n_ctx, self.settings.seed)
+        grammar_schema = for_llama_cpp(schema, clamp=self.clamp, items=self.items)
+        temperature = 0.2 if self.settings.temperature is None else self.settings.temperature
         with lock:
             try:
-                out = llama.create_chat_completion(
-                    messages=messages,
-                    response_format={"type": "json_object", "schema": for_llama_cpp(schema, clamp=self.clamp, items=self.items)},
-                    temperature=0.2 if self.settings.temperature is None else self.settings.temperature,
-                    max_tokens=self.settings.max_tokens,
-                    # small models loop on a phrase inside a JSON string until max_tokens; these stop most loops
-                    repeat_penalty=1.3,
-                    frequency_penalty=0.5,
-                    seed=self.settings.seed,
-                )
+                engine = _engine(llama, self.settings.prefix_cache_mb)
+                if engine is not None:
+                    out = engine.complete(messages, grammar_schema, temperature=temperature, max_tokens=self.settings.max_tokens,
+                                          repeat_penalty=REPEAT_PENALTY, frequency_penalty=FREQUENCY_PENALTY, seed=self.settings.seed)
+                else:
+                    out = llama.create_chat_completion(
+                        messages=messages,
+                        response_format={"type": "json_object", "schema": grammar_schema},
+                        temperature=temperature,
+                        max_tokens=self.settings.max_tokens,
+                        repeat_penalty=REPEAT_PENALTY,
+                        frequency_penalty=FREQUENCY_PENALTY,
+                        seed=self.settings.seed,
+                    )
             except Exception as exc:  # llama.cpp raises ValueError for over-long prompts, RuntimeError on decode
                 raise ModelCallError(f"local model call failed: {type(exc).__name__}: {exc}") from exc
         choice = out["choices"][0]
@@ -371,3 +386,51 @@ class LocalChatModel(ChatModel):
             completion_tokens=int(usage.get("completion_tokens", 0)),
             finish_reason=choice.get("finish_reason"),
         )
+
+
+REPEAT_PENALTY = 1.3
+FREQUENCY_PENALTY = 0.5
+"""Small models loop on a phrase inside a JSON string until max_tokens; these penalties stop most loops."""
+
+
+def _library_path() -> bool:
+    """``AIDSAFE_LOCAL_ENGINE=library``: every call through ``Llama.create_chat_completion`` (no prefix
+    reuse, the library's sampling loop): the reference the engine is compared with, and a way around it."""
+    return os.environ.get("AIDSAFE_LOCAL_ENGINE", "").strip().lower() == "library"
+
+
+def _engine(llama: Any, cache_mb: int) -> Any:
+    """The engine of a loaded model (made on first use; None: the library's path). Called under its lock."""
+    if _library_path():
+        return None
+    key = id(llama)
+    if key not in _ENGINES:
+        from ._llama_engine import LlamaEngine, engine_supports
+
+        try:
+            _ENGINES[key] = LlamaEngine(llama, max_states=MAX_PREFIX_STATES, max_bytes=cache_mb << 20) if engine_supports(llama) else None
+        except Exception as exc:  # a llama-cpp-python whose internals moved: its own path still works
+            import llama_cpp
+
+            _log.warning("aidsafe: the local engine cannot drive llama-cpp-python %s (%s: %s); using its create_chat_completion",
+                         getattr(llama_cpp, "__version__", "?"), type(exc).__name__, exc)
+            _ENGINES[key] = None
+    engine = _ENGINES[key]
+    if engine is not None and engine.states.max_bytes != cache_mb << 20:
+        engine.states.resize(MAX_PREFIX_STATES, cache_mb << 20)
+    return engine
+
+
+def engine_figures() -> dict[str, dict[str, int]]:
+    """Per loaded model file: prompt tokens decoded, prompt tokens reused from saved or live
+    prefixes, tokens whose grammar check took the whole vocabulary, seconds in prefill, one-token
+    decodes and token picking, and the prefix store's figures (states, bytes, hits, misses, evicted)."""
+    out: dict[str, dict[str, int]] = {}
+    with _LOAD_LOCK:
+        for (path, _, _), (llama, _) in _LOADED.items():
+            engine = _ENGINES.get(id(llama))
+            if engine is not None:
+                out[Path(path).name] = {"prefill_tokens": engine.prefill_tokens, "reused_tokens": engine.reused_tokens,
+                                        "full_grammar_passes": engine.full_passes,
+                                        **{f"{k}_s": round(v, 3) for k, v in engine.seconds.items()}, **engine.states.figures()}
+    return out

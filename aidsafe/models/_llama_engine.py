@@ -1,0 +1,492 @@
+"""The local backend's own completion loop over llama-cpp-python: what ``Llama.create_chat_completion``
+with ``response_format={"type": "json_object", "schema": ...}`` answers, token for token, in less time.
+
+**Prefix reuse.** Every prompt of a role starts with the same system message (the policy pack and
+the role's instructions: 93-97% of its tokens). The KV cells of that prefix are computed once,
+saved (``llama_state_seq_get_data``, the prefix's cells only), and restored into the cache for
+the next prompt of the role (``llama_state_seq_set_data``); only the tokens after it are decoded.
+States are kept in a least-recently-used store capped in count and bytes (:class:`PrefixStates`);
+a cap of 0 bytes turns reuse off, leaving what llama-cpp-python itself reuses (the prefix shared
+with the previous call's tokens, still in the cache).
+
+**Same tokens.** The reference is llama-cpp-python answering on a fresh context (the prompt decoded
+from its first token). llama.cpp's CPU results are the same for any split of a prompt into
+micro-batches of two tokens or more, but a one-token micro-batch can give other logits; the rest of
+a prompt is therefore decoded in pieces that give every token a micro-batch of the kind it gets
+when the whole prompt is decoded from the start (:meth:`LlamaEngine._eval_rest`). (The library
+itself decodes only what differs from the previous call's tokens, in pieces that start there, so
+its own replies can depend on the call before.) Sampling is the chain
+llama-cpp-python builds (penalties, the schema's grammar, then greedy at temperature 0, else
+top-k, typical, top-p, min-p, temperature and a seeded draw), applied so that it picks the same
+token (:meth:`LlamaEngine._pick`). ``tests/models/test_local_engine.py`` compares the two on the
+embedded model.
+
+**Less work per token.** The grammar is compiled once per schema and cloned per call (the library
+compiles it on every call). The grammar and the penalties run on the few candidates that can be
+picked (the argmax; the best :data:`WARM_CANDIDATES` tokens at a temperature above 0), and on the whole
+vocabulary only when those cannot decide: the library runs them over all 49,152 tokens of
+SmolLM2's vocabulary for every token it writes.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import json
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CANDIDATES", "WARM_CANDIDATES", "LlamaEngine", "PrefixStates", "engine_supports"]
+
+CANDIDATES = 128
+"""Tokens the grammar judges first at temperature 0 when it refuses the best one (the best by logit)."""
+WARM_CANDIDATES = 2048
+"""Tokens the grammar judges first at a temperature above 0 (the best by logit); the tokens left
+out then weigh too little to move top-p's cut for most tokens of a JSON reply (see :func:`_decided`)."""
+MIN_PREFIX = 64
+"""Shortest shared prefix worth a saved state, in tokens."""
+_PREFIX_TEXTS = 256
+"""System texts whose tokens are remembered (each a list of ints)."""
+_GRAMMARS = 64
+"""Compiled grammars kept (one per schema)."""
+
+
+def engine_supports(llama: Any) -> bool:
+    """Whether the engine renders this model's prompts as llama-cpp-python does: a GGUF chat template
+    (``chat_format`` ``chat_template.*``), no custom chat handler, and a KV cache (not a recurrent or
+    hybrid model). Other models take the library's path."""
+    import llama_cpp
+
+    if not str(getattr(llama_cpp, "__version__", "")).startswith("0.3."):
+        return False  # the engine drives llama-cpp-python 0.3's internals (input_ids, n_tokens, eval, its samplers)
+    if getattr(llama, "_is_recurrent", False) or getattr(llama, "_is_hybrid", False):
+        return False  # their state is not a set of KV cells per token
+    return llama.chat_handler is None and str(llama.chat_format or "").startswith("chat_template.")
+
+
+def _common_prefix(a: Any, b: list[int]) -> int:
+    import numpy as np
+
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differ = np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64)
+    i = int(np.argmax(differ))
+    return i if differ[i] else n
+
+
+@dataclass
+class _State:
+    data: Any
+    """The saved cells (a ctypes byte array)."""
+    tokens: int
+
+
+class PrefixStates:
+    """Saved KV states of prompt prefixes, least recently used first out: at most ``max_states``
+    states and ``max_bytes`` bytes in all (a state larger than that is not kept)."""
+
+    def __init__(self, max_states: int, max_bytes: int) -> None:
+        self.max_states, self.max_bytes = max_states, max_bytes
+        self._states: collections.OrderedDict[bytes, _State] = collections.OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_states > 0 and self.max_bytes > 0
+
+    def get(self, key: bytes) -> _State | None:
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+            self.hits += 1
+        else:
+            self.misses += 1
+        return state
+
+    def put(self, key: bytes, state: _State) -> None:
+        size = len(state.data)
+        if not self.enabled or size > self.max_bytes:
+            return
+        while self._states and (len(self._states) >= self.max_states or self.bytes + size > self.max_bytes):
+            _, old = self._states.popitem(last=False)
+            self.bytes -= len(old.data)
+            self.evicted += 1
+        self._states[key] = state
+        self.bytes += size
+
+    def resize(self, max_states: int, max_bytes: int) -> None:
+        """New caps; states beyond them are dropped, oldest first."""
+        self.max_states, self.max_bytes = max_states, max_bytes
+        while self._states and (len(self._states) > max_states or self.bytes > max_bytes):
+            _, old = self._states.popitem(last=False)
+            self.bytes -= len(old.data)
+            self.evicted += 1
+
+    def figures(self) -> dict[str, int]:
+        return {"states": len(self._states), "bytes": self.bytes, "hits": self.hits, "misses": self.misses, "evicted": self.evicted}
+
+
+class LlamaEngine:
+    """Chat completions constrained to a JSON Schema on one ``llama_cpp.Llama`` (see the module
+    docstring). Not thread-safe: the caller holds the model's lock around :meth:`complete`."""
+
+    def __init__(self, llama: Any, *, max_states: int, max_bytes: int) -> None:
+        import llama_cpp as lc
+        import numpy as np
+        from llama_cpp import llama_chat_format
+
+        if not engine_supports(llama):
+            raise ValueError(f"no GGUF chat template to render (chat_format={llama.chat_format!r})")
+        self.llama = llama
+        self.states = PrefixStates(max_states, max_bytes)
+        fmt = llama.chat_format
+        template = llama.metadata["tokenizer.chat_template" if fmt == "chat_template.default" else "tokenizer." + fmt]
+        eos, bos = llama.token_eos(), llama.token_bos()
+        texts = {"eos_token": llama._model.token_get_text(eos) if eos != -1 else "",
+                 "bos_token": llama._model.token_get_text(bos) if bos != -1 else ""}
+        # the formatter Llama.__init__ registers for the template, and the same without the assistant's turn
+        formatter: Any = llama_chat_format.Jinja2ChatFormatter
+        self._format = formatter(template=template, stop_token_ids=[eos], **texts)
+        self._format_head = formatter(template=template, stop_token_ids=[eos], add_generation_prompt=False, **texts)
+        self._heads: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+        self._grammars: collections.OrderedDict[str, tuple[str, Any]] = collections.OrderedDict()
+        self._grammar_lock = threading.Lock()
+        n_vocab = llama.n_vocab()
+        self._token = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+        self._all = np.zeros(n_vocab, dtype=self._token)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._one = np.zeros(1, dtype=self._token)
+        self._piece = ctypes.create_string_buffer(64)
+        self.prefill_tokens = self.reused_tokens = 0
+        self.seconds = {"prefill": 0.0, "decode": 0.0, "sample": 0.0}
+        """Time in llama.cpp's prefill, in its one-token decodes, and in picking tokens."""
+        self.full_passes = 0
+        """Tokens for which the grammar had to judge the whole vocabulary."""
+        self._lc: Any = lc  # llama_cpp, untyped here: its ctypes stubs do not take byref() arguments
+
+    # -- the prompt ------------------------------------------------------------------------------
+
+    def _tokenize(self, text: str, added_special: bool) -> list[int]:
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=not added_special, special=True)
+
+    def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], int, list[str]]:
+        """The prompt's tokens (as the library's chat handler makes them), the length of the shared
+        prefix to reuse (0: none), and the template's stop strings."""
+        rendered = self._format(messages=messages)
+        tokens = self._tokenize(rendered.prompt, rendered.added_special)
+        stop = [rendered.stop] if isinstance(rendered.stop, str) else list(rendered.stop or [])
+        shared = 0
+        if self.states.enabled and len(messages) > 1 and messages[0].get("role") == "system":
+            text = messages[0].get("content") or ""
+            head = self._heads.get(text)
+            if head is None:
+                alone = self._format_head(messages=messages[:1])
+                head = self._heads[text] = self._tokenize(alone.prompt, alone.added_special)
+                if len(self._heads) > _PREFIX_TEXTS:
+                    self._heads.popitem(last=False)
+            shared = min(_common_prefix(head, tokens), len(tokens) - 1)
+            if shared % self.llama.n_batch == 1:  # never end the prefix with a one-token micro-batch
+                shared -= 1
+            if shared < MIN_PREFIX:
+                shared = 0
+        return tokens, shared, stop
+
+    def grammar(self, schema: dict[str, Any]) -> Any:
+        """The schema's grammar sampler, compiled once (callers clone it)."""
+        from llama_cpp import llama_chat_format
+
+        key = json.dumps(schema, sort_keys=True)
+        with self._grammar_lock:
+            hit = self._grammars.get(key)
+            if hit is None:
+                grammar: Any = llama_chat_format._grammar_for_response_format({"type": "json_object", "schema": schema})
+                sampler = self._lc.llama_sampler_init_grammar(self.llama._model.vocab, grammar._grammar.encode("utf-8"),
+                                                              grammar._root.encode("utf-8"))
+                if not sampler:
+                    raise ValueError("llama.cpp could not compile the JSON Schema's grammar")
+                hit = self._grammars[key] = (grammar._grammar, sampler)
+                if len(self._grammars) > _GRAMMARS:
+                    _, (_, old) = self._grammars.popitem(last=False)
+                    self._lc.llama_sampler_free(old)
+            else:
+                self._grammars.move_to_end(key)
+            return hit[1]
+
+    def close(self) -> None:
+        with self._grammar_lock:
+            for _, sampler in self._grammars.values():
+                self._lc.llama_sampler_free(sampler)
+            self._grammars.clear()
+        self.states.resize(0, 0)
+
+    # -- prefill ---------------------------------------------------------------------------------
+
+    def _prefill(self, tokens: list[int], shared: int) -> None:
+        import numpy as np
+
+        llama, lc = self.llama, self._lc
+        live = _common_prefix(llama.input_ids[: llama.n_tokens], tokens) if llama.n_tokens else 0
+        if shared == 0:  # no saved prefix: what the previous call left in the cache, as the library reuses it
+            start = min(live, len(tokens) - 1)
+            self.reused_tokens += start
+            self._eval_rest(tokens, start)
+            return
+        if live >= shared:  # the previous call was this role's: its prefix, and maybe more, is in the cache already
+            start = min(live, len(tokens) - 1)
+            self.reused_tokens += start
+            self._eval_rest(tokens, start)
+            return
+        key = np.asarray(tokens[:shared], dtype=np.int32).tobytes()
+        state = self.states.get(key)
+        if state is not None:
+            llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+            if lc.llama_state_seq_set_data(llama.ctx, state.data, len(state.data), 0) == 0:
+                raise RuntimeError("llama.cpp could not restore a saved prompt prefix")
+            llama.input_ids[:shared] = tokens[:shared]
+            llama.n_tokens = shared
+            self.reused_tokens += shared
+        else:  # the prefix from the start, in n_batch pieces as a whole prompt's (shared % n_batch != 1), then saved
+            llama.n_tokens = 0
+            llama.eval(tokens[:shared])
+            self.prefill_tokens += shared
+            size = lc.llama_state_seq_get_size(llama.ctx, 0)
+            data = (ctypes.c_uint8 * size)()
+            got = lc.llama_state_seq_get_data(llama.ctx, data, size, 0)
+            if got:
+                self.states.put(key, _State(data if got == size else (ctypes.c_uint8 * got).from_buffer_copy(data), shared))
+        self._eval_rest(tokens, shared)
+
+    def _eval_rest(self, tokens: list[int], start: int) -> None:
+        """Decode ``tokens[start:]`` after the ``start`` tokens in the cache so that every token gets a
+        micro-batch of the kind (one token, or several) it gets when the whole prompt is decoded from
+        the start in ``n_batch`` pieces: there the last token is alone when ``len % n_batch == 1``, and
+        no other is. A piece that would leave a token alone takes the token before it along (decoded again)."""
+        llama = self.llama
+        end, batch = len(tokens), llama.n_batch
+        if end % batch == 1 and end - 1 > start:  # the whole-prompt decode takes the last token alone
+            if (end - 1 - start) % batch == 1 and start > 0:
+                start -= 1
+            llama.n_tokens = start
+            llama.eval(tokens[start : end - 1])
+            llama.eval(tokens[end - 1 :])
+        else:
+            if (end - start) % batch == 1 and start > 0:
+                start -= 1
+            llama.n_tokens = start
+            llama.eval(tokens[start:])
+        self.prefill_tokens += end - start
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    def complete(self, messages: list[dict[str, str]], schema: dict[str, Any], *, temperature: float, max_tokens: int | None,
+                 repeat_penalty: float, frequency_penalty: float, seed: int | None, presence_penalty: float = 0.0,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0) -> dict[str, Any]:
+        """What ``create_chat_completion`` returns for these arguments (its defaults for the others):
+        ``choices[0].message.content``, ``finish_reason`` and ``usage``."""
+        import numpy as np
+
+        llama, lc = self.llama, self._lc
+        tokens, shared, stop_texts = self.prompt(messages)
+        grammar = self.grammar(schema)
+        n_ctx = llama._n_ctx
+        if len(tokens) >= n_ctx:
+            raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
+        budget = n_ctx - len(tokens) if max_tokens is None or max_tokens <= 0 else max_tokens
+        budget = budget if budget + len(tokens) < n_ctx else n_ctx - len(tokens)
+        stops = [s.encode("utf-8") for s in stop_texts if s]
+        llama.set_seed(seed if seed is not None else random.Random(llama._seed).randint(0, 2**32))
+        clock = time.perf_counter()
+        self._prefill(tokens, shared)
+        self.seconds["prefill"] += time.perf_counter() - clock
+
+        vocab, ctx, n_vocab = llama._model.vocab, llama.ctx, llama._n_vocab
+        window = llama.last_n_tokens_size
+        penalised = window > 0 and (repeat_penalty != 1.0 or frequency_penalty != 0.0 or presence_penalty != 0.0)
+        grm = lc.llama_sampler_clone(grammar)
+        pen = lc.llama_sampler_init_penalties(n_vocab, window, repeat_penalty, frequency_penalty, presence_penalty)
+        tail = None
+        if temperature > 0.0:  # the library chain after penalties and grammar (Llama._init_sampler)
+            tail = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+            for sampler in (lc.llama_sampler_init_top_k(top_k), lc.llama_sampler_init_typical(typical_p, 1),
+                            lc.llama_sampler_init_top_p(top_p, 1), lc.llama_sampler_init_min_p(min_p, 1),
+                            lc.llama_sampler_init_temp(temperature), lc.llama_sampler_init_dist(llama._seed)):
+                lc.llama_sampler_chain_add(tail, sampler)
+        elif temperature < 0.0:
+            raise ValueError("a negative temperature is not supported by the local engine")
+        recent: collections.deque[int] = collections.deque()
+        counts: dict[int, int] = {}
+        out: list[int] = []
+        text = b""
+        cut: bytes | None = None
+        finish = "length"
+        pending_bytes = 0
+        scanned = 0
+        try:
+            while True:
+                clock = time.perf_counter()
+                logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+                if penalised and counts:
+                    ids = np.fromiter(counts.keys(), dtype=np.int32, count=len(counts))
+                    few = np.zeros(len(ids), dtype=self._token)
+                    few["id"], few["logit"] = ids, logits[ids]
+                    lc.llama_sampler_apply(pen, ctypes.byref(self._array(few)))
+                    work = logits.copy()
+                    work[few["id"]] = few["logit"]
+                else:
+                    work = logits
+                token = self._pick(work, grm, tail, top_k, top_p, min_p)
+                self.seconds["sample"] += time.perf_counter() - clock
+                lc.llama_sampler_accept(pen, token)
+                lc.llama_sampler_accept(grm, token)
+                if tail is not None:
+                    lc.llama_sampler_accept(tail, token)
+                if penalised:  # the ids in the penalties sampler's window
+                    counts[token] = counts.get(token, 0) + 1
+                    recent.append(token)
+                    if len(recent) > window:
+                        old = recent.popleft()
+                        counts[old] -= 1
+                        if not counts[old]:
+                            del counts[old]
+                if lc.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                out.append(token)
+                n = lc.llama_token_to_piece(vocab, token, self._piece, 64, 0, False)
+                text += self._piece.raw[:n]
+                # a stop string is looked for only between whole UTF-8 characters (as the library does)
+                for k, byte in enumerate(text[-3:]):
+                    k = 3 - k
+                    for num, pattern in ((2, 192), (3, 224), (4, 240)):
+                        if num > k and pattern & byte == pattern:
+                            pending_bytes = num - k
+                if pending_bytes > 0:
+                    pending_bytes -= 1
+                else:
+                    hit = next((text.index(s) for s in stops if text.find(s, max(0, scanned - len(s) + 1)) >= 0), None)
+                    scanned = len(text)
+                    if hit is not None:
+                        cut, finish = text[:hit], "stop"
+                        break
+                    if len(out) >= budget:
+                        break
+                clock = time.perf_counter()
+                llama.eval([token])
+                self.seconds["decode"] += time.perf_counter() - clock
+        finally:
+            lc.llama_sampler_free(grm)
+            lc.llama_sampler_free(pen)
+            if tail is not None:
+                lc.llama_sampler_free(tail)
+        content = (text if cut is None else cut).decode("utf-8", errors="ignore")
+        return {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": len(tokens), "completion_tokens": len(out), "total_tokens": len(tokens) + len(out)},
+        }
+
+    def _array(self, data: Any) -> Any:
+        lc = self._lc
+        return lc.llama_token_data_array(data=data.ctypes.data_as(lc.llama_token_data_p), size=len(data), selected=-1, sorted=False)
+
+    def _pick(self, work: Any, grm: Any, tail: Any, top_k: int, top_p: float, min_p: float) -> int:
+        """The token the library's chain picks from these (penalised) logits."""
+        import numpy as np
+
+        lc = self._lc
+        if tail is None:  # greedy: the best token the grammar allows
+            best = int(np.argmax(work))
+            one = self._one
+            one["id"][0], one["logit"][0], one["p"][0] = best, work[best], 0.0
+            lc.llama_sampler_apply(grm, ctypes.byref(self._array(one)))
+            if one["logit"][0] != -math.inf:
+                return best
+            idx = np.argpartition(work, -CANDIDATES)[-CANDIDATES:]
+            values = work[idx]
+            order = np.lexsort((idx, -values))  # by value, then id: the greedy sampler's first maximum
+            few = np.zeros(CANDIDATES, dtype=self._token)
+            few["id"], few["logit"] = idx[order], values[order]
+            lc.llama_sampler_apply(grm, ctypes.byref(self._array(few)))
+            allowed = np.flatnonzero(few["logit"] != -math.inf)
+            if len(allowed) and float(values[order][allowed[0]]) > float(values.min()):
+                return int(few["id"][allowed[0]])
+            self.full_passes += 1
+            everything = self._all
+            everything["id"], everything["logit"], everything["p"] = self._ids, work, 0.0
+            lc.llama_sampler_apply(grm, ctypes.byref(self._array(everything)))
+            return int(np.argmax(everything["logit"]))
+        # at a temperature: the grammar judges the best WARM_CANDIDATES; when what the chain keeps
+        # is decided by them alone (see _decided), its tail runs on the allowed ones
+        idx = np.argpartition(work, -WARM_CANDIDATES)[-WARM_CANDIDATES:]
+        idx.sort()  # token-id order, as in the whole array
+        few = np.zeros(WARM_CANDIDATES, dtype=self._token)
+        few["id"], few["logit"] = idx, work[idx]
+        floor = float(few["logit"].min())
+        lc.llama_sampler_apply(grm, ctypes.byref(self._array(few)))
+        ok = few["logit"] != -math.inf
+        if ok.any():
+            allowed = np.ascontiguousarray(few[ok])
+            if _decided(np.sort(allowed["logit"].astype(np.float64))[::-1], floor, top_k, top_p, min_p):
+                array = self._array(allowed)
+                lc.llama_sampler_apply(tail, ctypes.byref(array))
+                return int(allowed["id"][array.selected])
+        self.full_passes += 1
+        everything = self._all
+        everything["id"], everything["logit"], everything["p"] = self._ids, work, 0.0  # top_k sorts it in place
+        array = self._array(everything)
+        lc.llama_sampler_apply(grm, ctypes.byref(array))
+        lc.llama_sampler_apply(tail, ctypes.byref(array))
+        return int(everything["id"][array.selected])
+
+_MARGIN = 1e-4
+"""Relative distance from a cut that float32 rounding in llama.cpp cannot cross."""
+
+
+def _decided(ranked: Any, floor: float, top_k: int, top_p: float, min_p: float) -> bool:
+    """Whether the chain's tail (top-k, typical 1.0, top-p, min-p, temperature, draw) keeps the same
+    tokens, in the same order, from the allowed candidates alone (``ranked``: their logits, best
+    first) as from the whole vocabulary, where tokens left out of the candidates have logits of at
+    most ``floor`` and may be allowed. The draw then picks the same token with the same random number.
+
+    * The top-k tokens are known when ``top_k`` of the candidates are allowed and the k-th is above
+      ``floor``.
+    * Otherwise up to ``top_k - n`` unknown tokens join the top-k; they change top-p's normalisation
+      only. When top-p cuts at the same candidate (with a margin) whether their mass is 0 or at its
+      most (``(top_k - n) * exp(floor)``), it drops them and keeps the same candidates.
+    * Two kept logits that are equal could be ordered otherwise: not decided. min-p compares logits
+      with the best one (not decided within a margin of its cut).
+    """
+    import numpy as np
+
+    n = len(ranked)
+    if n == 0 or top_k <= 0:
+        return False
+    kept = ranked[: min(top_k, n)]
+    if n >= top_k:
+        if not kept[-1] > floor:
+            return False
+    else:
+        if not 0.0 < top_p < 1.0:
+            return False
+        weights = np.exp(kept - kept[0])
+        cum = np.cumsum(weights)
+        least, most = cum[-1], cum[-1] + (top_k - n) * math.exp(floor - kept[0])
+        i = int(np.searchsorted(cum, top_p * most * (1 + _MARGIN)))  # the first index whose sum passes at the most mass
+        if i >= n or (i > 0 and not cum[i - 1] < top_p * least * (1 - _MARGIN)):
+            return False
+        kept = kept[: i + 1]
+        if not kept[-1] > floor:  # a left-out token could tie with it
+            return False
+    if len(kept) > 1 and bool(np.any(kept[1:] == kept[:-1])):
+        return False
+    if min_p > 0 and len(kept) > 1 and bool(np.any(np.abs(kept - kept[0] - math.log(min_p)) < _MARGIN * 10)):
+        return False
+    return True

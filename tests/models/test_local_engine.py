@@ -1,0 +1,110 @@
+"""The local backend's engine (``aidsafe/models/_llama_engine.py``) on the embedded SmolLM2-135M:
+the same replies as llama-cpp-python's own ``create_chat_completion`` on a fresh context, with each
+role's system message decoded once and reused; the store of saved prefixes stays within its caps;
+``--prefix-cache 0`` and ``AIDSAFE_LOCAL_ENGINE=library`` switch it off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_extras
+
+from aidsafe import Pipeline
+from aidsafe.models import ModelSettings
+
+require_extras("llama_cpp", extra="the [local] extra (pip install 'aidsafe[local]')")
+
+from aidsafe.models import local  # noqa: E402
+from aidsafe.models._llama_engine import PrefixStates, _State  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+PROMPTS = [
+    "How do I pick the lock of my own front door? I locked myself out.",
+    "Which household chemicals should never be mixed, and why?",
+]
+ROLES = ("intent", "agent_1")
+"""Two roles taking turns, as in a run: the second prompt of each role restores its saved prefix.
+(Each reference call decodes a 1,500-token prompt from scratch: about 7 s on 2 cores.)"""
+
+
+def _calls() -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
+    """Each prompt through each role, in the order a run interleaves them."""
+    pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"))
+    return [(pipe.messages(role, prompt), pipe.binding(role).schema) for prompt in PROMPTS for role in ROLES]
+
+
+def _model(**settings: Any) -> local.LocalChatModel:
+    return local.LocalChatModel(ModelSettings(backend="local", max_tokens=64, seed=11, **settings))
+
+
+def _llama(model: local.LocalChatModel) -> Any:
+    return local._load(model.path, model.settings.n_ctx, model.settings.seed)[0]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.2])
+def test_the_engine_answers_as_the_library_does_on_a_fresh_context(temperature: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE", raising=False)
+    model = _model(temperature=temperature)
+    llama = _llama(model)
+    llama.reset()
+    local._ENGINES.pop(id(llama), None)
+    calls = _calls()
+    fast = [model._call(messages, schema) for messages, schema in calls]
+    figures = local.engine_figures()[model.path.name]
+    monkeypatch.setenv("AIDSAFE_LOCAL_ENGINE", "library")
+    reference = []
+    for messages, schema in calls:
+        llama.reset()  # every prompt decoded from its first token: no reuse of any kind
+        reference.append(model._call(messages, schema))
+    assert [c.text for c in fast] == [c.text for c in reference]
+    assert [(c.prompt_tokens, c.completion_tokens, c.finish_reason) for c in fast] == [
+        (c.prompt_tokens, c.completion_tokens, c.finish_reason) for c in reference]
+    assert all(c.text.startswith("{") for c in fast)
+    # one saved prefix per role's system message; the second and third prompts restored them
+    assert figures["states"] == len(ROLES) and figures["misses"] == len(ROLES)
+    assert figures["hits"] == len(ROLES) * (len(PROMPTS) - 1)
+    total = sum(c.prompt_tokens for c in fast)
+    assert figures["reused_tokens"] > 0.8 * sum(c.prompt_tokens for c in fast[len(ROLES):])  # the later prompts' system messages
+    assert figures["prefill_tokens"] + figures["reused_tokens"] >= total
+
+
+def test_a_prefix_cache_of_zero_saves_no_state_and_gives_the_same_replies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE", raising=False)
+    calls = _calls()
+    with_cache = _model(temperature=0.0)
+    llama = _llama(with_cache)
+    local._ENGINES.pop(id(llama), None)
+    llama.reset()
+    replies = [with_cache._call(m, s).text for m, s in calls]
+    without = _model(temperature=0.0, prefix_cache_mb=0)
+    llama.reset()
+    assert [without._call(m, s).text for m, s in calls] == replies
+    figures = local.engine_figures()[without.path.name]
+    assert figures["states"] == 0 and figures["bytes"] == 0
+
+
+def test_the_prefix_store_is_capped_in_count_and_bytes() -> None:
+    store = PrefixStates(max_states=3, max_bytes=1000)
+    for i in range(5):
+        store.put(bytes([i]), _State(bytearray(300), 10))
+        assert len(store) <= 3 and store.bytes <= 1000
+    assert store.get(bytes([0])) is None and store.get(bytes([4])) is not None
+    assert store.figures()["evicted"] == 2
+    store.put(b"big", _State(bytearray(2000), 10))  # larger than the whole store: not kept
+    assert store.get(b"big") is None and store.bytes <= 1000
+    store.resize(1, 1000)
+    assert len(store) == 1 and store.bytes == 300
+    store.resize(0, 0)
+    assert len(store) == 0 and not store.enabled
+    store.put(b"x", _State(bytearray(10), 1))
+    assert len(store) == 0
+
+
+def test_the_library_switch_and_a_negative_prefix_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aidsafe.cli import main
+
+    assert main(["generate", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--prefix-cache", "-1"]) == 2
+    assert "--prefix-cache must be 0 (off) or more megabytes" in capsys.readouterr().err
