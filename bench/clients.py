@@ -47,7 +47,7 @@ def _shards(servers: list[SimServer], inp: Path, out_dir: Path, concurrency: int
         cmd = [
             sys.executable, "-m", "aidsafe", "generate", str(inp), "-o", str(out), "--graph", "aidsafe", "--policies", "aidsafe5",
             "--endpoints", str(endpoints), "--model", MODEL, "--concurrency", str(max(1, concurrency // processes)),
-            "--shard", f"{i}/{processes}", "--max-in-flight", "1024", "--no-progress", "--overwrite",
+            "--shard", f"{i}/{processes}", "--max-in-flight", "1024", "--no-progress", "--overwrite", "--no-cache",
         ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     errors = []

@@ -33,4 +33,4 @@ def run(args: argparse.Namespace) -> int:
                       role_models=role_models_from_args(args))
     summary = asyncio.run(maker.apairs_file(args.records, args.output, job_options_from_args(args), limit=args.limit))
     print(f"wrote {args.output}: {json.dumps(summary.as_dict())}", file=sys.stderr)
-    return 0 if summary.data["pairs"] or not summary.data["records"] else 1
+    return 0 if summary["pairs"] or not summary["records"] else 1

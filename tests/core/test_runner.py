@@ -29,7 +29,7 @@ import pytest
 from aidsafe import Pipeline
 from aidsafe.cli import main
 from aidsafe.errors import ConfigMismatchError, InputError
-from aidsafe.judge import Judge
+from aidsafe.judge import Judge, JudgeSummary
 from aidsafe.judge.schema import JudgedRecord
 from aidsafe.models import ModelSettings
 from aidsafe.outputs import (
@@ -44,7 +44,7 @@ from aidsafe.outputs import (
     write_block,
     write_sidecar,
 )
-from aidsafe.pairs import PairMaker, PairRecord
+from aidsafe.pairs import PairMaker, PairRecord, PairsSummary
 from aidsafe.records import RECORD_FORMAT, Record, WrittenBy, config_sha256
 from aidsafe.runner import Executed, JobOptions, Prior, Work, blocks_prior
 
@@ -161,7 +161,7 @@ def test_judge_and_pairs_through_another_executor_give_the_local_records(tmp_pat
         asyncio.run(run(local, JobOptions(progress=False)))
         assert _by_id(out) == _by_id(local), name
         # every front door gives a summary object (as_dict, what the sidecar holds), of its job's class
-        assert type(summary).__name__ == ("PairsSummary" if name == "pairs" else "JudgeSummary"), name
+        assert isinstance(summary, PairsSummary if name == "pairs" else JudgeSummary), name
         run_figures = summary.as_dict()["run"]
         assert run_figures["engine"] == "blocks" and not blocks_dir(out).exists()
         assert {k: v for k, v in (read_sidecar(out) or {}).items() if k in summary.as_dict()} == summary.as_dict()
