@@ -165,8 +165,11 @@ class LlamaEngine:
         self._all = np.zeros(n_vocab, dtype=self._token)
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._one = np.zeros(1, dtype=self._token)
-        self._piece = ctypes.create_string_buffer(64)
+        self._piece = ctypes.create_string_buffer(32)  # the library's detokenize buffer: a longer piece is dropped as it drops it
         self.prefill_tokens = self.reused_tokens = 0
+        self.clean = 0
+        """Leading cells of the cache decoded as a fresh decode of their prompt decodes them (not the
+        completion's one-token decodes): the live cache is reused up to here only."""
         self.seconds = {"prefill": 0.0, "decode": 0.0, "sample": 0.0}
         """Time in llama.cpp's prefill, in its one-token decodes, and in picking tokens."""
         self.full_passes = 0
@@ -178,19 +181,23 @@ class LlamaEngine:
     def _tokenize(self, text: str, added_special: bool) -> list[int]:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=not added_special, special=True)
 
-    def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], int, list[str]]:
+    def prompt(self, messages: list[dict[str, str]], reuse: bool = True) -> tuple[list[int], int, list[str]]:
         """The prompt's tokens (as the library's chat handler makes them), the length of the shared
         prefix to reuse (0: none), and the template's stop strings."""
         rendered = self._format(messages=messages)
         tokens = self._tokenize(rendered.prompt, rendered.added_special)
         stop = [rendered.stop] if isinstance(rendered.stop, str) else list(rendered.stop or [])
         shared = 0
-        if self.states.enabled and len(messages) > 1 and messages[0].get("role") == "system":
+        if reuse and self.states.enabled and len(messages) > 1 and messages[0].get("role") == "system":
             text = messages[0].get("content") or ""
             head = self._heads.get(text)
             if head is None:
-                alone = self._format_head(messages=messages[:1])
-                head = self._heads[text] = self._tokenize(alone.prompt, alone.added_special)
+                try:
+                    alone = self._format_head(messages=messages[:1])
+                    head = self._tokenize(alone.prompt, alone.added_special)
+                except Exception:  # a template that wants a user turn (Qwen3: "No user query found"): no reuse
+                    head = []
+                self._heads[text] = head
                 if len(self._heads) > _PREFIX_TEXTS:
                     self._heads.popitem(last=False)
             shared = min(_common_prefix(head, tokens), len(tokens) - 1)
@@ -204,7 +211,7 @@ class LlamaEngine:
         """The schema's grammar sampler, compiled once (callers clone it)."""
         from llama_cpp import llama_chat_format
 
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps(schema)  # property order matters to the grammar, as it does to the library's
         with self._grammar_lock:
             hit = self._grammars.get(key)
             if hit is None:
@@ -234,7 +241,8 @@ class LlamaEngine:
         import numpy as np
 
         llama, lc = self.llama, self._lc
-        live = _common_prefix(llama.input_ids[: llama.n_tokens], tokens) if llama.n_tokens else 0
+        live = min(_common_prefix(llama.input_ids[: llama.n_tokens], tokens), self.clean) if llama.n_tokens else 0
+        self.clean = 0  # set again once this prompt is decoded
         if shared == 0:  # no saved prefix: what the previous call left in the cache, as the library reuses it
             start = min(live, len(tokens) - 1)
             self.reused_tokens += start
@@ -249,6 +257,7 @@ class LlamaEngine:
         state = self.states.get(key)
         if state is not None:
             llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+            llama.n_tokens = 0  # the cache is empty until the state is in
             if lc.llama_state_seq_set_data(llama.ctx, state.data, len(state.data), 0) == 0:
                 raise RuntimeError("llama.cpp could not restore a saved prompt prefix")
             llama.input_ids[:shared] = tokens[:shared]
@@ -272,11 +281,12 @@ class LlamaEngine:
         no other is. A piece that would leave a token alone takes the token before it along (decoded again)."""
         llama = self.llama
         end, batch = len(tokens), llama.n_batch
-        if end % batch == 1 and end - 1 > start:  # the whole-prompt decode takes the last token alone
+        if end % batch == 1 and end - 1 >= start:  # the whole-prompt decode takes the last token alone
             if (end - 1 - start) % batch == 1 and start > 0:
                 start -= 1
             llama.n_tokens = start
-            llama.eval(tokens[start : end - 1])
+            if end - 1 > start:
+                llama.eval(tokens[start : end - 1])
             llama.eval(tokens[end - 1 :])
         else:
             if (end - start) % batch == 1 and start > 0:
@@ -289,13 +299,13 @@ class LlamaEngine:
 
     def complete(self, messages: list[dict[str, str]], schema: dict[str, Any], *, temperature: float, max_tokens: int | None,
                  repeat_penalty: float, frequency_penalty: float, seed: int | None, presence_penalty: float = 0.0,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0) -> dict[str, Any]:
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0, reuse: bool = True) -> dict[str, Any]:
         """What ``create_chat_completion`` returns for these arguments (its defaults for the others):
         ``choices[0].message.content``, ``finish_reason`` and ``usage``."""
         import numpy as np
 
         llama, lc = self.llama, self._lc
-        tokens, shared, stop_texts = self.prompt(messages)
+        tokens, shared, stop_texts = self.prompt(messages, reuse)
         grammar = self.grammar(schema)
         n_ctx = llama._n_ctx
         if len(tokens) >= n_ctx:
@@ -305,7 +315,12 @@ class LlamaEngine:
         stops = [s.encode("utf-8") for s in stop_texts if s]
         llama.set_seed(seed if seed is not None else random.Random(llama._seed).randint(0, 2**32))
         clock = time.perf_counter()
-        self._prefill(tokens, shared)
+        try:
+            self._prefill(tokens, shared)
+        except BaseException:
+            llama.n_tokens = 0  # nothing in the cache is trusted after a failed decode
+            raise
+        self.clean = len(tokens) - (len(tokens) % llama.n_batch == 1)
         self.seconds["prefill"] += time.perf_counter() - clock
 
         vocab, ctx, n_vocab = llama._model.vocab, llama.ctx, llama._n_vocab
@@ -361,8 +376,8 @@ class LlamaEngine:
                     finish = "stop"
                     break
                 out.append(token)
-                n = lc.llama_token_to_piece(vocab, token, self._piece, 64, 0, False)
-                text += self._piece.raw[:n]
+                n = lc.llama_token_to_piece(vocab, token, self._piece, 32, 0, False)
+                text += self._piece.raw[:n] if n > 0 else b""
                 # a stop string is looked for only between whole UTF-8 characters (as the library does)
                 for k, byte in enumerate(text[-3:]):
                     k = 3 - k
@@ -471,7 +486,7 @@ def _decided(ranked: Any, floor: float, top_k: int, top_p: float, min_p: float) 
         return False
     kept = ranked[: min(top_k, n)]
     if n >= top_k:
-        if not kept[-1] > floor:
+        if not kept[-1] > floor or (n > top_k and not ranked[top_k] < kept[-1]):  # a tie at the top-k cut
             return False
     else:
         if not 0.0 < top_p < 1.0:

@@ -365,8 +365,12 @@ class LocalChatModel(ChatModel):
                 engine = _engine(llama, self.settings.prefix_cache_mb)
                 if engine is not None:
                     out = engine.complete(messages, grammar_schema, temperature=temperature, max_tokens=self.settings.max_tokens,
-                                          repeat_penalty=REPEAT_PENALTY, frequency_penalty=FREQUENCY_PENALTY, seed=self.settings.seed)
+                                          repeat_penalty=REPEAT_PENALTY, frequency_penalty=FREQUENCY_PENALTY, seed=self.settings.seed,
+                                          reuse=self.settings.prefix_cache_mb > 0)
                 else:
+                    known = _ENGINES.get(id(llama))
+                    if known is not None:
+                        known.clean = 0  # the library decodes into the cache its own way
                     out = llama.create_chat_completion(
                         messages=messages,
                         response_format={"type": "json_object", "schema": grammar_schema},
@@ -416,7 +420,7 @@ def _engine(llama: Any, cache_mb: int) -> Any:
                          getattr(llama_cpp, "__version__", "?"), type(exc).__name__, exc)
             _ENGINES[key] = None
     engine = _ENGINES[key]
-    if engine is not None and engine.states.max_bytes != cache_mb << 20:
+    if engine is not None and engine.states.max_bytes < cache_mb << 20:  # the largest asked for; 0 turns reuse off per call
         engine.states.resize(MAX_PREFIX_STATES, cache_mb << 20)
     return engine
 

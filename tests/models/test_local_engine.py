@@ -79,11 +79,18 @@ def test_a_prefix_cache_of_zero_saves_no_state_and_gives_the_same_replies(monkey
     local._ENGINES.pop(id(llama), None)
     llama.reset()
     replies = [with_cache._call(m, s).text for m, s in calls]
+    before = local.engine_figures()[with_cache.path.name]
     without = _model(temperature=0.0, prefix_cache_mb=0)
     llama.reset()
     assert [without._call(m, s).text for m, s in calls] == replies
-    figures = local.engine_figures()[without.path.name]
-    assert figures["states"] == 0 and figures["bytes"] == 0
+    after = local.engine_figures()[without.path.name]
+    # no state saved, restored or looked up; the other settings' states stay (the store keeps the largest cap)
+    assert {k: after[k] for k in ("states", "bytes", "hits", "misses")} == {k: before[k] for k in ("states", "bytes", "hits", "misses")}
+    fresh = _model(temperature=0.0, prefix_cache_mb=0)
+    local._ENGINES.pop(id(llama), None)
+    llama.reset()
+    assert [fresh._call(m, s).text for m, s in calls] == replies
+    assert local.engine_figures()[fresh.path.name]["states"] == 0
 
 
 def test_the_prefix_store_is_capped_in_count_and_bytes() -> None:
