@@ -115,3 +115,62 @@ def test_the_library_switch_and_a_negative_prefix_cache(tmp_path: Path, capsys: 
 
     assert main(["generate", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--prefix-cache", "-1"]) == 2
     assert "--prefix-cache must be 0 (off) or more megabytes" in capsys.readouterr().err
+
+
+def _fresh(model: local.LocalChatModel, messages: list[dict[str, str]], schema: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The library's reply on a fresh context (the reference), leaving the engine switched on."""
+    llama = _llama(model)
+    monkeypatch.setenv("AIDSAFE_LOCAL_ENGINE", "library")
+    llama.reset()
+    try:
+        return model._call(messages, schema)
+    finally:
+        monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE")
+        llama.reset()
+
+
+def test_a_prompt_wholly_in_the_cache_decodes_a_lone_last_token_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt 1 token past a multiple of n_batch, asked twice in a row: the second call finds every
+    token in the live cache, but a fresh decode gives the last token a micro-batch of its own (other
+    logits than in a pair), so the engine decodes it again, alone."""
+    monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE", raising=False)
+    model = _model(temperature=0.7)
+    llama = _llama(model)
+    local._ENGINES.pop(id(llama), None)
+    engine = local._engine(llama, 256)
+    pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"))
+    schema = pipe.binding("intent").schema
+    words = PROMPTS[0]
+    messages = pipe.messages("intent", words)
+    while len(engine.prompt(messages)[0]) % llama.n_batch != 1:
+        words += " please"
+        messages = pipe.messages("intent", words)
+    reference = _fresh(model, messages, schema, monkeypatch)
+    first = model._call(messages, schema)
+    reused_before = engine.reused_tokens
+    second = model._call(messages, schema)
+    assert engine.reused_tokens - reused_before == second.prompt_tokens - 1  # all but the last token came from the cache
+    assert first.text == second.text == reference.text
+
+
+def test_a_repair_call_reuses_no_completion_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repair call's prompt holds the previous reply, whose tokens are in the cache from one-token
+    decodes (other logits than a prompt's micro-batches give): the engine reuses the cache only up to
+    the end of the previous prompt, and answers as the library does on a fresh context."""
+    monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE", raising=False)
+    model = _model(temperature=0.7)
+    llama = _llama(model)
+    local._ENGINES.pop(id(llama), None)
+    engine = local._engine(llama, 256)
+    pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"))
+    schema = pipe.binding("intent").schema
+    messages = pipe.messages("intent", PROMPTS[1])
+    llama.reset()
+    first = model._call(messages, schema)
+    repair = [*messages, {"role": "assistant", "content": first.text},
+              {"role": "user", "content": "Your reply did not match the schema. Reply again with one JSON object."}]
+    reused_before = engine.reused_tokens
+    fast = model._call(repair, schema)
+    assert engine.reused_tokens - reused_before <= first.prompt_tokens  # none of the reply's cells
+    assert engine.reused_tokens - reused_before >= first.prompt_tokens - 8  # but the whole earlier prompt (up to the template's turn end)
+    assert fast.text == _fresh(model, repair, schema, monkeypatch).text
