@@ -20,7 +20,7 @@ seed           sampling seed
 role_models    ``{"role or agent": "model"}``, like ``--role-model ROLE=MODEL``
 ============== =================================================================================
 
-``api_key_env``, ``timeout``, ``max_retries``, ``structured_output``, ``system_role`` and ``n_ctx`` come from
+``api_key_env``, ``timeout``, ``max_retries``, ``structured_output``, ``system_role``, ``n_ctx`` and ``prefix_cache`` come from
 the environment only (``AIDSAFE_API_KEY_ENV``, ...), as for the CLI; a run cannot pick which
 environment variable is sent as the API key.
 
@@ -187,6 +187,9 @@ def settings_from_config(config: RunnableConfig | Mapping[str, Any] | None, env:
     system_role = _env_text(environ, "AIDSAFE_SYSTEM_ROLE") or "auto"
     if system_role not in ("auto", "native", "merge"):
         raise ConfigError(f"environment variable AIDSAFE_SYSTEM_ROLE: choose auto, native or merge, got {system_role!r}")
+    prefix_cache = _env_number(environ, "AIDSAFE_PREFIX_CACHE", int, 256)
+    if prefix_cache < 0:
+        raise ConfigError(f"environment variable AIDSAFE_PREFIX_CACHE: 0 (off) or more megabytes, got {prefix_cache}")
     settings = ModelSettings(
         backend=backend,
         model=text("model"),
@@ -200,6 +203,7 @@ def settings_from_config(config: RunnableConfig | Mapping[str, Any] | None, env:
         system_role=cast("SystemRole", system_role),
         n_ctx=_env_number(environ, "AIDSAFE_N_CTX", int, 8192),
         seed=number("seed", int),
+        prefix_cache_mb=prefix_cache,
     )
     roles, where = pick("role_models", "AIDSAFE_ROLE_MODEL")
     role_models = _role_models(roles, where) if roles is not None else {}

@@ -81,9 +81,11 @@ def test_settings_from_config_configurable_then_env_then_defaults() -> None:
     policies, settings, roles = studio.settings_from_config(None, env={})
     assert (policies, settings, roles) == ("aidsafe5", ModelSettings(), {})
     env = {"AIDSAFE_POLICIES": "llamaguard3", "AIDSAFE_BASE_URL": "http://localhost:8000/v1", "AIDSAFE_MODEL": "m",
-           "AIDSAFE_TEMPERATURE": "0.5", "AIDSAFE_TIMEOUT": "9", "AIDSAFE_ROLE_MODEL": "intent=small, refiner=big"}
+           "AIDSAFE_TEMPERATURE": "0.5", "AIDSAFE_TIMEOUT": "9", "AIDSAFE_ROLE_MODEL": "intent=small, refiner=big",
+           "AIDSAFE_PREFIX_CACHE": "64"}
     policies, settings, roles = studio.settings_from_config({}, env=env)
     assert policies == "llamaguard3" and roles == {"intent": "small", "refiner": "big"}
+    assert settings.prefix_cache_mb == 64
     assert (settings.backend, settings.model, settings.base_url, settings.temperature, settings.timeout) == ("openai", "m", "http://localhost:8000/v1", 0.5, 9.0)
     configurable = {"policies": "aidsafe5", "backend": "fake", "model": "agree", "temperature": 0, "max_tokens": 64, "seed": 3,
                     "role_models": {"intent": "x"}, "thread_id": "ignored", "base_url": ""}
@@ -104,6 +106,7 @@ def test_settings_from_config_configurable_then_env_then_defaults() -> None:
         ({}, {"AIDSAFE_SEED": "x"}, "environment variable AIDSAFE_SEED: expected an integer"),
         ({}, {"AIDSAFE_ROLE_MODEL": "intent"}, "environment variable AIDSAFE_ROLE_MODEL: expected ROLE=MODEL"),
         ({}, {"AIDSAFE_STRUCTURED_OUTPUT": "xml"}, "AIDSAFE_STRUCTURED_OUTPUT: choose auto"),
+        ({}, {"AIDSAFE_PREFIX_CACHE": "-1"}, "environment variable AIDSAFE_PREFIX_CACHE: 0 (off) or more megabytes, got -1"),
     ],
 )
 def test_settings_from_config_names_the_bad_value(configurable: dict[str, Any], env: dict[str, str], message: str) -> None:
