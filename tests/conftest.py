@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,32 @@ from aidsafe.testing import SimServer, TemplateRaised, render_chat_template
 __all__ = ["MIXTRAL_CHAT_TEMPLATE", "Stub", "TemplateRaised", "missing_modules", "render_chat_template", "require_extras", "running_stub"]
 
 Responder = Callable[[list[dict[str, str]], str, dict[str, Any]], str]
+
+
+@pytest.fixture(autouse=True)
+def _prefix_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local model's saved prompt prefixes go to a new folder for every test, never to the
+    user's ~/.cache: a test's counts of computed and restored prefixes are its own."""
+    monkeypatch.setenv("AIDSAFE_PREFIX_DIR", str(tmp_path_factory.mktemp("prefixes")))
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    """A prompts file of ``n`` numbered prompts (ids ``p000``, ``p001``, ...)."""
+    path.write_text("".join(json.dumps({"id": f"p{i:03d}", "prompt": f"prompt number {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+KEPT_ENV = ("AIDSAFE_REQUIRE_E2E", "AIDSAFE_PREFIX_DIR")
+"""The suite's own variables, which :func:`clean_env` keeps."""
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AIDSAFE_* variable of the calling shell changes what a test sees (a module uses it with
+    ``pytestmark = pytest.mark.usefixtures("clean_env")``)."""
+    for name in list(os.environ):
+        if name.startswith("AIDSAFE_") and name not in KEPT_ENV:
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -31,16 +31,23 @@ SmolLM2's vocabulary for every token it writes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
+import hashlib
 import json
+import logging
 import math
+import os
 import random
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["CANDIDATES", "WARM_CANDIDATES", "LlamaEngine", "PrefixStates", "engine_supports"]
+__all__ = ["CANDIDATES", "WARM_CANDIDATES", "LlamaEngine", "PrefixFiles", "PrefixStates", "engine_supports"]
+
+_log = logging.getLogger("aidsafe.models")
 
 CANDIDATES = 128
 """Tokens the grammar judges first at temperature 0 when it refuses the best one (the best by logit)."""
@@ -135,11 +142,89 @@ class PrefixStates:
         return {"states": len(self._states), "bytes": self.bytes, "hits": self.hits, "misses": self.misses, "evicted": self.evicted}
 
 
+class PrefixFiles:
+    """Saved prefix states on disk, so that the next process (the next run) restores them too: one
+    file per prefix in ``folder``, named by a hash of ``identity`` (what the cells depend on: the
+    model file, the llama.cpp build, the CPU, the context's settings) and the prefix's tokens. A file
+    holds the tokens it was made from, checked on reading. Written whole or not at all (a temporary
+    file renamed); at most ``max_bytes`` in the folder, least recently used first out."""
+
+    MAGIC = b"aidsafe-prefix-1\n"
+
+    def __init__(self, folder: Path, identity: str, max_bytes: int) -> None:
+        self.folder, self.identity, self.max_bytes = folder, identity, max_bytes
+        self.hits = self.writes = self.failed = 0
+
+    def _path(self, tokens: bytes) -> Path:
+        return self.folder / (hashlib.sha256(self.identity.encode() + b"\0" + tokens).hexdigest()[:40] + ".kv")
+
+    def get(self, tokens: bytes) -> bytes | None:
+        """The saved cells of the prefix with these tokens (int32 bytes), or None."""
+        path = self._path(tokens)
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            return None
+        head = len(self.MAGIC) + 8
+        if not blob.startswith(self.MAGIC) or len(blob) < head:
+            return self._drop(path)
+        n = int.from_bytes(blob[len(self.MAGIC) : head], "little")
+        if blob[head : head + n] != tokens:  # another prefix under the same hash, or a damaged file
+            return self._drop(path)
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        self.hits += 1
+        return blob[head + n :]
+
+    def put(self, tokens: bytes, data: Any) -> None:
+        if len(data) + len(tokens) > self.max_bytes:  # larger than the whole store: not kept
+            return
+        path = self._path(tokens)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(self.MAGIC + len(tokens).to_bytes(8, "little") + tokens)
+                f.write(data)
+            os.replace(tmp, path)
+            self.writes += 1
+            self._trim(keep=path)
+        except OSError as exc:  # a full or read-only disk: the run goes on, without the file
+            self.failed += 1
+            _log.warning("aidsafe: could not save a prompt prefix in %s: %s", self.folder, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def forget(self, tokens: bytes) -> None:
+        """Remove the file of a prefix llama.cpp refused to restore."""
+        self._drop(self._path(tokens))
+
+    def _drop(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+
+    def _trim(self, keep: Path) -> None:
+        files = []
+        for path in self.folder.glob("*.kv"):
+            if path == keep:  # the newest stays, whatever the clock's resolution says of the others
+                continue
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                files.append((stat.st_mtime, stat.st_size, path))
+        total = keep.stat().st_size + sum(size for _, size, _ in files)
+        for _, size, path in sorted(files, key=lambda f: f[0]):
+            if total <= self.max_bytes:
+                break
+            self._drop(path)
+            total -= size
+
+
 class LlamaEngine:
     """Chat completions constrained to a JSON Schema on one ``llama_cpp.Llama`` (see the module
     docstring). Not thread-safe: the caller holds the model's lock around :meth:`complete`."""
 
-    def __init__(self, llama: Any, *, max_states: int, max_bytes: int) -> None:
+    def __init__(self, llama: Any, *, max_states: int, max_bytes: int, files: PrefixFiles | None = None) -> None:
         import llama_cpp as lc
         import numpy as np
         from llama_cpp import llama_chat_format
@@ -148,6 +233,8 @@ class LlamaEngine:
             raise ValueError(f"no GGUF chat template to render (chat_format={llama.chat_format!r})")
         self.llama = llama
         self.states = PrefixStates(max_states, max_bytes)
+        self.files = files
+        """Saved prefixes on disk (None: none are read or written)."""
         fmt = llama.chat_format
         template = llama.metadata["tokenizer.chat_template" if fmt == "chat_template.default" else "tokenizer." + fmt]
         eos, bos = llama.token_eos(), llama.token_bos()
@@ -255,13 +342,21 @@ class LlamaEngine:
             return
         key = np.asarray(tokens[:shared], dtype=np.int32).tobytes()
         state = self.states.get(key)
+        if state is None and self.files is not None:  # saved by an earlier run
+            blob = self.files.get(key)
+            if blob is not None:
+                state = _State((ctypes.c_uint8 * len(blob)).from_buffer_copy(blob), shared)
+                if self._restore(state, tokens):
+                    self.states.put(key, state)
+                    self.reused_tokens += shared
+                    self._eval_rest(tokens, shared)
+                    return
+                self.files.forget(key)  # another build's cells, or a damaged file: computed again below
+                _log.warning("aidsafe: llama.cpp refused a saved prompt prefix from %s; computing it again", self.files.folder)
+                state = None
         if state is not None:
-            llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-            llama.n_tokens = 0  # the cache is empty until the state is in
-            if lc.llama_state_seq_set_data(llama.ctx, state.data, len(state.data), 0) == 0:
+            if not self._restore(state, tokens):
                 raise RuntimeError("llama.cpp could not restore a saved prompt prefix")
-            llama.input_ids[:shared] = tokens[:shared]
-            llama.n_tokens = shared
             self.reused_tokens += shared
         else:  # the prefix from the start, in n_batch pieces as a whole prompt's (shared % n_batch != 1), then saved
             llama.n_tokens = 0
@@ -271,8 +366,23 @@ class LlamaEngine:
             data = (ctypes.c_uint8 * size)()
             got = lc.llama_state_seq_get_data(llama.ctx, data, size, 0)
             if got:
-                self.states.put(key, _State(data if got == size else (ctypes.c_uint8 * got).from_buffer_copy(data), shared))
+                state = _State(data if got == size else (ctypes.c_uint8 * got).from_buffer_copy(data), shared)
+                self.states.put(key, state)
+                if self.files is not None:
+                    self.files.put(key, state.data)
         self._eval_rest(tokens, shared)
+
+    def _restore(self, state: _State, tokens: list[int]) -> bool:
+        """Put a saved prefix's cells in the emptied cache (False: llama.cpp refused them)."""
+        llama = self.llama
+        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+        llama.n_tokens = 0  # the cache is empty until the state is in
+        if self._lc.llama_state_seq_set_data(llama.ctx, state.data, len(state.data), 0) == 0:
+            llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+            return False
+        llama.input_ids[: state.tokens] = tokens[: state.tokens]
+        llama.n_tokens = state.tokens
+        return True
 
     def _eval_rest(self, tokens: list[int], start: int) -> None:
         """Decode ``tokens[start:]`` after the ``start`` tokens in the cache so that every token gets a

@@ -428,7 +428,8 @@ def _engine(llama: Any, cache_mb: int) -> Any:
         from ._llama_engine import LlamaEngine, engine_supports
 
         try:
-            _ENGINES[key] = LlamaEngine(llama, max_states=MAX_PREFIX_STATES, max_bytes=cache_mb << 20) if engine_supports(llama) else None
+            _ENGINES[key] = LlamaEngine(llama, max_states=MAX_PREFIX_STATES, max_bytes=cache_mb << 20,
+                                        files=_prefix_files(llama)) if engine_supports(llama) else None
         except Exception as exc:  # a llama-cpp-python whose internals moved: its own path still works
             import llama_cpp
 
@@ -441,16 +442,58 @@ def _engine(llama: Any, cache_mb: int) -> Any:
     return engine
 
 
+PREFIX_FILES_MB = 1024
+"""Disk space for saved prompt prefixes (all models together), least recently used first out."""
+
+
+def prefix_folder() -> Path | None:
+    """Where saved prompt prefixes are kept between runs: ``AIDSAFE_PREFIX_DIR``, else
+    ``~/.cache/aidsafe/prefixes`` (``$XDG_CACHE_HOME``); ``AIDSAFE_PREFIX_DIR=off``: nowhere."""
+    value = os.environ.get("AIDSAFE_PREFIX_DIR", "").strip()
+    if value.lower() == "off":
+        return None
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aidsafe" / "prefixes"
+
+
+def _prefix_files(llama: Any) -> Any:
+    """The disk store of a loaded model's prefixes, keyed by everything its cells depend on: the
+    model file, the llama.cpp build (version and library files), the CPU, and the context's
+    threads, batch sizes, attention and cache types."""
+    import llama_cpp
+
+    from ._llama_engine import PrefixFiles
+
+    folder = prefix_folder()
+    if folder is None:
+        return None
+    path = Path(llama.model_path)
+    stat = path.stat()
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("lib*.so*")) or sorted(Path(llama_cpp.__file__).parent.glob("**/*llama*"))
+    cp = llama.context_params
+    parts = [str(path.resolve()), str(stat.st_size), str(int(stat.st_mtime)), getattr(llama_cpp, "__version__", "?"),
+             *(f"{lib.name}:{lib.stat().st_size}:{int(lib.stat().st_mtime)}" for lib in libs if lib.is_file()),
+             platform.machine(), " ".join(_cpu_flags()), "no_extra_bufts",
+             *(f"{name}={getattr(cp, name, '?')}" for name in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch",
+                                                                "flash_attn_type", "type_k", "type_v", "swa_full"))]
+    return PrefixFiles(folder, "\0".join(parts), PREFIX_FILES_MB << 20)
+
+
 def engine_figures() -> dict[str, dict[str, int]]:
     """Per loaded model file: prompt tokens decoded, prompt tokens reused from saved or live
     prefixes, tokens whose grammar check took the whole vocabulary, seconds in prefill, one-token
-    decodes and token picking, and the prefix store's figures (states, bytes, hits, misses, evicted)."""
+    decodes and token picking, the prefix store's figures (states, bytes, hits, misses, evicted),
+    and the prefixes read from and written to disk (``disk_hits``, ``disk_writes``)."""
     out: dict[str, dict[str, int]] = {}
     with _LOAD_LOCK:
         for (path, _, _), (llama, _) in _LOADED.items():
             engine = _ENGINES.get(id(llama))
             if engine is not None:
+                files = engine.files
                 out[Path(path).name] = {"prefill_tokens": engine.prefill_tokens, "reused_tokens": engine.reused_tokens,
                                         "full_grammar_passes": engine.full_passes,
-                                        **{f"{k}_s": round(v, 3) for k, v in engine.seconds.items()}, **engine.states.figures()}
+                                        **{f"{k}_s": round(v, 3) for k, v in engine.seconds.items()}, **engine.states.figures(),
+                                        "disk_hits": files.hits if files else 0, "disk_writes": files.writes if files else 0}
     return out

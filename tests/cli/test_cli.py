@@ -45,12 +45,7 @@ TURN_FIELDS = {"round", "agent", "agreed", "thoughts", "response", "usage"}
 # --- helpers ------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No AIDSAFE_* variable from the calling shell may change what a test sees."""
-    for name in list(os.environ):
-        if name.startswith("AIDSAFE_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # no AIDSAFE_* variable of the calling shell changes what a test sees
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

@@ -41,14 +41,6 @@ GENERATION_GRAPHS = ["aidsafe", "roundtable", "init_only", "single"]
 
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No AIDSAFE_* variable of the caller's shell changes the settings under test."""
-    for name in list(os.environ):
-        if name.startswith("AIDSAFE_") and name != "AIDSAFE_REQUIRE_E2E":
-            monkeypatch.delenv(name)
-
-
 def _pipeline_record(graph: str, behaviour: str = "default", prompt_id: str = "p1") -> tuple[Pipeline, Record]:
     pipe = Pipeline(graph, "aidsafe5", ModelSettings(backend="fake", model=behaviour))
     return pipe, pipe.run_one(PROMPT, prompt_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,29 +14,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import write_prompts
 
 from aidsafe import FakeChatModel, ModelSettings, Pipeline
 from aidsafe.cli import main
 from aidsafe.outputs import lock_path
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("AIDSAFE_"):
-            monkeypatch.delenv(name)
-
-
-def _prompts(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": f"p{i:03d}", "prompt": f"prompt number {i}"}) + "\n" for i in range(n)))
-    return path
+pytestmark = pytest.mark.usefixtures("clean_env")  # no AIDSAFE_* variable of the calling shell changes what a test sees
 
 
 # --- the output remembers its configuration ----------------------------------------------
 
 
 def test_resuming_with_another_graph_is_refused_and_the_output_untouched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src, out = _prompts(tmp_path / "in.jsonl", 6), tmp_path / "out.jsonl"
+    src, out = write_prompts(tmp_path / "in.jsonl", 6), tmp_path / "out.jsonl"
     base = ["generate", str(src), "-o", str(out), "--backend", "fake", "--no-progress"]
     assert main([*base, "--graph", "single", "--limit", "3"]) == 0
     before = out.read_bytes()
@@ -61,7 +51,7 @@ def test_resuming_with_another_graph_is_refused_and_the_output_untouched(tmp_pat
 
 
 def test_resuming_a_judgement_with_another_rubric_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src, gen, out = _prompts(tmp_path / "in.jsonl", 3), tmp_path / "gen.jsonl", tmp_path / "judged.jsonl"
+    src, gen, out = write_prompts(tmp_path / "in.jsonl", 3), tmp_path / "gen.jsonl", tmp_path / "judged.jsonl"
     assert main(["generate", str(src), "-o", str(gen), "--backend", "fake", "--no-progress"]) == 0
     judge = ["judge", str(gen), "-o", str(out), "--backend", "fake", "--no-progress"]
     assert main([*judge, "--limit", "1"]) == 0
@@ -80,7 +70,7 @@ def test_resuming_a_judgement_with_another_rubric_is_refused(tmp_path: Path, cap
 def test_ctrl_c_says_how_many_records_are_safe_and_the_same_command_continues(tmp_path: Path, stub_server) -> None:
     stub, url = stub_server
     stub.latency = 0.05
-    src, out = _prompts(tmp_path / "in.jsonl", 40), tmp_path / "out.jsonl"
+    src, out = write_prompts(tmp_path / "in.jsonl", 40), tmp_path / "out.jsonl"
     cli = ["generate", str(src), "-o", str(out), "--base-url", url, "--model", "m", "--no-progress", "--concurrency", "2"]
     # Ctrl-C as a terminal sends it: a test run started in the background (``cmd &`` without job
     # control) inherits SIGINT ignored, and Python then keeps ignoring it in the child
@@ -109,7 +99,7 @@ def test_a_cancelled_library_job_raises_job_interrupted(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
             return await super().complete(messages, schema=schema, schema_name=schema_name)
 
-    src, out = _prompts(tmp_path / "in.jsonl", 50), tmp_path / "out.jsonl"
+    src, out = write_prompts(tmp_path / "in.jsonl", 50), tmp_path / "out.jsonl"
     pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake", model="agree"), model_factory=Slow)
 
     async def interrupt() -> None:
@@ -126,6 +116,6 @@ def test_a_cancelled_library_job_raises_job_interrupted(tmp_path: Path) -> None:
 
 
 def test_a_concurrency_below_one_is_refused_not_replaced_by_the_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src, out = _prompts(tmp_path / "in.jsonl", 2), tmp_path / "out.jsonl"
+    src, out = write_prompts(tmp_path / "in.jsonl", 2), tmp_path / "out.jsonl"
     assert main(["generate", str(src), "-o", str(out), "--backend", "fake", "--no-progress", "--concurrency", "0"]) == 2
     assert "concurrency must be at least 1" in capsys.readouterr().err and not out.exists()

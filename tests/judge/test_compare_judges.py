@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,7 @@ RUBRIC = "judge_scores.jinja@abc123def456"
 OTHER_RUBRIC = "judge_scores.jinja@0123456789ab"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("AIDSAFE_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # no AIDSAFE_* variable of the calling shell changes what a test sees
 
 
 def record(record_id: str) -> Record:

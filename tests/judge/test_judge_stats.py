@@ -4,7 +4,6 @@ whose expected numbers are computed by hand in the comments (fast: no model, no 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,10 @@ import pytest
 from aidsafe.cli import main
 from aidsafe.errors import InputError
 from aidsafe.judge.calibration import agreement, calibrate, cohen_kappa, read_labels, weighted_kappa
-from aidsafe.judge.schema import METRICS, JudgedRecord, PairVerdict
 from aidsafe.judge.comparison import compare
 from aidsafe.judge.plots import plot_distributions
 from aidsafe.judge.report import markdown_report
+from aidsafe.judge.schema import METRICS, JudgedRecord, PairVerdict
 from aidsafe.judge.stats import bootstrap_ci, metric_table, reconcile, win_rates
 from aidsafe.records import Record
 from aidsafe.summary import deliberation_stats
@@ -29,12 +28,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # --- helpers ------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No AIDSAFE_* variable from the calling shell may change what a test sees."""
-    for name in list(os.environ):
-        if name.startswith("AIDSAFE_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # no AIDSAFE_* variable of the calling shell changes what a test sees
 
 
 def make_record(

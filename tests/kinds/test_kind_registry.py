@@ -4,7 +4,6 @@ registered in code is checked like the shipped ones (its template, its inputs, i
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +14,7 @@ from aidsafe import FakeChatModel, ModelSettings, Pipeline
 from aidsafe.errors import ConfigError
 from aidsafe.kinds import ReplyKind, get_kind, register_kind, unregister_kind
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("AIDSAFE_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # no AIDSAFE_* variable of the calling shell changes what a test sees
 
 
 # --- a new reply kind is one registration plus a template ------------------------------

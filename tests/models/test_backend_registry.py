@@ -3,28 +3,17 @@ the library's defaults (a backend's concurrency, a judge's temperature) live in 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import write_prompts
 
 from aidsafe import FakeChatModel, ModelSettings, Pipeline
 from aidsafe.errors import AidsafeError
 from aidsafe.judge import Judge
 from aidsafe.models import backend_names, default_concurrency, register_backend, unregister_backend
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("AIDSAFE_"):
-            monkeypatch.delenv(name)
-
-
-def _prompts(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": f"p{i:03d}", "prompt": f"prompt number {i}"}) + "\n" for i in range(n)))
-    return path
+pytestmark = pytest.mark.usefixtures("clean_env")  # no AIDSAFE_* variable of the calling shell changes what a test sees
 
 
 # --- a backend is one registered class with its own settings check ------------------------
@@ -68,7 +57,7 @@ def test_library_defaults_live_in_the_library() -> None:
 def test_generate_without_a_concurrency_keeps_16_prompts_in_flight_against_an_endpoint(tmp_path: Path, stub_server) -> None:
     stub, url = stub_server
     stub.latency = 0.05
-    src, out = _prompts(tmp_path / "in.jsonl", 40), tmp_path / "out.jsonl"
+    src, out = write_prompts(tmp_path / "in.jsonl", 40), tmp_path / "out.jsonl"
     pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="openai", model="m", base_url=url))
     summary = pipe.generate(src, out, progress=False)  # no concurrency given: the backend's default
     assert summary.ok == 40

@@ -174,3 +174,64 @@ def test_a_repair_call_reuses_no_completion_cells(monkeypatch: pytest.MonkeyPatc
     assert engine.reused_tokens - reused_before <= first.prompt_tokens  # none of the reply's cells
     assert engine.reused_tokens - reused_before >= first.prompt_tokens - 8  # but the whole earlier prompt (up to the template's turn end)
     assert fast.text == _fresh(model, repair, schema, monkeypatch).text
+
+
+def _new_engine(model: local.LocalChatModel) -> Any:
+    """The engine a new process makes: no prefix in memory, an empty cache."""
+    llama = _llama(model)
+    local._ENGINES.pop(id(llama), None)
+    llama.reset()
+    return local._engine(llama, model.settings.prefix_cache_mb)
+
+
+def test_saved_prefixes_outlive_the_process_on_disk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The next run restores each role's prefix from the disk instead of computing it, with the same
+    replies; a damaged file or one llama.cpp refuses is computed again and replaced; ``off`` writes none."""
+    monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE", raising=False)
+    monkeypatch.setenv("AIDSAFE_PREFIX_DIR", str(tmp_path / "prefixes"))
+    calls = _calls()
+    model = _model(temperature=0.2)
+    first = _new_engine(model)
+    replies = [model._call(m, s).text for m, s in calls]
+    files = sorted((tmp_path / "prefixes").glob("*.kv"))
+    assert first.files.writes == len(ROLES) == len(files) and first.files.hits == 0
+    assert all(f.stat().st_size > 1_000_000 for f in files)  # the cells of about a thousand tokens each
+
+    second = _new_engine(model)
+    assert [model._call(m, s).text for m, s in calls] == replies
+    assert second.files.hits == len(ROLES) and second.files.writes == 0
+    assert second.prefill_tokens < first.prefill_tokens - 1000  # no system message computed again
+
+    # a file cut short, and one whose cells llama.cpp refuses: both computed again, and rewritten
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    blob = files[1].read_bytes()
+    files[1].write_bytes(blob[: len(blob) // 2] + b"\0" * (len(blob) - len(blob) // 2 + 7))
+    third = _new_engine(model)
+    with caplog.at_level("WARNING", logger="aidsafe.models"):
+        assert [model._call(m, s).text for m, s in calls] == replies
+    assert third.files.writes >= 1 and third.files.hits <= len(ROLES) - 1
+    assert sorted(f.name for f in (tmp_path / "prefixes").glob("*.kv")) == [f.name for f in files]
+    assert all(f.stat().st_size > 1_000_000 for f in files)
+    assert not list((tmp_path / "prefixes").glob("*.tmp"))
+
+    monkeypatch.setenv("AIDSAFE_PREFIX_DIR", "off")
+    assert _new_engine(model).files is None
+
+
+def test_the_disk_store_keeps_within_its_bytes(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from aidsafe.models._llama_engine import PrefixFiles
+
+    store = PrefixFiles(tmp_path, "model and build", max_bytes=2500)
+    keys = [bytes([i]) * 8 for i in range(4)]
+    for i, key in enumerate(keys):
+        store.put(key, bytearray([i]) * 1000)
+        os.utime(store._path(key), (time.time() - 100 + i, time.time() - 100 + i))  # distinct ages on coarse clocks
+        assert sum(f.stat().st_size for f in tmp_path.glob("*.kv")) <= 2500
+    assert store.get(keys[3]) == bytes([3]) * 1000 and store.get(keys[2]) == bytes([2]) * 1000
+    assert store.get(keys[0]) is None and store.get(keys[1]) is None  # the oldest went first
+    assert PrefixFiles(tmp_path, "another build", max_bytes=2500).get(keys[3]) is None  # the identity is part of the name
+    store.put(b"x" * 8, bytearray(3000))  # larger than the whole store: not kept, nothing dropped for it
+    assert store.get(b"x" * 8) is None and store.get(keys[3]) is not None

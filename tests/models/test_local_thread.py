@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from aidsafe.models import ModelSettings
-from aidsafe.models import local
+from aidsafe.models import ModelSettings, local
 from aidsafe.models.base import Completion
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_prompts
 
 from aidsafe import ModelSettings, Pipeline
 from aidsafe.cli import main
@@ -21,17 +20,7 @@ from aidsafe.judge.schema import judged_or_plain
 from aidsafe.outputs import OutputLock, lock_path, read_records, scan_output
 from aidsafe.records import Record
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("AIDSAFE_"):
-            monkeypatch.delenv(name)
-
-
-def _prompts(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": f"p{i:03d}", "prompt": f"prompt number {i}"}) + "\n" for i in range(n)))
-    return path
+pytestmark = pytest.mark.usefixtures("clean_env")  # no AIDSAFE_* variable of the calling shell changes what a test sees
 
 
 # --- one reader for every file of records --------------------------------------------------
@@ -42,7 +31,7 @@ def _verdict(i: int) -> str:
 
 
 def test_a_corrupt_line_in_the_middle_of_pairwise_verdicts_is_refused_never_dropped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = _prompts(tmp_path / "p.jsonl", 4)
+    src = write_prompts(tmp_path / "p.jsonl", 4)
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     assert main(["generate", str(src), "-o", str(a), "--backend", "fake", "--no-progress"]) == 0
     assert main(["generate", str(src), "-o", str(b), "--backend", "fake", "--graph", "single", "--no-progress"]) == 0
@@ -91,7 +80,7 @@ HOLDER = textwrap.dedent(
 
 
 def test_a_second_run_on_a_held_output_is_refused_and_a_stale_lock_does_not_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src, out = _prompts(tmp_path / "in.jsonl", 3), tmp_path / "out.jsonl"
+    src, out = write_prompts(tmp_path / "in.jsonl", 3), tmp_path / "out.jsonl"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
