@@ -58,7 +58,10 @@ started = time.perf_counter()
 import aidsafe
 from aidsafe import ModelSettings, Pipeline
 from aidsafe.models import local
-fields = getattr(ModelSettings, "model_fields", {})
+import dataclasses
+fields = {f.name for f in dataclasses.fields(ModelSettings)}
+if "prefix_cache_mb" not in fields and sys.argv[3] != "256":
+    raise SystemExit("this aidsafe has no prefix cache to turn off")
 pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(**({"prefix_cache_mb": int(sys.argv[3])} if "prefix_cache_mb" in fields else {})))
 ran = time.perf_counter()
 pipe.generate(sys.argv[1], sys.argv[2], progress=False, overwrite=True)
@@ -118,13 +121,16 @@ def run(src: Path, out: Path, mode: str, prefixes: Path, code: Path = ROOT) -> d
     figures = json.loads(line.split(" ", 1)[1])
     if not Path(figures["code"]).resolve().is_relative_to(code.resolve()):
         raise SystemExit(f"{mode} run imported aidsafe from {figures['code']}, not from {code}")
+    engine = next(iter(figures["engine"].values()), None)
+    if mode == "no_reuse" and engine and (engine["states"] or engine["hits"] or engine["disk_hits"]):
+        raise SystemExit(f"the no_reuse run kept or restored prefixes: {engine}")
     records = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines() if x.strip()]
     usage = [u for r in records for u in r["usage"].values()]
     return {
         "mode": mode, "wall_s": round(wall, 1), "generate_s": round(figures["generate_s"], 1), "import_s": round(figures["import_s"], 1),
         "records": len(records), "ok": sum(r["status"] == "ok" for r in records),
         "prompt_tokens": sum(u["prompt_tokens"] for u in usage), "completion_tokens": sum(u["completion_tokens"] for u in usage),
-        "calls": sum(u["calls"] for u in usage), "engine": next(iter(figures["engine"].values()), None),
+        "calls": sum(u["calls"] for u in usage), "engine": engine,
         "replies": {r["id"]: [r["stop_reason"], r["rounds"], r["response"], [t["text"] for t in r["thoughts"]],
                               [t["response"] for t in r["deliberation"]]] for r in records},
     }

@@ -155,7 +155,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     env_option(group, "--n-ctx", type=int, default=8192, help="context window of the local model")
     env_option(group, "--prefix-cache", type=int, default=256, metavar="MB",
                help="memory for the local model's saved prompt prefixes (each role's system message is computed once "
-                    "and reused; the answers are the same); 0 turns it off")
+                    "and reused, also by later runs: they are kept in AIDSAFE_PREFIX_DIR, default ~/.cache/aidsafe/prefixes, "
+                    "1 GB at most; the answers are the same); 0 turns it off")
     env_option(group, "--seed", type=int, help="sampling seed")
 
 
