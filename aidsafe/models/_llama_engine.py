@@ -146,10 +146,16 @@ class PrefixFiles:
     """Saved prefix states on disk, so that the next process (the next run) restores them too: one
     file per prefix in ``folder``, named by a hash of ``identity`` (what the cells depend on: the
     model file, the llama.cpp build, the CPU, the context's settings) and the prefix's tokens. A file
-    holds the tokens it was made from, checked on reading. Written whole or not at all (a temporary
-    file renamed); at most ``max_bytes`` in the folder, least recently used first out."""
+    holds the tokens it was made from and a digest of its cells, both checked on reading. Written
+    whole or not at all (a temporary file renamed); at most ``max_bytes`` in the folder, least
+    recently used first out."""
 
-    MAGIC = b"aidsafe-prefix-1\n"
+    MAGIC = b"aidsafe-prefix-2\n"
+    DIGEST = 32
+    """Bytes of the BLAKE2b digest of the cells, checked on reading: llama.cpp checks a state's
+    layout, not its values, so a damaged file could otherwise restore wrong cells without a word."""
+    STALE_TMP_S = 600
+    """A temporary file older than this is left by a killed writer, and removed."""
 
     def __init__(self, folder: Path, identity: str, max_bytes: int) -> None:
         self.folder, self.identity, self.max_bytes = folder, identity, max_bytes
@@ -159,37 +165,41 @@ class PrefixFiles:
         return self.folder / (hashlib.sha256(self.identity.encode() + b"\0" + tokens).hexdigest()[:40] + ".kv")
 
     def get(self, tokens: bytes) -> bytes | None:
-        """The saved cells of the prefix with these tokens (int32 bytes), or None."""
+        """The saved cells of the prefix with these tokens (int32 bytes), or None (a damaged file is removed)."""
         path = self._path(tokens)
         try:
             blob = path.read_bytes()
         except OSError:
             return None
         head = len(self.MAGIC) + 8
-        if not blob.startswith(self.MAGIC) or len(blob) < head:
+        n = int.from_bytes(blob[len(self.MAGIC) : head], "little") if len(blob) >= head else -1
+        digest = blob[head + n : head + n + self.DIGEST]
+        cells = blob[head + n + self.DIGEST :]
+        if not blob.startswith(self.MAGIC):  # an older aidsafe's format: replaced without a word
             return self._drop(path)
-        n = int.from_bytes(blob[len(self.MAGIC) : head], "little")
-        if blob[head : head + n] != tokens:  # another prefix under the same hash, or a damaged file
+        if n < 0 or blob[head : head + n] != tokens or digest != hashlib.blake2b(cells, digest_size=self.DIGEST).digest():
+            _log.warning("aidsafe: a saved prompt prefix in %s is damaged; computing it again", self.folder)
             return self._drop(path)
         with contextlib.suppress(OSError):
             os.utime(path)
         self.hits += 1
-        return blob[head + n :]
+        return cells
 
     def put(self, tokens: bytes, data: Any) -> None:
         if len(data) + len(tokens) > self.max_bytes:  # larger than the whole store: not kept
             return
         path = self._path(tokens)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             with open(tmp, "wb") as f:
                 f.write(self.MAGIC + len(tokens).to_bytes(8, "little") + tokens)
+                f.write(hashlib.blake2b(data, digest_size=self.DIGEST).digest())
                 f.write(data)
             os.replace(tmp, path)
             self.writes += 1
             self._trim(keep=path)
-        except OSError as exc:  # a full or read-only disk: the run goes on, without the file
+        except OSError as exc:  # a full or read-only disk, a file where the folder should be: the run goes on without it
             self.failed += 1
             _log.warning("aidsafe: could not save a prompt prefix in %s: %s", self.folder, exc)
             with contextlib.suppress(OSError):
@@ -205,6 +215,11 @@ class PrefixFiles:
         return None
 
     def _trim(self, keep: Path) -> None:
+        now = time.time()
+        for path in self.folder.glob("*.tmp"):  # left by a writer killed mid-write
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > self.STALE_TMP_S:
+                    path.unlink()
         files = []
         for path in self.folder.glob("*.kv"):
             if path == keep:  # the newest stays, whatever the clock's resolution says of the others

@@ -70,6 +70,7 @@ _THREADS: dict[tuple[int, str], concurrent.futures.ThreadPoolExecutor] = {}
 _MERGED: dict[str, str] = {}
 """Model files whose chat template refused a system message (``system_role: auto``): what it said."""
 _LOAD_LOCK = threading.Lock()
+_THREADS_LOCK = threading.Lock()
 
 
 def default_gguf_path() -> Path:
@@ -89,16 +90,24 @@ def default_gguf_path() -> Path:
 @atexit.register
 def _unload_all() -> None:
     """Free llama.cpp models before the interpreter tears down the modules their finalizers need."""
-    with _LOAD_LOCK:
-        for engine in _ENGINES.values():
-            if engine is not None:
-                engine.close()
-        _ENGINES.clear()
-        for llama, _ in _LOADED.values():
-            close = getattr(llama, "close", None)
-            if close is not None:
-                close()
-        _LOADED.clear()
+    if not _LOAD_LOCK.acquire(timeout=5):  # a load in progress on a model thread: leave everything to the process's end
+        return
+    try:
+        for key, (llama, lock) in list(_LOADED.items()):
+            if not lock.acquire(blocking=False):
+                continue  # a call still decoding on its thread (a second Ctrl-C): freeing the model under it would crash
+            try:
+                engine = _ENGINES.pop(id(llama), None)
+                if engine is not None:
+                    engine.close()
+                close = getattr(llama, "close", None)
+                if close is not None:
+                    close()
+                del _LOADED[key]
+            finally:
+                lock.release()
+    finally:
+        _LOAD_LOCK.release()
 
 
 _GUARD_LOCK = threading.RLock()
@@ -311,7 +320,7 @@ def _thread(path: Path) -> concurrent.futures.ThreadPoolExecutor:
     turns on asyncio's thread pool therefore decoded 1.5x slower on 2 cores (19.9 against 12.7 ms a
     token) than calls from one thread."""
     key = (os.getpid(), str(path))  # a forked child has none of its parent's threads
-    with _LOAD_LOCK:
+    with _THREADS_LOCK:  # not _LOAD_LOCK, which a model thread holds while it loads a model
         if key not in _THREADS:
             _THREADS[key] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"aidsafe-llama-{path.stem[:24]}")
         return _THREADS[key]

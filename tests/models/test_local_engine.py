@@ -210,6 +210,7 @@ def test_saved_prefixes_outlive_the_process_on_disk(monkeypatch: pytest.MonkeyPa
     with caplog.at_level("WARNING", logger="aidsafe.models"):
         assert [model._call(m, s).text for m, s in calls] == replies
     assert third.files.writes >= 1 and third.files.hits <= len(ROLES) - 1
+    assert "damaged; computing it again" in caplog.text
     assert sorted(f.name for f in (tmp_path / "prefixes").glob("*.kv")) == [f.name for f in files]
     assert all(f.stat().st_size > 1_000_000 for f in files)
     assert not list((tmp_path / "prefixes").glob("*.tmp"))
@@ -235,3 +236,34 @@ def test_the_disk_store_keeps_within_its_bytes(tmp_path: Path) -> None:
     assert PrefixFiles(tmp_path, "another build", max_bytes=2500).get(keys[3]) is None  # the identity is part of the name
     store.put(b"x" * 8, bytearray(3000))  # larger than the whole store: not kept, nothing dropped for it
     assert store.get(b"x" * 8) is None and store.get(keys[3]) is not None
+
+
+def test_the_disk_store_survives_what_disks_do(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder that cannot be made (a file in its place), cells changed in place (same size), and a
+    temporary file a killed writer left: a warning, the run goes on; nothing wrong is restored."""
+    import os
+    import time
+
+    from aidsafe.models._llama_engine import PrefixFiles
+
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    blocked = PrefixFiles(tmp_path / "taken" / "prefixes", "model", max_bytes=10_000)
+    with caplog.at_level("WARNING", logger="aidsafe.models"):
+        blocked.put(b"k" * 8, bytearray(100))
+    assert blocked.failed == 1 and blocked.get(b"k" * 8) is None
+    assert "could not save a prompt prefix" in caplog.text
+
+    store = PrefixFiles(tmp_path / "ok", "model", max_bytes=10_000)
+    store.put(b"k" * 8, bytes(range(100)))
+    path = store._path(b"k" * 8)
+    blob = bytearray(path.read_bytes())
+    blob[-50] ^= 0xFF  # one byte of the cells, the size and the tokens unchanged
+    path.write_bytes(bytes(blob))
+    assert store.get(b"k" * 8) is None and not path.exists()
+    stale = tmp_path / "ok" / "x.kv.123.tmp"
+    stale.write_bytes(b"half written")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / "ok" / "y.kv.456.tmp"
+    fresh.write_bytes(b"being written now")
+    store.put(b"j" * 8, bytes(100))
+    assert not stale.exists() and fresh.exists() and store.get(b"j" * 8) == bytes(100)
