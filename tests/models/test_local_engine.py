@@ -129,17 +129,20 @@ def _fresh(model: local.LocalChatModel, messages: list[dict[str, str]], schema: 
         llama.reset()
 
 
+def _intent_at_0_7(monkeypatch: pytest.MonkeyPatch) -> tuple[local.LocalChatModel, Any, Pipeline, dict[str, Any]]:
+    """The embedded model at temperature 0.7 with a new engine, and the intent role's pipeline and schema."""
+    monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE", raising=False)
+    model = _model(temperature=0.7)
+    pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"))
+    return model, _new_engine(model), pipe, pipe.binding("intent").schema
+
+
 def test_a_prompt_wholly_in_the_cache_decodes_a_lone_last_token_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """A prompt 1 token past a multiple of n_batch, asked twice in a row: the second call finds every
     token in the live cache, but a fresh decode gives the last token a micro-batch of its own (other
     logits than in a pair), so the engine decodes it again, alone."""
-    monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE", raising=False)
-    model = _model(temperature=0.7)
+    model, engine, pipe, schema = _intent_at_0_7(monkeypatch)
     llama = _llama(model)
-    local._ENGINES.pop(id(llama), None)
-    engine = local._engine(llama, 256)
-    pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"))
-    schema = pipe.binding("intent").schema
     words = PROMPTS[0]
     messages = pipe.messages("intent", words)
     while len(engine.prompt(messages)[0]) % llama.n_batch != 1:
@@ -157,15 +160,8 @@ def test_a_repair_call_reuses_no_completion_cells(monkeypatch: pytest.MonkeyPatc
     """A repair call's prompt holds the previous reply, whose tokens are in the cache from one-token
     decodes (other logits than a prompt's micro-batches give): the engine reuses the cache only up to
     the end of the previous prompt, and answers as the library does on a fresh context."""
-    monkeypatch.delenv("AIDSAFE_LOCAL_ENGINE", raising=False)
-    model = _model(temperature=0.7)
-    llama = _llama(model)
-    local._ENGINES.pop(id(llama), None)
-    engine = local._engine(llama, 256)
-    pipe = Pipeline("aidsafe", "aidsafe5", ModelSettings(backend="fake"))
-    schema = pipe.binding("intent").schema
+    model, engine, pipe, schema = _intent_at_0_7(monkeypatch)
     messages = pipe.messages("intent", PROMPTS[1])
-    llama.reset()
     first = model._call(messages, schema)
     repair = [*messages, {"role": "assistant", "content": first.text},
               {"role": "user", "content": "Your reply did not match the schema. Reply again with one JSON object."}]
