@@ -345,33 +345,27 @@ class LlamaEngine:
         llama, lc = self.llama, self._lc
         live = min(_common_prefix(llama.input_ids[: llama.n_tokens], tokens), self.clean) if llama.n_tokens else 0
         self.clean = 0  # set again once this prompt is decoded
-        if shared == 0:  # no saved prefix: what the previous call left in the cache, as the library reuses it
-            start = min(live, len(tokens) - 1)
-            self.reused_tokens += start
-            self._eval_rest(tokens, start)
-            return
-        if live >= shared:  # the previous call was this role's: its prefix, and maybe more, is in the cache already
+        if shared == 0 or live >= shared:  # no saved prefix, or the previous call was this role's: what the cache holds
             start = min(live, len(tokens) - 1)
             self.reused_tokens += start
             self._eval_rest(tokens, start)
             return
         key = np.asarray(tokens[:shared], dtype=np.int32).tobytes()
         state = self.states.get(key)
-        if state is None and self.files is not None:  # saved by an earlier run
-            blob = self.files.get(key)
-            if blob is not None:
-                state = _State((ctypes.c_uint8 * len(blob)).from_buffer_copy(blob), shared)
-                if self._restore(state, tokens):
-                    self.states.put(key, state)
-                    self.reused_tokens += shared
-                    self._eval_rest(tokens, shared)
-                    return
-                self.files.forget(key)  # another build's cells, or a damaged file: computed again below
-                _log.warning("aidsafe: llama.cpp refused a saved prompt prefix from %s; computing it again", self.files.folder)
-                state = None
+        restored = False
         if state is not None:
             if not self._restore(state, tokens):
                 raise RuntimeError("llama.cpp could not restore a saved prompt prefix")
+            restored = True
+        elif self.files is not None and (blob := self.files.get(key)) is not None:  # saved by an earlier run
+            state = _State((ctypes.c_uint8 * len(blob)).from_buffer_copy(blob), shared)
+            restored = self._restore(state, tokens)
+            if restored:
+                self.states.put(key, state)
+            else:  # another build's cells: computed again below
+                self.files.forget(key)
+                _log.warning("aidsafe: llama.cpp refused a saved prompt prefix from %s; computing it again", self.files.folder)
+        if restored:
             self.reused_tokens += shared
         else:  # the prefix from the start, in n_batch pieces as a whole prompt's (shared % n_batch != 1), then saved
             llama.n_tokens = 0
