@@ -502,7 +502,7 @@ def engine_figures() -> dict[str, dict[str, int]]:
             if engine is not None:
                 files = engine.files
                 out[Path(path).name] = {"prefill_tokens": engine.prefill_tokens, "reused_tokens": engine.reused_tokens,
-                                        "full_grammar_passes": engine.full_passes,
+                                        "full_grammar_passes": engine.full_passes, "trie_passes": engine.trie_passes,
                                         **{f"{k}_s": round(v, 3) for k, v in engine.seconds.items()}, **engine.states.figures(),
                                         "disk_hits": files.hits if files else 0, "disk_writes": files.writes if files else 0}
     return out

@@ -17,6 +17,7 @@ from aidsafe.models import ModelSettings
 require_extras("llama_cpp", extra="the [local] extra (pip install 'aidsafe[local]')")
 
 from aidsafe.models import local  # noqa: E402
+from aidsafe.models import _llama_engine as local_engine  # noqa: E402
 from aidsafe.models._llama_engine import PrefixStates, _State  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -69,6 +70,8 @@ def test_the_engine_answers_as_the_library_does_on_a_fresh_context(temperature: 
     total = sum(c.prompt_tokens for c in fast)
     assert figures["reused_tokens"] > 0.8 * sum(c.prompt_tokens for c in fast[len(ROLES):])  # the later prompts' system messages
     assert figures["prefill_tokens"] + figures["reused_tokens"] >= total
+    if temperature > 0:  # some tokens were picked from what the vocabulary trie found allowed
+        assert figures["trie_passes"] > 0
 
 
 def test_a_prefix_cache_of_zero_saves_no_state_and_gives_the_same_replies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,3 +266,47 @@ def test_the_disk_store_survives_what_disks_do(tmp_path: Path, caplog: pytest.Lo
     fresh.write_bytes(b"being written now")
     store.put(b"j" * 8, bytes(100))
     assert not stale.exists() and fresh.exists() and store.get(b"j" * 8) == bytes(100)
+
+
+def test_the_vocabulary_trie_finds_what_the_grammar_allows() -> None:
+    """At every step of a JSON reply (with characters of two, three and four bytes that the tokens
+    split), the tokens :class:`VocabTrie` finds allowed are those llama.cpp's grammar allows when it
+    judges all 49,152 tokens; where a token leaves a UTF-8 character open the engine judges them all."""
+    import ctypes
+
+    import numpy as np
+
+    model = _model()
+    llama = _llama(model)
+    engine = _new_engine(model)
+    trie = engine.trie
+    assert trie is not None
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}, "steps": {"type": "array", "items": {"type": "string"}}},
+              "required": ["summary", "steps"]}
+    reply = '{"summary": "Café naïve — 日本語 ok 😀, fine", "steps": ["look: 1", "ünï  2"]}'
+    tokens = llama.tokenize(reply.encode("utf-8"), add_bos=False, special=False)
+    grammar = engine._lc.llama_sampler_clone(engine.grammar(schema))
+    everything = np.zeros(llama.n_vocab(), dtype=engine._token)
+    compared = walked = opened = 0
+    owed = 0
+    try:
+        for token in [*tokens, llama.token_eos()]:
+            everything["id"], everything["logit"] = np.arange(llama.n_vocab()), 0.0
+            engine._lc.llama_sampler_apply(grammar, ctypes.byref(engine._array(everything)))
+            judged = np.flatnonzero(everything["logit"] == 0.0)
+            assert token in judged
+            if owed <= 0:
+                found = trie.allowed(grammar)
+                assert found.tolist() == judged.tolist(), f"after {compared} tokens: {set(found) ^ set(judged)}"
+                compared += 1
+                walked += trie.visited > 1
+            else:
+                opened += 1
+            if token == llama.token_eos():
+                break
+            engine._lc.llama_sampler_accept(grammar, token)
+            owed = local_engine._utf8_remain(trie.pieces[token], owed)
+    finally:
+        engine._lc.llama_sampler_free(grammar)
+    assert compared >= len(tokens) - opened and walked >= 10  # the trie went below its root at many steps
+    assert opened >= 1  # the emoji or the CJK text split inside a character
