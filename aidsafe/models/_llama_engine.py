@@ -286,6 +286,8 @@ class VocabTrie:
     """Grammar states (clones) visited per question at most."""
     MAX_CHARS = 32
     """Longer pieces are judged token by token."""
+    MAX_KEPT = 4096
+    """Nodes whose groups are kept (then forgotten all at once): a JSON reply visits a few hundred."""
 
     def __init__(self, llama: Any) -> None:
         import llama_cpp as lc
@@ -360,6 +362,8 @@ class VocabTrie:
             base = lo + ends
             orphans = [self.ids[base + b : base + e] for b, e in zip(begins[~have], stops[~have], strict=True)]
             hit = (self.ids[lo : lo + ends], base + begins[have], base + stops[have], probes[have], orphans)
+            if len(self._nodes) >= self.MAX_KEPT:
+                self._nodes.clear()
             self._nodes[key] = hit
         return hit
 
