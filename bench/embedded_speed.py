@@ -141,8 +141,10 @@ def run(src: Path, out: Path, mode: str, prefixes: Path, code: Path = ROOT) -> d
 def measure(name: str, src: Path, folder: Path, modes: list[str], before: Path | None = None) -> dict[str, Any]:
     """Run every mode on ``src``; the floor's rates are measured after the first run (every mode makes
     the same records, so its mean prompt length is the set's) and after the last, and the faster of
-    each is taken: this machine's speed drifts by 10-15% over half an hour, and a slow measurement
+    each is taken: this machine's speed drifts by up to about 20% over half an hour, and a slow measurement
     would flatter the ratio."""
+    if not modes:
+        raise SystemExit(f"no mode to run on the {name} set (its modes: before, library, {'no_reuse, ' if name == 'readme' else ''}reuse, warm)")
     runs = {}
     measured: list[dict[str, float]] = []
     for mode in modes:

@@ -28,6 +28,7 @@ those cannot decide (a JSON reply's punctuation, where the grammar allows a hand
 :class:`VocabTrie` finds every token the grammar allows by judging one token per next character and
 looking further only below the characters it allows: about 1 ms, where judging all 49,152 tokens of
 SmolLM2's vocabulary one by one (what the library does for every token it writes) takes about 4 ms.
+(Inside a string, where nearly every token is allowed, the walk would cost more: all are judged.)
 """
 
 from __future__ import annotations
@@ -265,6 +266,26 @@ _UTF8_LENGTH = (1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4)
 """Length of a UTF-8 sequence by its first byte's high 4 bits (0: a continuation byte), as llama.cpp's table."""
 
 
+def _chars_only(gbnf: str) -> bool:
+    """Whether a GBNF grammar matches characters only: no token element (``<[id]>``, ``<token>``)
+    outside its quoted literals and character classes."""
+    i, n = 0, len(gbnf)
+    while i < n:
+        c = gbnf[i]
+        if c in "\"[":
+            end = "\"" if c == "\"" else "]"
+            i += 1
+            while i < n and gbnf[i] != end:
+                i += 2 if gbnf[i] == "\\" else 1
+        elif c == "#":
+            while i < n and gbnf[i] != "\n":
+                i += 1
+        elif c == "<":
+            return False
+        i += 1
+    return True
+
+
 class VocabTrie:
     """Which tokens a grammar allows, found without judging the whole vocabulary one token at a time.
 
@@ -278,7 +299,9 @@ class VocabTrie:
     token at the root in one call, with the tokens that have no place in the tree (end-of-generation
     tokens, pieces that are not whole UTF-8 characters, empty or over-long pieces). The answer is the
     set llama.cpp's grammar allows over the whole vocabulary (``tests/models/test_local_engine.py``
-    compares them), valid when no UTF-8 character is left open by the tokens accepted so far."""
+    compares them), valid when no UTF-8 character is left open by the tokens accepted so far and the
+    grammar is made of characters only (no token elements ``<[id]>``, which match a whole token, and
+    not lazy: :func:`_chars_only`; the JSON-schema grammars the engine compiles are both)."""
 
     SMALL = 16
     """Groups of at most this many tokens are judged token by token."""
@@ -286,6 +309,9 @@ class VocabTrie:
     """Grammar states (clones) visited per question at most."""
     MAX_CHARS = 32
     """Longer pieces are judged token by token."""
+    MANY = 64
+    """More first characters allowed than this: the grammar is inside a string, where nearly every
+    token is allowed and the walk would cost more than judging them all (measured 20-25 ms against 8-10)."""
     MAX_KEPT = 4096
     """Nodes whose groups are kept (then forgotten all at once): a JSON reply visits a few hundred."""
 
@@ -300,10 +326,13 @@ class VocabTrie:
         loose: list[int] = []
         texts: list[tuple[str, int]] = []
         for token in range(llama.n_vocab()):
-            n = lc.llama_token_to_piece(vocab, token, buf, 256, 0, True)
+            n = lc.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+            if n < 0:  # a longer piece: -n bytes
+                buf = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
             piece = buf.raw[:n] if n > 0 else b""
             self.pieces.append(piece)
-            if lc.llama_vocab_is_eog(vocab, token) or not piece or b"\0" in piece or n >= 256:
+            if lc.llama_vocab_is_eog(vocab, token) or not piece or b"\0" in piece:
                 loose.append(token)
                 continue
             try:
@@ -368,18 +397,22 @@ class VocabTrie:
         return hit
 
     def allowed(self, grammar: Any) -> Any:
-        """The ids of the tokens this grammar sampler allows now (sorted)."""
+        """The ids of the tokens this grammar sampler allows now (sorted), or None when it allows more
+        than :attr:`MANY` first characters (inside a JSON string): judging every token is faster then."""
         import numpy as np
 
         found: list[Any] = []
         judge: list[Any] = [self.loose]
         self.visited = 0
-        self._walk(grammar, 0, len(self.ids), 0, found, judge)
+        first = self._judge(grammar, self._node(0, len(self.ids), 0)[3])
+        if int(first.sum()) > self.MANY:
+            return None
+        self._walk(grammar, 0, len(self.ids), 0, found, judge, first)
         ids = np.concatenate(judge)
         found.append(ids[self._judge(grammar, ids)])
         return np.sort(np.concatenate(found))
 
-    def _walk(self, grammar: Any, lo: int, hi: int, depth: int, found: list[Any], judge: list[Any]) -> None:
+    def _walk(self, grammar: Any, lo: int, hi: int, depth: int, found: list[Any], judge: list[Any], judged: Any = None) -> None:
         import numpy as np
 
         lc = self._lc
@@ -390,7 +423,7 @@ class VocabTrie:
         judge.extend(orphans)
         if not len(probes):
             return
-        for i in np.flatnonzero(self._judge(grammar, probes)):
+        for i in np.flatnonzero(self._judge(grammar, probes) if judged is None else judged):
             a, b = int(begins[i]), int(stops[i])
             if b - a <= self.SMALL or self.visited >= self.MAX_NODES or depth + 1 >= self.MAX_CHARS:
                 judge.append(self.ids[a:b])
@@ -428,7 +461,7 @@ class LlamaEngine:
         self._format = formatter(template=template, stop_token_ids=[eos], **texts)
         self._format_head = formatter(template=template, stop_token_ids=[eos], add_generation_prompt=False, **texts)
         self._heads: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
-        self._grammars: collections.OrderedDict[str, tuple[str, Any]] = collections.OrderedDict()
+        self._grammars: collections.OrderedDict[str, tuple[bool, Any]] = collections.OrderedDict()
         self._grammar_lock = threading.Lock()
         n_vocab = llama.n_vocab()
         self._token = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
@@ -483,6 +516,10 @@ class LlamaEngine:
 
     def grammar(self, schema: dict[str, Any]) -> Any:
         """The schema's grammar sampler, compiled once (callers clone it)."""
+        return self._grammar(schema)[0]
+
+    def _grammar(self, schema: dict[str, Any]) -> tuple[Any, bool]:
+        """The schema's grammar sampler, and whether :attr:`trie` may answer for it (:func:`_chars_only`)."""
         from llama_cpp import llama_chat_format
 
         key = json.dumps(schema)  # property order matters to the grammar, as it does to the library's
@@ -494,13 +531,13 @@ class LlamaEngine:
                                                               grammar._root.encode("utf-8"))
                 if not sampler:
                     raise ValueError("llama.cpp could not compile the JSON Schema's grammar")
-                hit = self._grammars[key] = (grammar._grammar, sampler)
+                hit = self._grammars[key] = (_chars_only(grammar._grammar), sampler)
                 if len(self._grammars) > _GRAMMARS:
                     _, (_, old) = self._grammars.popitem(last=False)
                     self._lc.llama_sampler_free(old)
             else:
                 self._grammars.move_to_end(key)
-            return hit[1]
+            return hit[1], hit[0]
 
     def close(self) -> None:
         with self._grammar_lock:
@@ -597,7 +634,7 @@ class LlamaEngine:
 
         llama, lc = self.llama, self._lc
         tokens, shared, stop_texts = self.prompt(messages, reuse)
-        grammar = self.grammar(schema)
+        grammar, by_chars = self._grammar(schema)
         n_ctx = llama._n_ctx
         if len(tokens) >= n_ctx:
             raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
@@ -650,7 +687,7 @@ class LlamaEngine:
                     work[few["id"]] = few["logit"]
                 else:
                     work = logits
-                token = self._pick(work, grm, tail, top_k, top_p, min_p, owed <= 0)
+                token = self._pick(work, grm, tail, top_k, top_p, min_p, by_chars and owed <= 0)
                 self.seconds["sample"] += time.perf_counter() - clock
                 lc.llama_sampler_accept(pen, token)
                 lc.llama_sampler_accept(grm, token)
@@ -708,13 +745,14 @@ class LlamaEngine:
 
     def _whole(self, work: Any, grm: Any, fresh: bool) -> Any:
         """Every token with its logit, those the grammar refuses at -inf: what the grammar leaves of
-        the whole vocabulary (through :attr:`trie` when no UTF-8 character is open: ``fresh``)."""
+        the whole vocabulary (through :attr:`trie` when ``fresh``: a grammar of characters only, and no
+        UTF-8 character left open by the tokens before; and unless it is inside a string)."""
         self.full_passes += 1
         everything = self._all
         everything["id"], everything["p"] = self._ids, 0.0
-        if self.trie is not None and fresh:
+        allowed = self.trie.allowed(grm) if self.trie is not None and fresh else None
+        if allowed is not None:
             self.trie_passes += 1
-            allowed = self.trie.allowed(grm)
             everything["logit"] = -math.inf
             everything["logit"][allowed] = work[allowed]
         else:
@@ -723,8 +761,8 @@ class LlamaEngine:
         return everything
 
     def _pick(self, work: Any, grm: Any, tail: Any, top_k: int, top_p: float, min_p: float, fresh: bool = False) -> int:
-        """The token the library's chain picks from these (penalised) logits (``fresh``: no UTF-8
-        character is left open by the tokens before)."""
+        """The token the library's chain picks from these (penalised) logits (``fresh``: :attr:`trie`
+        may answer for this grammar now, see :meth:`_whole`)."""
         import numpy as np
 
         lc = self._lc
@@ -735,10 +773,11 @@ class LlamaEngine:
             lc.llama_sampler_apply(grm, ctypes.byref(self._array(one)))
             if one["logit"][0] != -math.inf:
                 return best
-            idx = np.argpartition(work, -CANDIDATES)[-CANDIDATES:]
+            k = min(CANDIDATES, len(work))
+            idx = np.argpartition(work, -k)[-k:]
             values = work[idx]
             order = np.lexsort((idx, -values))  # by value, then id: the greedy sampler's first maximum
-            few = np.zeros(CANDIDATES, dtype=self._token)
+            few = np.zeros(k, dtype=self._token)
             few["id"], few["logit"] = idx[order], values[order]
             lc.llama_sampler_apply(grm, ctypes.byref(self._array(few)))
             allowed = np.flatnonzero(few["logit"] != -math.inf)
@@ -748,10 +787,13 @@ class LlamaEngine:
         # at a temperature: the grammar judges the best WARM_CANDIDATES; when what the chain keeps
         # is decided by them alone (see _decided), its tail runs on the allowed ones
         step = 16  # about the best WARM_CANDIDATES: those at or above the cut that takes WARM_CANDIDATES / step of every step-th
-        cut = np.partition(work[::step], -WARM_CANDIDATES // step)[-WARM_CANDIDATES // step]
-        idx = np.flatnonzero(work >= cut)  # in token-id order, as in the whole array
-        if not WARM_CANDIDATES // 4 <= len(idx) <= 4 * WARM_CANDIDATES:  # logits not spread over the ids as the sample says
-            idx = np.sort(np.argpartition(work, -WARM_CANDIDATES)[-WARM_CANDIDATES:])
+        idx = None
+        if len(work) >= step * WARM_CANDIDATES:
+            cut = np.partition(work[::step], -WARM_CANDIDATES // step)[-WARM_CANDIDATES // step]
+            idx = np.flatnonzero(work >= cut)  # in token-id order, as in the whole array
+        if idx is None or not WARM_CANDIDATES // 4 <= len(idx) <= 4 * WARM_CANDIDATES:  # a small vocabulary, or logits not spread as the sample says
+            k = min(WARM_CANDIDATES, len(work))
+            idx = np.sort(np.argpartition(work, -k)[-k:])
         few = np.zeros(len(idx), dtype=self._token)
         few["id"], few["logit"] = idx, work[idx]
         floor = float(few["logit"].min())
