@@ -277,8 +277,8 @@ def _chars_only(gbnf: str) -> bool:
             i += 1
             while i < n and gbnf[i] != end:
                 i += 2 if gbnf[i] == "\\" else 1
-        elif c == "#":
-            while i < n and gbnf[i] != "\n":
+        elif c == "#":  # a comment, to the end of the line (llama.cpp ends it at \r or \n)
+            while i < n and gbnf[i] not in "\r\n":
                 i += 1
         elif c == "<":
             return False
@@ -300,8 +300,9 @@ class VocabTrie:
     tokens, pieces that are not whole UTF-8 characters, empty or over-long pieces). The answer is the
     set llama.cpp's grammar allows over the whole vocabulary (``tests/models/test_local_engine.py``
     compares them), valid when no UTF-8 character is left open by the tokens accepted so far and the
-    grammar is made of characters only (no token elements ``<[id]>``, which match a whole token, and
-    not lazy: :func:`_chars_only`; the JSON-schema grammars the engine compiles are both)."""
+    grammar is made of characters only (no token elements ``<[id]>``, which match a whole token:
+    :func:`_chars_only`). The engine's grammars are also never lazy (``llama_sampler_init_grammar``,
+    not ``_lazy``), whose trigger a probe accepted on a clone could fire."""
 
     SMALL = 16
     """Groups of at most this many tokens are judged token by token."""
@@ -461,7 +462,7 @@ class LlamaEngine:
         self._format = formatter(template=template, stop_token_ids=[eos], **texts)
         self._format_head = formatter(template=template, stop_token_ids=[eos], add_generation_prompt=False, **texts)
         self._heads: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
-        self._grammars: collections.OrderedDict[str, tuple[bool, Any]] = collections.OrderedDict()
+        self._grammars: collections.OrderedDict[str, tuple[Any, bool]] = collections.OrderedDict()
         self._grammar_lock = threading.Lock()
         n_vocab = llama.n_vocab()
         self._token = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
@@ -531,17 +532,17 @@ class LlamaEngine:
                                                               grammar._root.encode("utf-8"))
                 if not sampler:
                     raise ValueError("llama.cpp could not compile the JSON Schema's grammar")
-                hit = self._grammars[key] = (_chars_only(grammar._grammar), sampler)
+                hit = self._grammars[key] = (sampler, _chars_only(grammar._grammar))
                 if len(self._grammars) > _GRAMMARS:
-                    _, (_, old) = self._grammars.popitem(last=False)
+                    _, (old, _) = self._grammars.popitem(last=False)
                     self._lc.llama_sampler_free(old)
             else:
                 self._grammars.move_to_end(key)
-            return hit[1], hit[0]
+            return hit
 
     def close(self) -> None:
         with self._grammar_lock:
-            for _, sampler in self._grammars.values():
+            for sampler, _ in self._grammars.values():
                 self._lc.llama_sampler_free(sampler)
             self._grammars.clear()
         self.states.resize(0, 0)

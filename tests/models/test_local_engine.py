@@ -323,6 +323,7 @@ def test_the_trie_answers_only_for_grammars_of_characters() -> None:
 
     assert not local_engine._chars_only('root ::= <[39428]> "x"')
     assert not local_engine._chars_only('root ::= "a" | <[39428]>')
+    assert not local_engine._chars_only('root ::= x # a comment ends at a carriage return\rx ::= <[5]>\n')
     assert local_engine._chars_only('root ::= "<" [<\\]] "\\"<" # <[1]>\n')
     json_grammar = llama_chat_format._grammar_for_response_format(
         {"type": "json_object", "schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "^<x>[<]$"}, "b": {"enum": ["<[1]>"]}}}})
