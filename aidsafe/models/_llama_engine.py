@@ -46,7 +46,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["CANDIDATES", "WARM_CANDIDATES", "LlamaEngine", "PrefixFiles", "PrefixStates", "VocabTrie", "engine_supports"]
 
@@ -88,6 +91,18 @@ def _common_prefix(a: Any, b: list[int]) -> int:
     differ = np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64)
     i = int(np.argmax(differ))
     return i if differ[i] else n
+
+
+def _token_dtype() -> np.dtype[np.void]:
+    """numpy's view of llama.cpp's ``llama_token_data`` (id, logit, p)."""
+    import numpy as np
+
+    return np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+
+
+def _token_data(lc: Any, data: Any) -> Any:
+    """A ``llama_token_data_array`` over ``data`` (a numpy array of :func:`_token_dtype`), for a sampler to apply to."""
+    return lc.llama_token_data_array(data=data.ctypes.data_as(lc.llama_token_data_p), size=len(data), selected=-1, sorted=False)
 
 
 @dataclass
@@ -360,7 +375,7 @@ class VocabTrie:
                 self.probe[ord(text)] = token
         self.loose = np.array(loose, dtype=np.int32)
         self._nodes: dict[tuple[int, int], tuple[Any, Any, Any, Any, list[Any]]] = {}
-        self._token = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+        self._token = _token_dtype()
         self.visited = 0
 
     def _judge(self, grammar: Any, ids: Any) -> Any:
@@ -370,8 +385,7 @@ class VocabTrie:
         lc = self._lc
         data = np.zeros(len(ids), dtype=self._token)
         data["id"] = ids
-        array = lc.llama_token_data_array(data=data.ctypes.data_as(lc.llama_token_data_p), size=len(data), selected=-1, sorted=False)
-        lc.llama_sampler_apply(grammar, ctypes.byref(array))
+        lc.llama_sampler_apply(grammar, ctypes.byref(_token_data(lc, data)))
         return data["logit"] == 0.0
 
     def _node(self, lo: int, hi: int, depth: int) -> tuple[Any, Any, Any, Any, list[Any]]:
@@ -465,7 +479,7 @@ class LlamaEngine:
         self._grammars: collections.OrderedDict[str, tuple[Any, bool]] = collections.OrderedDict()
         self._grammar_lock = threading.Lock()
         n_vocab = llama.n_vocab()
-        self._token = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+        self._token = _token_dtype()
         self._all = np.zeros(n_vocab, dtype=self._token)
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._one = np.zeros(1, dtype=self._token)
@@ -741,8 +755,7 @@ class LlamaEngine:
         }
 
     def _array(self, data: Any) -> Any:
-        lc = self._lc
-        return lc.llama_token_data_array(data=data.ctypes.data_as(lc.llama_token_data_p), size=len(data), selected=-1, sorted=False)
+        return _token_data(self._lc, data)
 
     def _whole(self, work: Any, grm: Any, fresh: bool) -> Any:
         """Every token with its logit, those the grammar refuses at -inf: what the grammar leaves of
